@@ -1,0 +1,81 @@
+"""`Batch`: sequences of transitions for `WorldModel.loss`, with ONE transition convention.
+
+Row ``t`` of every field describes arriving at step ``t``:
+
+==============  ===========================================================================
+field           meaning at row t (shape)
+==============  ===========================================================================
+obs             the observation o_t (B, T, *obs_shape), or a dict of those
+action          the action a_{t-1} that LED to o_t (B, T, A); zeros where ``is_first``
+reward          the reward r_t received on arriving at o_t (B, T); 0 where ``is_first``
+is_first        o_t starts an episode (B, T) bool; the model resets its recurrent state there
+is_terminal     o_t is a true end of the MDP (B, T) bool: no value beyond it (discount 0)
+is_last         o_t is the last stored step of its episode (B, T) bool: terminal OR truncated
+==============  ===========================================================================
+
+Truncation (time limits) sets ``is_last`` but never ``is_terminal``: the value beyond a truncated
+step still counts. Models must bootstrap through truncation and stop only at ``is_terminal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from worldflux.core.exceptions import SpecError
+from worldflux.core.spec import Obs
+
+
+@dataclass
+class Batch:
+    """A (B, T) block of transitions; see the module docstring for the convention."""
+
+    obs: Obs
+    action: Tensor
+    reward: Tensor
+    is_first: Tensor
+    is_terminal: Tensor
+    is_last: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, T)."""
+        return (int(self.reward.shape[0]), int(self.reward.shape[1]))
+
+    def validate(self) -> Batch:
+        """Raise `SpecError` unless every field is (B, T, ...) with the right dtype."""
+        if not isinstance(self.reward, Tensor) or self.reward.dim() != 2:
+            got = tuple(self.reward.shape) if isinstance(self.reward, Tensor) else self.reward
+            raise SpecError(f"batch.reward: expected shape (B, T), got {got}")
+        bt = self.shape
+        for name in ("is_first", "is_terminal", "is_last"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or tuple(t.shape) != bt or t.dtype != torch.bool:
+                found = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
+                raise SpecError(f"batch.{name}: expected bool tensor of shape {bt}, got {found}")
+        if self.action.dim() != 3 or tuple(self.action.shape[:2]) != bt:
+            raise SpecError(
+                f"batch.action: expected shape {bt} + (A,), got {tuple(self.action.shape)}"
+            )
+        obs = self.obs.values() if isinstance(self.obs, Mapping) else [self.obs]
+        for o in obs:
+            if tuple(o.shape[:2]) != bt:
+                raise SpecError(f"batch.obs: expected leading dims {bt}, got {tuple(o.shape)}")
+        if bool((self.is_terminal & ~self.is_last).any()):
+            raise SpecError("batch.is_terminal: a terminal step must also be is_last")
+        return self
+
+    def to(self, device: torch.device | str) -> Batch:
+        """A copy on `device` (non_blocking where the source is pinned)."""
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Mapping):
+                moved[f.name] = {k: t.to(device, non_blocking=True) for k, t in v.items()}
+            else:
+                moved[f.name] = v.to(device, non_blocking=True)
+        return Batch(**moved)

@@ -1,0 +1,142 @@
+"""`WorldModel`: the one contract every family implements.
+
+Shapes: B is the batch, T time, A the action dim, H a rollout horizon. Observations follow
+`ObsSpec` (a Tensor or a dict of Tensors), actions follow `ActionSpec` (float (B, A), one-hot for
+discrete spaces). Every method accepts and returns batch-first tensors on the model's device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from worldflux.core.batch import Batch
+from worldflux.core.exceptions import SpecError
+from worldflux.core.spec import ActionSpec, Obs, ObsSpec
+from worldflux.core.state import State
+from worldflux.core.trajectory import Trajectory
+
+Policy = Callable[[State], Tensor]
+Metrics = dict[str, Tensor | float]
+
+
+class WorldModel(nn.Module, ABC):
+    """Base class of world models. Subclasses set `family` and `heads` and implement the methods.
+
+    `heads` names the predictions `decode` can produce (e.g. ``("obs", "reward", "continue")``).
+    """
+
+    family: ClassVar[str] = ""
+    heads: tuple[str, ...] = ()
+
+    def __init__(self, config: Any, obs_spec: ObsSpec, action_spec: ActionSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.obs_spec = obs_spec
+        self.action_spec = action_spec
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    # --- the contract -------------------------------------------------------------------------
+
+    @abstractmethod
+    def initial_state(self, batch_size: int) -> State:
+        """The State before any observation. -> tensors (batch_size, ...)."""
+
+    @abstractmethod
+    def encode(self, obs: Obs) -> State:
+        """Posterior State for a first observation. obs (B, *obs_shape) -> State (B, ...)."""
+
+    @abstractmethod
+    def update(self, state: State, action: Tensor, obs: Obs) -> State:
+        """Filter: State after taking `action` (B, A) in `state` and observing `obs` (B, ...)."""
+
+    @abstractmethod
+    def transition(self, state: State, action: Tensor) -> State:
+        """Predict (imagine) the next State from `state` and `action` (B, A), without obs."""
+
+    @abstractmethod
+    def decode(self, state: State, heads: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Predictions from `state`, only for `heads` (default: all of `self.heads`).
+
+        Typical entries: ``obs`` (B, *obs_shape), ``reward`` (B,), ``continue`` (B,) in [0, 1].
+        """
+
+    @abstractmethod
+    def features(self, state: State) -> Tensor:
+        """The flat tensor (B, F) that policies and heads read."""
+
+    @abstractmethod
+    def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        """Scalar training loss on `batch` (see `Batch` for the convention) and detached metrics."""
+
+    # --- shared behaviour ---------------------------------------------------------------------
+
+    def rollout(
+        self,
+        state: State,
+        actions: Tensor | None = None,
+        policy: Policy | None = None,
+        horizon: int | None = None,
+    ) -> Trajectory:
+        """Imagine H steps from `state` with `actions` (B, H, A) or a `policy` (State -> (B, A)).
+
+        Exactly one of `actions` and `policy` must be given; with a policy, `horizon` is required.
+        """
+        if (actions is None) == (policy is None):
+            raise SpecError("rollout: pass exactly one of actions=(B, H, A) or policy=callable")
+        if actions is not None:
+            actions = self.action_spec.to_model(actions, 2, "actions")
+            if horizon is not None and horizon != actions.shape[1]:
+                raise SpecError(
+                    f"rollout: horizon={horizon} but actions has {actions.shape[1]} steps"
+                )
+            horizon = int(actions.shape[1])
+        elif horizon is None or horizon < 1:
+            raise SpecError(f"rollout: with a policy, horizon must be an int >= 1, got {horizon}")
+        states, acts, rewards, conts = [state], [], [], []
+        for t in range(horizon):
+            a = actions[:, t] if actions is not None else policy(state)  # type: ignore[misc]
+            nxt, preds = self.imagine_step(state, a)
+            states.append(nxt)
+            acts.append(a)
+            if "reward" in preds:
+                rewards.append(preds["reward"])
+            if "continue" in preds:
+                conts.append(preds["continue"])
+            state = nxt
+        return Trajectory(
+            states=State.stack(states, dim=1),
+            actions=torch.stack(acts, 1),
+            rewards=torch.stack(rewards, 1) if rewards else None,
+            continues=torch.stack(conts, 1) if conts else None,
+        )
+
+    def imagine_step(self, state: State, action: Tensor) -> tuple[State, dict[str, Tensor]]:
+        """One imagined step: the next State and its ``reward``/``continue`` predictions (B,).
+
+        The default decodes them from the next State; families whose reward depends on the
+        action (TD-MPC2) override this.
+        """
+        nxt = self.transition(state, action)
+        wanted = [h for h in ("reward", "continue") if h in self.heads]
+        return nxt, (self.decode(nxt, wanted) if wanted else {})
+
+    def check_heads(self, heads: Sequence[str] | None) -> tuple[str, ...]:
+        """Validate a `heads` argument against `self.heads`; None means all."""
+        if heads is None:
+            return self.heads
+        unknown = [h for h in heads if h not in self.heads]
+        if unknown:
+            raise SpecError(
+                f"decode: heads {unknown} are not produced by {self.family}; "
+                f"available: {list(self.heads)}"
+            )
+        return tuple(heads)

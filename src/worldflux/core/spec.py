@@ -1,0 +1,187 @@
+"""Observation and action specs, built from Gymnasium spaces, with clear errors on bad input.
+
+Conventions the models rely on:
+- An observation is a Tensor (single-field spaces, stored under the key ``"obs"``) or a dict of
+  Tensors (``gymnasium.spaces.Dict``). Images are uint8 with 3 dims; models see them as CHW.
+- An action given to a model is a float tensor ``(*batch, action_dim)``: one-hot for Discrete
+  spaces, values in [-1, 1] for Box spaces. `ActionSpec.to_model` also accepts integer indices
+  for Discrete spaces and converts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from worldflux.core.exceptions import SpecError
+
+SINGLE_KEY = "obs"
+Obs = Tensor | Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One observation field: its per-sample shape as stored, dtype, and whether it is an image."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    is_image: bool = False
+    channels_last: bool = False  # stored HWC (models transpose to CHW)
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """Image shape as the networks see it (C, H, W)."""
+        if not self.is_image:
+            raise SpecError(f"field of shape {self.shape} is not an image")
+        if self.channels_last:
+            h, w, c = self.shape
+            return (c, h, w)
+        c, h, w = self.shape
+        return (c, h, w)
+
+    @property
+    def size(self) -> int:
+        """Number of scalars per sample."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    """The observation fields a model expects; `is_dict` says whether obs arrive as a dict."""
+
+    fields: dict[str, FieldSpec]
+    is_dict: bool = False
+
+    @staticmethod
+    def from_space(space: Any) -> ObsSpec:
+        """Build from a gymnasium Box or Dict space (or pass an ObsSpec through)."""
+        if isinstance(space, ObsSpec):
+            return space
+        from gymnasium import spaces
+
+        if isinstance(space, spaces.Dict):
+            return ObsSpec({k: _field(v, f"obs_space[{k!r}]") for k, v in space.items()}, True)
+        return ObsSpec({SINGLE_KEY: _field(space, "obs_space")}, False)
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, f in self.fields.items() if f.is_image]
+
+    @property
+    def vector_keys(self) -> list[str]:
+        return [k for k, f in self.fields.items() if not f.is_image]
+
+    def as_dict(self, obs: Obs, batch_dims: int, arg: str = "obs") -> dict[str, Tensor]:
+        """Check `obs` against the spec and return it as a dict of tensors.
+
+        `batch_dims` is the number of leading dims before the per-sample shape (1 for (B, ...),
+        2 for (B, T, ...)). Raises `SpecError` naming the argument on any mismatch.
+        """
+        if self.is_dict:
+            if not isinstance(obs, Mapping):
+                raise SpecError(
+                    f"{arg}: expected a dict with keys {sorted(self.fields)}, got "
+                    f"{type(obs).__name__}"
+                )
+            missing = set(self.fields) - set(obs)
+            if missing:
+                raise SpecError(f"{arg}: missing keys {sorted(missing)}; got {sorted(obs)}")
+            out = {k: obs[k] for k in self.fields}
+        else:
+            if not isinstance(obs, Tensor):
+                raise SpecError(f"{arg}: expected a Tensor, got {type(obs).__name__}")
+            out = {SINGLE_KEY: obs}
+        lead: tuple[int, ...] | None = None
+        for key, t in out.items():
+            name = arg if not self.is_dict else f"{arg}[{key!r}]"
+            f = self.fields[key]
+            if not isinstance(t, Tensor):
+                raise SpecError(f"{name}: expected a Tensor, got {type(t).__name__}")
+            if tuple(t.shape[batch_dims:]) != f.shape or t.dim() != batch_dims + len(f.shape):
+                raise SpecError(
+                    f"{name}: expected shape (*{batch_dims} batch dims, "
+                    f"{', '.join(map(str, f.shape))}), got {tuple(t.shape)}"
+                )
+            if f.is_image and t.dtype != torch.uint8:
+                raise SpecError(f"{name}: images must be uint8 (0..255), got {t.dtype}")
+            if not f.is_image and not t.is_floating_point():
+                raise SpecError(f"{name}: vector observations must be float, got {t.dtype}")
+            if lead is None:
+                lead = tuple(t.shape[:batch_dims])
+            elif tuple(t.shape[:batch_dims]) != lead:
+                raise SpecError(
+                    f"{name}: batch dims {tuple(t.shape[:batch_dims])} differ from "
+                    f"the other fields' {lead}"
+                )
+        return out
+
+
+def _field(space: Any, arg: str) -> FieldSpec:
+    from gymnasium import spaces
+
+    if not isinstance(space, spaces.Box):
+        raise SpecError(f"{arg}: expected a gymnasium Box (or Dict of Boxes), got {space!r}")
+    shape = tuple(int(s) for s in space.shape)
+    if space.dtype == "uint8" and len(shape) == 3:
+        channels_last = shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)
+        return FieldSpec(shape, torch.uint8, True, channels_last)
+    if len(shape) != 1:
+        raise SpecError(
+            f"{arg}: expected a 1-D vector Box or a uint8 HWC/CHW image Box, "
+            f"got shape {shape} dtype {space.dtype}"
+        )
+    return FieldSpec(shape, torch.float32)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """Action space as a model sees it: `dim` floats (one-hot of `dim` choices if discrete)."""
+
+    dim: int
+    discrete: bool
+
+    @staticmethod
+    def from_space(space: Any) -> ActionSpec:
+        """Build from gymnasium Discrete or 1-D Box (or pass an ActionSpec through)."""
+        if isinstance(space, ActionSpec):
+            return space
+        from gymnasium import spaces
+
+        if isinstance(space, spaces.Discrete):
+            return ActionSpec(int(space.n), True)
+        if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            return ActionSpec(int(space.shape[0]), False)
+        raise SpecError(f"action_space: expected Discrete or a 1-D Box, got {space!r}")
+
+    def to_model(self, action: Tensor, batch_dims: int, arg: str = "action") -> Tensor:
+        """Check `action`; return float `(*batch, dim)` (Discrete indices become one-hot)."""
+        if not isinstance(action, Tensor):
+            raise SpecError(f"{arg}: expected a Tensor, got {type(action).__name__}")
+        if self.discrete and not action.is_floating_point():
+            if action.dim() != batch_dims:
+                raise SpecError(
+                    f"{arg}: integer actions must have shape (*{batch_dims} batch "
+                    f"dims), got {tuple(action.shape)}"
+                )
+            if action.numel() and (int(action.min()) < 0 or int(action.max()) >= self.dim):
+                raise SpecError(
+                    f"{arg}: indices must lie in [0, {self.dim}), got "
+                    f"[{int(action.min())}, {int(action.max())}]"
+                )
+            return F.one_hot(action.long(), self.dim).float()
+        if not action.is_floating_point():
+            raise SpecError(f"{arg}: continuous actions must be floating point, got {action.dtype}")
+        if action.dim() != batch_dims + 1 or action.shape[-1] != self.dim:
+            raise SpecError(
+                f"{arg}: expected shape (*{batch_dims} batch dims, {self.dim}), "
+                f"got {tuple(action.shape)}"
+            )
+        return action

@@ -19,3 +19,7 @@ __all__ = [
     "two_hot_mean",
     "unimix",
 ]
+
+from worldflux.nn.mlp import MLP, NormedLinear, make_act, make_norm  # noqa: E402
+
+__all__ += ["MLP", "NormedLinear", "make_act", "make_norm"]

@@ -107,8 +107,8 @@ class ObsSpec:
                 raise SpecError(f"{name}: expected a Tensor, got {type(t).__name__}")
             if tuple(t.shape[batch_dims:]) != f.shape or t.dim() != batch_dims + len(f.shape):
                 raise SpecError(
-                    f"{name}: expected shape (*{batch_dims} batch dims, "
-                    f"{', '.join(map(str, f.shape))}), got {tuple(t.shape)}"
+                    f"{name}: expected per-sample shape {f.shape} after {batch_dims} batch "
+                    f"dim(s), got {tuple(t.shape)}"
                 )
             if f.is_image and t.dtype != torch.uint8:
                 raise SpecError(f"{name}: images must be uint8 (0..255), got {t.dtype}")
@@ -181,7 +181,7 @@ class ActionSpec:
             raise SpecError(f"{arg}: continuous actions must be floating point, got {action.dtype}")
         if action.dim() != batch_dims + 1 or action.shape[-1] != self.dim:
             raise SpecError(
-                f"{arg}: expected shape (*{batch_dims} batch dims, {self.dim}), "
+                f"{arg}: expected shape (<{batch_dims} batch dims>, {self.dim}), "
                 f"got {tuple(action.shape)}"
             )
         return action

@@ -1,1 +1,31 @@
-"""envs"""
+"""Environments behind one contract (`Env` producing `Step` rows; see `worldflux.envs.base`).
+
+`make_env("CartPole-v1")`, `make_env("dmc:cartpole-swingup", image=True)`,
+`make_env("atari:Pong")`, `make_env("worldflux/TwoRoom-v0")`; `make_vector_env(id, n)` for N
+copies in one process. dm_control and Atari need the ``dmc`` / ``atari`` extras, imported lazily.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+from worldflux.envs.base import ActionConverter, Env, Step, StepBatch, resize_image
+from worldflux.envs.gym import GymEnv
+from worldflux.envs.make import make_env, make_vector_env
+from worldflux.envs.vector import VectorEnv
+
+# Registered by name so that importing worldflux.envs does not import the task module itself.
+if "worldflux/TwoRoom-v0" not in gymnasium.registry:
+    gymnasium.register(id="worldflux/TwoRoom-v0", entry_point="worldflux.envs.tworoom:TwoRoomEnv")
+
+__all__ = [
+    "ActionConverter",
+    "Env",
+    "GymEnv",
+    "Step",
+    "StepBatch",
+    "VectorEnv",
+    "make_env",
+    "make_vector_env",
+    "resize_image",
+]

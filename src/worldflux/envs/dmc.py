@@ -1,0 +1,132 @@
+"""`DMCEnv`: DeepMind Control Suite tasks behind the `Env` contract (state or 64x64 pixels).
+
+Needs the ``dmc`` extra (``mujoco==3.17.0``, ``dm-control``). Pixels are rendered offscreen;
+set ``MUJOCO_GL=egl`` (headless GPU/CPU EGL) before the first dm_control import, or ``osmesa``.
+
+Suite tasks never terminate: episodes end at the time limit (1000 physics-control steps), which
+is a truncation, so rows have ``is_terminal`` False and ``is_last`` True at the limit. A task whose
+last time step carries discount 0 is reported as terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.envs.base import ActionConverter, Env, ObsArray, Step, image_space, vector_space
+
+# Camera used for pixels, following the Dreamer convention (quadruped's camera 0 is far away).
+DEFAULT_CAMERA = {"quadruped": 2}
+
+
+def _load(domain: str, task: str, seed: int | None) -> Any:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        from dm_control import suite
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "dm_control is not installed: pip install 'worldflux[dmc]' (mujoco==3.17.0, dm-control)"
+        ) from e
+    if (domain, task) not in suite.ALL_TASKS:
+        known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8])
+        raise ConfigError(f"dmc task: unknown {domain}-{task}; known tasks include {known}, ...")
+    return suite.load(domain, task, task_kwargs={"random": seed})
+
+
+class DMCEnv(Env):
+    """A dm_control suite task.
+
+    Args:
+        domain, task: e.g. ``"cartpole", "swingup"``.
+        image: observe (size, size, 3) uint8 renders instead of the flattened state vector.
+        proprio: with `image`, observe ``{"image": ..., "state": ...}``.
+        size: (H, W) of rendered frames (rendered at that size directly, no resampling).
+        camera: camera id; defaults to 2 for quadruped, else 0.
+        action_repeat: control steps per agent step (rewards summed).
+        seed: seed of the task's random state (re-seeded by ``reset(seed=...)``).
+    """
+
+    def __init__(
+        self,
+        domain: str,
+        task: str,
+        *,
+        image: bool = False,
+        proprio: bool = False,
+        size: tuple[int, int] = (64, 64),
+        camera: int | None = None,
+        action_repeat: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        if action_repeat < 1:
+            raise ConfigError(f"action_repeat: expected an integer >= 1, got {action_repeat}")
+        if proprio and not image:
+            raise ConfigError("proprio: only meaningful with image=True (got image=False)")
+        self.env = _load(domain, task, seed)
+        self.image, self.proprio = image, proprio
+        self.size, self.action_repeat = (int(size[0]), int(size[1])), int(action_repeat)
+        self.camera = DEFAULT_CAMERA.get(domain, 0) if camera is None else int(camera)
+        spec = self.env.action_spec()
+        box = spaces.Box(
+            spec.minimum.astype(np.float32), spec.maximum.astype(np.float32), spec.shape, np.float32
+        )
+        self._actions = ActionConverter(box, f"{domain}-{task} action_spec")
+        self.action_space = self._actions.space
+        self._keys = list(self.env.observation_spec().keys())
+        dim = sum(int(np.prod(s.shape)) for s in self.env.observation_spec().values())
+        state_space = vector_space(dim)
+        if not image:
+            self.observation_space: spaces.Space = state_space
+        elif not proprio:
+            self.observation_space = image_space(self.size)
+        else:
+            self.observation_space = spaces.Dict(
+                {"image": image_space(self.size), "state": state_space}
+            )
+        self._done = True
+
+    def _obs(self, ts: Any) -> ObsArray:
+        parts = [np.asarray(ts.observation[k], np.float32).reshape(-1) for k in self._keys]
+        state = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if not self.image:
+            return state
+        frame = self.render(self.size)
+        return {"image": frame, "state": state} if self.proprio else frame
+
+    def reset(self, seed: int | None = None) -> Step:
+        """Start an episode; `seed` re-seeds the task's random state in place."""
+        if seed is not None:
+            self.env.task.random.seed(seed)
+            self.action_space.seed(seed)
+        ts = self.env.reset()
+        self._done = False
+        return Step(self._obs(ts), self._actions.zeros(), 0.0, True, False, False, {})
+
+    def step(self, action: Any) -> Step:
+        """Apply `action` (in [-1, 1]) for `action_repeat` control steps."""
+        if self._done:
+            raise SpecError("step: the episode has ended (or never started); call reset() first")
+        env_action, model_action = self._actions(action)
+        total, ts = 0.0, None
+        for _ in range(self.action_repeat):
+            ts = self.env.step(env_action)
+            total += float(ts.reward or 0.0)
+            if ts.last():
+                break
+        assert ts is not None
+        self._done = bool(ts.last())
+        terminal = self._done and ts.discount is not None and float(ts.discount) == 0.0
+        info = {"discount": float(ts.discount) if ts.discount is not None else 1.0}
+        return Step(self._obs(ts), model_action, total, False, terminal, self._done, info)
+
+    def render(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Offscreen RGB render (H, W, 3) uint8 from `camera` (default: 240x320)."""
+        h, w = size if size is not None else (240, 320)
+        return np.asarray(self.env.physics.render(h, w, camera_id=self.camera), np.uint8)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,297 @@
+"""Data-parallel training on `torch.distributed`: init, DDP wrap, metric reduction, checkpoints.
+
+Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``); `init_distributed` reads them. Without them, and without an explicit
+`world_size`, it returns a single-process context and creates no process group, so one-process
+training pays for nothing here. gloo is used on CPU and NCCL on CUDA.
+
+Every rank holds the full model; DDP averages gradients, so with ``B`` samples per rank the update
+equals a single-process update on the global batch of ``B * world_size`` (same loss scale, since
+each rank's loss is a mean). See docs/distributed.md for how batch size and learning rate scale.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from worldflux.core.batch import Batch
+from worldflux.core.exceptions import ConfigError
+from worldflux.core.model import WorldModel
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: rank, world size, local rank, backend and its device."""
+
+    rank: int  # global rank in [0, world_size)
+    world_size: int  # number of processes (1 means no process group)
+    local_rank: int  # rank on this node; picks the CUDA device
+    backend: str  # "gloo", "nccl" or "none" when single-process
+    device: torch.device  # where this rank's model and batches live
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that writes checkpoints and logs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group is active (world_size > 1)."""
+        return self.backend != "none"
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+    raw = environ[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}: expected an int, got {raw!r}") from None
+
+
+def torchrun_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) from torchrun's variables, or None when they are unset."""
+    environ = os.environ if environ is None else environ
+    present = [v for v in _TORCHRUN_VARS if v in environ]
+    if not present:
+        return None
+    if len(present) != len(_TORCHRUN_VARS):
+        missing = sorted(set(_TORCHRUN_VARS) - set(present))
+        raise ConfigError(f"torchrun environment: {present} are set but {missing} are missing")
+    rank, world, local = (_env_int(environ, v) for v in _TORCHRUN_VARS)
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(
+            f"torchrun environment: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got "
+            f"RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}"
+        )
+    return rank, world, local
+
+
+def pick_backend(device: str | None = None) -> tuple[str, str]:
+    """(backend, device type): NCCL on CUDA, gloo on CPU. `device` is "cpu", "cuda" or None."""
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError(f"device: expected 'cpu', 'cuda' or None, got {device!r}")
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was requested but torch.cuda.is_available() is False")
+    return ("nccl", "cuda") if use_cuda else ("gloo", "cpu")
+
+
+def init_distributed(
+    device: str | None = None,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    timeout_s: float = 300.0,
+) -> DistContext:
+    """Join the process group described by torchrun's variables (or by the explicit arguments).
+
+    `init_method` defaults to ``env://`` (torchrun); pass ``file:///tmp/x`` with `rank` and
+    `world_size` to start ranks yourself (e.g. with `torch.multiprocessing`).
+    """
+    from_env = torchrun_env()
+    if rank is None and world_size is None and from_env is not None:
+        rank, world_size, local_rank = from_env
+    else:
+        local_rank = rank or 0
+    backend, dev_type = pick_backend(device)
+    if world_size is None or world_size == 1:
+        return DistContext(0, 1, 0, "none", torch.device(dev_type))
+    if rank is None or not 0 <= rank < world_size:
+        raise ConfigError(f"rank: expected an int in [0, {world_size}), got {rank}")
+    dev = torch.device(dev_type, local_rank) if dev_type == "cuda" else torch.device("cpu")
+    if dev_type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend,
+            init_method=init_method or "env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistContext(rank, world_size, local_rank, backend, dev)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (no-op for a single-process context)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class LossModule(nn.Module):
+    """Routes `forward(batch)` to `model.loss(batch)`, so DDP sees the call and syncs gradients.
+
+    DDP only hooks `forward`; calling `ddp.module.loss` directly would skip the all-reduce.
+    """
+
+    def __init__(self, model: WorldModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Any]]:
+        return self.model.loss(batch)
+
+
+def wrap_model(
+    model: WorldModel, ctx: DistContext, find_unused_parameters: bool = False
+) -> nn.Module:
+    """A module whose `forward(batch)` returns `model.loss(batch)`, wrapped in DDP when needed.
+
+    DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts equal.
+    Set `find_unused_parameters` when `loss` leaves some parameters without a gradient.
+    """
+    module = LossModule(model.to(ctx.device))
+    if not ctx.distributed:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
+
+
+def all_reduce_metrics(metrics: Mapping[str, Tensor | float], ctx: DistContext) -> dict[str, float]:
+    """Mean of each scalar metric over ranks, in one all-reduce. Every rank gets the same dict.
+
+    All ranks must pass the same keys; they are sent in sorted order.
+    """
+    keys = sorted(metrics)
+    values = []
+    for k in keys:
+        v = metrics[k]
+        if isinstance(v, Tensor) and v.numel() != 1:
+            raise ConfigError(f"metrics[{k!r}]: expected a scalar, got shape {tuple(v.shape)}")
+        values.append(float(v))
+    if not ctx.distributed or not keys:
+        return dict(zip(keys, values, strict=True))
+    flat = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    return dict(zip(keys, flat.cpu().tolist(), strict=True))
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """Samples each rank draws so that the ranks together make `global_batch`."""
+    if world_size < 1:
+        raise ConfigError(f"world_size: expected an int >= 1, got {world_size}")
+    if global_batch < world_size or global_batch % world_size:
+        raise ConfigError(
+            f"global_batch: expected a multiple of world_size={world_size}, got {global_batch}"
+        )
+    return global_batch // world_size
+
+
+def scale_lr(base_lr: float, base_batch: int, global_batch: int, rule: str = "linear") -> float:
+    """Learning rate for `global_batch`, given `base_lr` tuned at `base_batch`.
+
+    ``linear`` (Goyal et al. 2017) for SGD-like regimes, ``sqrt`` (Krizhevsky 2014; Hoffer et al.
+    2017) which tends to suit Adam, ``none`` to keep `base_lr`.
+    """
+    if rule not in ("linear", "sqrt", "none"):
+        raise ConfigError(f"rule: expected 'linear', 'sqrt' or 'none', got {rule!r}")
+    if base_batch < 1 or global_batch < 1:
+        raise ConfigError(f"batch sizes must be >= 1, got base={base_batch} global={global_batch}")
+    ratio = global_batch / base_batch
+    return base_lr * {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[rule]
+
+
+def shard_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """Independent 63-bit seed for rank `rank`'s replay shard / sampler in `epoch` (resume count).
+
+    Derived with numpy's SeedSequence, so ranks never share a stream and the same (seed, rank,
+    epoch) always gives the same seed, whatever the world size.
+    """
+    if seed < 0 or rank < 0 or epoch < 0:
+        raise ConfigError(f"seed, rank, epoch: expected ints >= 0, got {seed}, {rank}, {epoch}")
+    state = np.random.SeedSequence([seed, rank, epoch]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DDP and/or `LossModule` wrapper."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        module = module.module
+    return module.model if isinstance(module, LossModule) else module
+
+
+def save_checkpoint(
+    path: str | Path,
+    ctx: DistContext,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    global_batch: int,
+    extra: dict[str, Any] | None = None,
+) -> Path | None:
+    """Rank 0 writes model, optimizer and run counters (safetensors + JSON); all ranks wait.
+
+    Returns the path on rank 0, None elsewhere. Weights are the same on every rank, so nothing
+    rank-specific is stored: the run can resume on any world size that divides `global_batch`.
+    """
+    from worldflux.training.checkpoint import save_checkpoint as write
+
+    out: Path | None = None
+    if ctx.is_main:
+        tree: dict[str, Any] = {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "dist": {"step": step, "world_size": ctx.world_size, "global_batch": global_batch},
+            "extra": extra or {},
+        }
+        out = write(path, tree)
+    if ctx.distributed:
+        dist.barrier()
+    return out
+
+
+def load_checkpoint(
+    path: str | Path,
+    ctx: DistContext,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, Any]:
+    """Load what `save_checkpoint` wrote into `model` (and `optimizer`) on every rank.
+
+    Every rank reads the file (multi-node runs need it on a shared filesystem). Returns the
+    ``dist`` counters plus ``extra``, and ``per_rank_batch`` for this world size; raises
+    `ConfigError` when the saved global batch does not split over `ctx.world_size` ranks.
+    """
+    from worldflux.training.checkpoint import load_checkpoint as read
+
+    tree = read(path)
+    info = dict(tree["dist"])
+    info["per_rank_batch"] = per_rank_batch(int(info["global_batch"]), ctx.world_size)
+    unwrap(model).load_state_dict(tree["model"])
+    if optimizer is not None:
+        if tree["optimizer"] is None:
+            raise ConfigError(f"optimizer: checkpoint {path} holds no optimizer state")
+        optimizer.load_state_dict(tree["optimizer"])
+    info["extra"] = tree.get("extra", {})
+    return info
+
+
+def shard_batch(batch: Batch, ctx: DistContext) -> Batch:
+    """This rank's contiguous slice of a global `batch` along B (B must divide by world size)."""
+    b = per_rank_batch(batch.shape[0], ctx.world_size)
+    lo, hi = ctx.rank * b, (ctx.rank + 1) * b
+    obs = batch.obs
+    sliced_obs = {k: v[lo:hi] for k, v in obs.items()} if isinstance(obs, Mapping) else obs[lo:hi]
+    return Batch(
+        obs=sliced_obs,
+        action=batch.action[lo:hi],
+        reward=batch.reward[lo:hi],
+        is_first=batch.is_first[lo:hi],
+        is_terminal=batch.is_terminal[lo:hi],
+        is_last=batch.is_last[lo:hi],
+    )

@@ -1,1 +1,5 @@
-"""data"""
+"""Data: the sequence replay buffer (`Replay`) and datasets on disk."""
+
+from worldflux.data.replay import Replay
+
+__all__ = ["Replay"]

@@ -1,0 +1,243 @@
+"""DreamerV3 actor-critic, trained purely in imagination.
+
+Recipe (paper arXiv 2301.04104 Sec. "Actor Critic Learning"; official ``agent.py::imag_loss``):
+from every posterior state of a batch (detached), imagine H = 15 steps with the actor; compute
+lambda-returns (lambda 0.95, gamma = 1 - 1/333) bootstrapped with the critic; normalise advantages
+by max(1, S) where S is an EMA (rate 0.01) of the 5th-95th percentile range of the returns; the
+actor maximises ``logpi * adv + 3e-4 * entropy`` (REINFORCE) or, for continuous actions with
+``actor_grad_cont='dynamics'``, the normalised return itself (backprop through the model);
+the critic is a two-hot head trained on the returns plus a regulariser toward a slow EMA copy
+(rate 0.02). All losses are weighted by the cumulative predicted continuation.
+
+Gradient isolation: imagination starts from detached states, and the actor and critic losses are
+back-propagated with ``backward(inputs=...)`` restricted to the actor's and critic's parameters,
+so no gradient ever reaches the world model (tested).
+
+Use: ``ac = model.actor_critic``; ``ac.imagine_loss(model, start)`` -> (actor_loss, critic_loss,
+metrics) or ``ac.train_step(model, start, actor_opt, critic_opt)`` -> metrics, where ``start``
+is a State of N posterior states; ``ac.act(features, sample)`` -> actions (N, A).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldflux.core.spec import ActionSpec
+from worldflux.core.state import State
+from worldflux.models.dreamerv3.config import DreamerV3Config
+from worldflux.models.dreamerv3.networks import TwoHotHead
+from worldflux.models.dreamerv3.rssm import init_linears_
+from worldflux.nn.blocks import init_linear_
+from worldflux.nn.distributions import categorical_entropy, sample_onehot
+from worldflux.nn.functional import unimix
+from worldflux.nn.mlp import MLP
+
+if TYPE_CHECKING:
+    from worldflux.models.dreamerv3.model import DreamerV3
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def lambda_returns(rew: Tensor, live: Tensor, val: Tensor, lam: float) -> Tensor:
+    """TD(lambda) returns along an imagined trajectory. (N, H+1) x3 -> (N, H).
+
+    ``rew[:, t]``/``live[:, t]`` belong to arriving at step t (index 0 is unused), ``live`` is the
+    discounted continuation gamma * c_t, ``val`` the bootstrap values. Recursion:
+    R_H = v_H, R_t = r_{t+1} + live_{t+1} * ((1 - lam) * v_{t+1} + lam * R_{t+1}).
+    """
+    H = rew.shape[1] - 1
+    interm = rew[:, 1:] + live[:, 1:] * (1.0 - lam) * val[:, 1:]  # (N, H)
+    ret = val[:, -1]
+    out = []
+    for t in reversed(range(H)):
+        ret = interm[:, t] + live[:, t + 1] * lam * ret
+        out.append(ret)
+    return torch.stack(out[::-1], 1)
+
+
+class PercentileNormalizer(nn.Module):
+    """EMA of the `low`-th and `high`-th percentiles; scale = max(limit, hi - lo).
+
+    Official ``Normalize(impl='perc')`` with rate 0.01 (paper: decay 0.99), limit 1.
+    """
+
+    q: Tensor
+    lo: Tensor
+    hi: Tensor
+
+    def __init__(self, rate: float, limit: float, low: float, high: float) -> None:
+        super().__init__()
+        self.rate, self.limit = rate, limit
+        self.register_buffer("q", torch.tensor([low / 100.0, high / 100.0]), persistent=False)
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Move the EMAs toward the percentiles of `x` (any shape)."""
+        lo, hi = torch.quantile(x.detach().flatten().float(), self.q)
+        self.lo.lerp_(lo, self.rate)
+        self.hi.lerp_(hi, self.rate)
+
+    def scale(self) -> Tensor:
+        """max(limit, hi - lo), a 0-d tensor (no device sync)."""
+        return (self.hi - self.lo).clamp(min=self.limit)
+
+
+class Actor(nn.Module):
+    """Policy on features (N, F): unimix categorical (discrete) or bounded normal (continuous)."""
+
+    def __init__(self, feat_dim: int, spec: ActionSpec, cfg: DreamerV3Config) -> None:
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        out = spec.dim if spec.discrete else 2 * spec.dim
+        self.net = init_linears_(MLP(feat_dim, cfg.units, out, cfg.ac_layers, cfg.norm, cfg.act))
+        init_linear_(self.net.head, 0.01)  # type: ignore[arg-type]  # official outscale 0.01
+
+    def params(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        """Discrete: (log-probs (..., A), empty); continuous: (mean, std) each (..., A)."""
+        x = self.net(feat)
+        if self.spec.discrete:
+            return unimix(x, self.cfg.unimix), x.new_empty(0)
+        mean, std = x.chunk(2, -1)
+        lo, hi = self.cfg.actor_minstd, self.cfg.actor_maxstd
+        return torch.tanh(mean), (hi - lo) * torch.sigmoid(std + 2.0) + lo
+
+    def sample(self, feat: Tensor, reparam: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """-> action (..., A), log-prob of it (...), entropy (...). The action is detached
+        unless `reparam` (continuous rsample for dynamics backprop)."""
+        a, b = self.params(feat)
+        if self.spec.discrete:
+            action = sample_onehot(a.detach())
+            return action, (action * a).sum(-1), categorical_entropy(a)
+        noise = torch.randn_like(a)
+        action = a + b * noise if reparam else (a + b * noise).detach()
+        logp = -0.5 * ((action.detach() - a) / b).pow(2) - b.log() - 0.5 * _LOG_2PI
+        ent = (0.5 + 0.5 * _LOG_2PI + b.log()).sum(-1)
+        return action, logp.sum(-1), ent
+
+    def mode(self, feat: Tensor) -> Tensor:
+        """Most likely action (..., A): one-hot argmax, or the bounded mean."""
+        a, _ = self.params(feat)
+        return F.one_hot(a.argmax(-1), self.spec.dim).to(a.dtype) if self.spec.discrete else a
+
+
+class DreamerV3ActorCritic(nn.Module):
+    """Actor, critic, slow critic and return normaliser (see the module docstring)."""
+
+    def __init__(self, cfg: DreamerV3Config, feat_dim: int, spec: ActionSpec) -> None:
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.actor = Actor(feat_dim, spec, cfg)
+        self.critic = TwoHotHead(feat_dim, cfg, cfg.ac_layers)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.retnorm = PercentileNormalizer(
+            cfg.retnorm_rate, cfg.retnorm_limit, cfg.retnorm_low, cfg.retnorm_high
+        )
+
+    def act(self, feat: Tensor, sample: bool = True) -> Tensor:
+        """Environment action (N, A): one-hot, or continuous clipped to [-1, 1]."""
+        action = self.actor.sample(feat)[0] if sample else self.actor.mode(feat)
+        return action if self.spec.discrete else action.clamp(-1.0, 1.0)
+
+    @property
+    def dynamics_grad(self) -> bool:
+        """Whether the actor learns by backprop through the model (continuous + 'dynamics')."""
+        return not self.spec.discrete and self.cfg.actor_grad_cont == "dynamics"
+
+    def imagine(self, wm: DreamerV3, start: State) -> dict[str, Tensor]:
+        """Roll the actor out for H steps from `start` (N states, detached).
+
+        -> feat (N, H+1, F), logp (N, H), ent (N, H). The model runs without autograd unless
+        `dynamics_grad`; the actor always builds its graph.
+        """
+        deter = start.tensors["deter"].detach()
+        stoch = start.tensors["stoch"].detach().flatten(1)  # (N, S, C) -> (N, S*C)
+        feats, logps, ents = [torch.cat([deter, stoch], -1)], [], []
+        for _ in range(self.cfg.imag_horizon):
+            action, logp, ent = self.actor.sample(feats[-1], reparam=self.dynamics_grad)
+            with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
+                deter, stoch, _ = wm.rssm.img_step(deter, stoch, action)
+                feats.append(torch.cat([deter, stoch], -1))
+            logps.append(logp)
+            ents.append(ent)
+        return {
+            "feat": torch.stack(feats, 1),  # (H+1) x (N, F) -> (N, H+1, F)
+            "logp": torch.stack(logps, 1),
+            "ent": torch.stack(ents, 1),
+        }
+
+    def imagine_loss(self, wm: DreamerV3, start: State) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Actor and critic losses (scalars) from imagination out of `start`, and metrics."""
+        cfg = self.cfg
+        traj = self.imagine(wm, start)
+        feat = traj["feat"]
+        disc = 1.0 if cfg.cont_discount_target else cfg.gamma
+        with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
+            rew = wm.reward_head.mean(wm.reward_head(feat))  # (N, H+1)
+            live = torch.sigmoid(wm.continue_head(feat)) * disc
+            tarval = self.critic.mean(self.critic(feat))
+            ret = lambda_returns(rew, live, tarval, cfg.lam)  # (N, H)
+        with torch.no_grad():
+            weight = torch.cumprod(live, 1)[:, :-1] / disc  # (N, H)
+            slow = self.slow_critic.mean(self.slow_critic(feat.detach()))[:, :-1]
+            self.retnorm.update(ret)
+            scale = self.retnorm.scale()
+        ent = traj["ent"]
+        if self.dynamics_grad:
+            objective = ret / scale
+        else:
+            adv = (ret - tarval[:, :-1]).detach() / scale
+            objective = traj["logp"] * adv
+        actor_loss = -(weight * (objective + cfg.actor_entropy * ent)).mean()
+        logits = self.critic(feat[:, :-1].detach())  # (N, H, K)
+        critic_loss = self.critic.loss(logits, ret.detach())
+        critic_loss = critic_loss + cfg.slow_critic_reg * self.critic.loss(logits, slow)
+        critic_loss = (weight * critic_loss).mean()
+        metrics = {
+            "ac/return": ret.detach().mean(),
+            "ac/return_scale": scale,
+            "ac/value": tarval.detach().mean(),
+            "ac/entropy": ent.detach().mean(),
+            "ac/imag_reward": rew.detach().mean(),
+            "ac/weight": weight.mean(),
+        }
+        return actor_loss, critic_loss, metrics
+
+    def train_step(
+        self,
+        wm: DreamerV3,
+        start: State,
+        actor_opt: torch.optim.Optimizer,
+        critic_opt: torch.optim.Optimizer,
+    ) -> dict[str, Tensor]:
+        """One actor and one critic update (grad-clipped), then the slow-critic EMA."""
+        actor_loss, critic_loss, metrics = self.imagine_loss(wm, start)
+        pairs = (
+            ("actor", actor_loss, self.actor, actor_opt),
+            ("critic", critic_loss, self.critic, critic_opt),
+        )
+        for name, loss, module, opt in pairs:
+            params = list(module.parameters())
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=params)
+            norm = nn.utils.clip_grad_norm_(params, self.cfg.ac_grad_clip)
+            metrics[f"ac/{name}_grad_norm"] = norm.detach()
+            opt.step()
+        self.update_slow_critic()
+        metrics["ac/actor_loss"] = actor_loss.detach()
+        metrics["ac/critic_loss"] = critic_loss.detach()
+        return metrics
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """slow <- (1 - rate) * slow + rate * critic."""
+        slow: list[Tensor] = list(self.slow_critic.parameters())
+        fast: list[Tensor] = list(self.critic.parameters())
+        torch._foreach_lerp_(slow, fast, self.cfg.slow_critic_rate)

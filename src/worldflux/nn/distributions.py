@@ -1,0 +1,51 @@
+"""Config-free distribution helpers: symexp two-hot bins, straight-through categoricals."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from worldflux.nn.functional import symexp
+
+
+def symexp_bins(num: int, low: float = -20.0, high: float = 20.0) -> Tensor:
+    """`num` bins spaced uniformly in symlog space: symexp(linspace(low, high, num)). -> (num,)."""
+    return symexp(torch.linspace(low, high, num, dtype=torch.float64)).float()
+
+
+def symmetric_mean(probs: Tensor, bins: Tensor) -> Tensor:
+    """sum(probs * bins) over the last dim, summed from both ends inward. (..., K) -> (...).
+
+    For bins symmetric around 0 (odd K), a uniform `probs` gives exactly 0: the huge outer
+    bins (+-4.9e8 for symexp(20)) cancel pairwise instead of leaving float32 rounding noise.
+    """
+    k = bins.shape[0]
+    if k % 2 == 0:
+        raise ValueError(f"symmetric_mean: expected an odd number of bins, got {k}")
+    m = k // 2
+    lo = (probs[..., :m] * bins[:m]).flip(-1)  # reversed so entry i pairs with hi's entry i
+    hi = probs[..., m + 1 :] * bins[m + 1 :]
+    return (lo + hi).sum(-1) + probs[..., m] * bins[m]
+
+
+def sample_onehot(log_probs: Tensor) -> Tensor:
+    """One-hot samples of categoricals given by `log_probs` (..., K), via exponential races."""
+    race = log_probs - torch.empty_like(log_probs).exponential_().log()
+    return F.one_hot(race.argmax(-1), log_probs.shape[-1]).to(log_probs.dtype)
+
+
+def straight_through(onehot: Tensor, log_probs: Tensor) -> Tensor:
+    """Straight-through gradients: the value of `onehot`, the gradient of the probabilities."""
+    probs = log_probs.exp()
+    return onehot + probs - probs.detach()
+
+
+def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) of categoricals over the last dim. (..., K) -> (...)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def categorical_entropy(log_p: Tensor) -> Tensor:
+    """Entropy of categoricals over the last dim. (..., K) -> (...)."""
+    return -(log_p.exp() * log_p).sum(-1)

@@ -1,0 +1,266 @@
+"""TD-MPC2: an implicit (decoder-free) world model with a Q ensemble and a policy prior.
+
+Contract mapping (see `worldflux.core.model.WorldModel`):
+
+- State: one tensor, ``latent`` (B, latent_dim), the SimNorm embedding (groups of 8 sum to 1).
+- TD-MPC2 is NOT recurrent: `update(state, action, obs)` ignores `state` and `action` (they are
+  validated) and re-encodes `obs`. `initial_state` is the uniform point of the simplex.
+- Reward and Q need an action: `decode(state, heads, action=None)` evaluates them at `action`
+  when given, else at the policy's deterministic action (its ``action`` head). `imagine_step`
+  is overridden so `rollout` rewards are r(z_t, a_t), the reward of the transition taken.
+- ``continue`` is 1 - P(terminated | z) for episodic configs, and 1 otherwise.
+- `loss(batch)` is the world-model loss; the policy loss is `policy_loss(latents)` and
+  `train_step(batch)` does one full official update (model, policy, target EMA). See
+  `worldflux.models.tdmpc2.training`.
+
+Planner protocol (used by `worldflux.planners.MPPI`): `pi(state)`, `value(state, action)`,
+`reward(state, action)`, `imagine_step`, `discount`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from worldflux.core.batch import Batch
+from worldflux.core.exceptions import SpecError, StateError
+from worldflux.core.model import Metrics, WorldModel
+from worldflux.core.spec import ActionSpec, Obs, ObsSpec
+from worldflux.core.state import State
+from worldflux.models.tdmpc2 import training
+from worldflux.models.tdmpc2.config import TDMPC2Config
+from worldflux.models.tdmpc2.networks import (
+    Encoder,
+    RunningScale,
+    SimNorm,
+    categorical,
+    init_linear,
+    mlp,
+    squashed_gaussian,
+)
+from worldflux.nn.ensemble import EnsembleMLP
+from worldflux.nn.functional import symexp, two_hot_mean
+
+_REDUCE = ("avg", "min", "all", "mean")
+
+
+class TDMPC2(WorldModel):
+    """TD-MPC2 (Hansen et al., ICLR 2024) behind the `WorldModel` contract."""
+
+    family = "tdmpc2"
+    bins: Tensor  # (K,) two-hot grid in symlog space
+
+    def __init__(self, config: TDMPC2Config, obs_spec: ObsSpec, action_spec: ActionSpec) -> None:
+        if not isinstance(config, TDMPC2Config):
+            raise SpecError(f"config: expected TDMPC2Config, got {type(config).__name__}")
+        super().__init__(config, obs_spec, action_spec)
+        c, a = config, action_spec.dim
+        self.heads = ("reward", "q", "action", "continue")
+        self.discrete = action_spec.discrete
+        hid = 2 * [c.mlp_dim]
+        self.encoder = Encoder(obs_spec, c.enc_dim, c.num_enc_layers, c.latent_dim,
+                               c.simnorm_dim, c.num_channels, c.shift_pad)  # fmt: skip
+        self.dynamics = mlp(c.latent_dim + a, hid, c.latent_dim, final=SimNorm(c.simnorm_dim))
+        self.reward_net = mlp(c.latent_dim + a, hid, c.num_bins)
+        self.termination_net = mlp(c.latent_dim, hid, 1) if c.episodic else None
+        self.pi_net = mlp(c.latent_dim, hid, a if self.discrete else 2 * a)
+        self.apply(init_linear)
+        torch.nn.init.zeros_(self.reward_net[-1].weight)
+        self.qs = EnsembleMLP(c.num_q, c.latent_dim + a, hid, c.num_bins, "mish", c.dropout,
+                              zero_last=True)  # fmt: skip
+        for i, p in enumerate(self.qs.param_list()):  # EMA targets: buffers, never trained
+            self.register_buffer(f"target_q{i}", p.detach().clone())
+        self.scale = RunningScale(c.tau)
+        self.register_buffer("bins", torch.linspace(c.vmin, c.vmax, c.num_bins), persistent=False)
+        self.discount = c.discount
+        self._optims: Any = None
+
+    # --- latent-level components (tensors in, tensors out) -------------------------------------
+
+    def target_q_params(self) -> list[Tensor]:
+        return [getattr(self, f"target_q{i}") for i in range(len(self.qs.param_list()))]
+
+    def next_latent(self, z: Tensor, a: Tensor) -> Tensor:
+        """(..., L), (..., A) -> (..., L)."""
+        return self.dynamics(torch.cat([z, a], -1))
+
+    def reward_logits(self, z: Tensor, a: Tensor) -> Tensor:
+        """(..., L), (..., A) -> (..., K) two-hot logits of symlog reward."""
+        return self.reward_net(torch.cat([z, a], -1))
+
+    def to_scalar(self, logits: Tensor) -> Tensor:
+        """Two-hot logits (..., K) -> value (...) in real space."""
+        return symexp(two_hot_mean(logits, self.bins))
+
+    def q_logits(self, z: Tensor, a: Tensor, members: Tensor | None = None,
+                 params: Sequence[Tensor] | None = None) -> Tensor:  # fmt: skip
+        """(..., L), (..., A) -> (E, ..., K) logits of every (or the chosen) Q member."""
+        return self.qs(torch.cat([z, a], -1), params=params, members=members)
+
+    def q_values(self, z: Tensor, a: Tensor, reduce: str = "avg", target: bool = False,
+                 detach: bool = False) -> Tensor:  # fmt: skip
+        """Q(z, a) -> (...). 'avg'/'min' of 2 random members, 'mean' of all, 'all' (E, ...).
+
+        `target` uses the EMA weights; `detach` uses the live weights cut from autograd (no
+        gradient reaches the Q parameters, the gradient w.r.t. z and a still flows).
+        """
+        if reduce not in _REDUCE:
+            raise SpecError(f"reduce: expected one of {_REDUCE}, got {reduce!r}")
+        params: Sequence[Tensor] | None = None
+        if target:
+            params = self.target_q_params()
+        elif detach:
+            params = [p.detach() for p in self.qs.param_list()]
+        members = None
+        if reduce in ("avg", "min"):
+            members = torch.randperm(self.config.num_q, device=z.device)[:2]
+        training = False if target else None  # target Qs never use dropout
+        q = self.to_scalar(self.qs(torch.cat([z, a], -1), params, members, training))
+        if reduce == "avg" or reduce == "mean":
+            return q.mean(0)
+        return q.min(0).values if reduce == "min" else q
+
+    def policy(self, z: Tensor, eval_mode: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """(..., L) -> action (..., A) and info (mean, entropy, scaled_entropy, ...)."""
+        out = self.pi_net(z)
+        if self.discrete:
+            return categorical(out, eval_mode)
+        return squashed_gaussian(out, self.config.log_std_min, self.config.log_std_max, eval_mode)
+
+    def termination_logit(self, z: Tensor) -> Tensor | None:
+        """(..., L) -> (...) logit of termination, or None for non-episodic configs."""
+        return None if self.termination_net is None else self.termination_net(z).squeeze(-1)
+
+    def encode_obs(self, obs: dict[str, Tensor], batch_dims: int) -> Tensor:
+        """Obs dict with `batch_dims` leading dims -> latents (*lead, L)."""
+        first = next(iter(obs.values()))
+        lead = first.shape[:batch_dims]
+        flat = {k: v.reshape(-1, *v.shape[batch_dims:]) for k, v in obs.items()}  # (N, ...)
+        return self.encoder(flat).reshape(*lead, -1)  # (N, L) -> (*lead, L)
+
+    # --- the contract -------------------------------------------------------------------------
+
+    def _latent(self, state: State, arg: str = "state") -> Tensor:
+        if not isinstance(state, State):
+            raise StateError(f"{arg}: expected a State, got {type(state).__name__}")
+        z = state.get("latent")
+        if z is None or z.dim() != 2 or z.shape[-1] != self.config.latent_dim:
+            got = None if z is None else tuple(z.shape)
+            raise StateError(
+                f"{arg}: expected tensor 'latent' of shape (B, {self.config.latent_dim}), "
+                f"got {got} (keys {sorted(state.tensors)})"
+            )
+        return z
+
+    def _action(self, action: Tensor, z: Tensor, arg: str = "action") -> Tensor:
+        a = self.action_spec.to_model(action, 1, arg)
+        if a.shape[0] != z.shape[0]:
+            raise SpecError(f"{arg}: expected batch {z.shape[0]}, got {a.shape[0]}")
+        return a.to(z.dtype)
+
+    def initial_state(self, batch_size: int) -> State:
+        """The uniform SimNorm latent (every group at 1/simnorm_dim). -> latent (B, L)."""
+        c = self.config
+        z = torch.full((batch_size, c.latent_dim), 1.0 / c.simnorm_dim, device=self.bins.device)
+        return State({"latent": z})
+
+    def encode(self, obs: Obs) -> State:
+        """obs (B, ...) -> State latent (B, L)."""
+        return State({"latent": self.encode_obs(self.obs_spec.as_dict(obs, 1), 1)})
+
+    def update(self, state: State, action: Tensor, obs: Obs) -> State:
+        """Not recurrent: re-encodes `obs`; `state` and `action` are only validated."""
+        self._action(action, self._latent(state))
+        return self.encode(obs)
+
+    def transition(self, state: State, action: Tensor) -> State:
+        """Latent dynamics: z' = d(z, a). -> latent (B, L)."""
+        z = self._latent(state)
+        return State({"latent": self.next_latent(z, self._action(action, z))})
+
+    def features(self, state: State) -> Tensor:
+        return self._latent(state)
+
+    def decode(self, state: State, heads: Sequence[str] | None = None,
+               action: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """reward (B,), q (B,) mean of all Qs, action (B, A) policy mean, continue (B,).
+
+        reward and q are evaluated at `action` if given, else at the policy's mean action.
+        """
+        wanted = self.check_heads(heads)
+        z = self._latent(state)
+        out: dict[str, Tensor] = {}
+        a = self.policy(z, eval_mode=True)[0] if action is None else self._action(action, z)
+        if "action" in wanted:
+            out["action"] = self.policy(z, eval_mode=True)[1]["mean"]
+        if "reward" in wanted:
+            out["reward"] = self.to_scalar(self.reward_logits(z, a))
+        if "q" in wanted:
+            out["q"] = self.q_values(z, a, reduce="mean")
+        if "continue" in wanted:
+            out["continue"] = self._continue(z)
+        return out
+
+    def _continue(self, z: Tensor) -> Tensor:
+        logit = self.termination_logit(z)
+        return torch.ones(z.shape[:-1], device=z.device) if logit is None else 1 - logit.sigmoid()
+
+    def imagine_step(self, state: State, action: Tensor) -> tuple[State, dict[str, Tensor]]:
+        """r(z_t, a_t) (B,), z_{t+1}, and continue of z_{t+1} (B,)."""
+        z = self._latent(state)
+        a = self._action(action, z)
+        nz = self.next_latent(z, a)
+        preds = {"reward": self.to_scalar(self.reward_logits(z, a)), "continue": self._continue(nz)}
+        return State({"latent": nz}), preds
+
+    # --- planner protocol ---------------------------------------------------------------------
+
+    def pi(self, state: State, eval_mode: bool = False) -> Tensor:
+        """Policy-prior action (B, A): a sample, or the mean when `eval_mode`."""
+        z = self._latent(state)
+        action, info = self.policy(z, eval_mode)
+        return info["mean"] if eval_mode else action
+
+    def q(self, state: State, action: Tensor, reduce: str = "avg", target: bool = False) -> Tensor:
+        """Q(z, a): (B,), or (E, B) for reduce='all'. See `q_values`."""
+        z = self._latent(state)
+        return self.q_values(z, self._action(action, z), reduce, target)
+
+    def value(self, state: State, action: Tensor) -> Tensor:
+        """Planning value: average of 2 random Qs (the official 'avg'). -> (B,)."""
+        return self.q(state, action, reduce="avg")
+
+    def reward(self, state: State, action: Tensor) -> Tensor:
+        """Predicted reward of taking `action` in `state`. -> (B,)."""
+        z = self._latent(state)
+        return self.to_scalar(self.reward_logits(z, self._action(action, z)))
+
+    # --- training -----------------------------------------------------------------------------
+
+    def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        """World-model loss (consistency, reward, value, termination) on a (B, H+1) window."""
+        total, metrics, _ = training.world_model_loss(self, batch)
+        out: Metrics = {**metrics}
+        return total, out
+
+    def policy_loss(self, latents: Tensor) -> tuple[Tensor, Metrics]:
+        """Policy-prior loss on latents (H+1, B, L); Q is frozen. Updates the running scale."""
+        loss, metrics = training.policy_loss(self, latents)
+        out: Metrics = {**metrics}
+        return loss, out
+
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
+        """One official update: model step, policy step, target-Q EMA. Tensor metrics, no sync."""
+        return training.train_step(self, batch)
+
+    def soft_update_targets(self) -> None:
+        """target <- target + tau * (online - target)."""
+        with torch.no_grad():
+            online = [p.detach() for p in self.qs.param_list()]
+            torch._foreach_lerp_(self.target_q_params(), online, self.config.tau)
+
+    def extra_repr(self) -> str:
+        return f"discount={self.discount:.4f}, discrete={self.discrete}"

@@ -1,0 +1,143 @@
+"""An ensemble of E identical MLPs with stacked weights, evaluated in one batched call.
+
+Each member is ``[Linear -> Dropout (first layer only) -> LayerNorm -> act] x len(hidden)`` then a
+plain ``Linear``: the block of TD-MPC2's Q functions (Hansen et al. 2024,
+nicklashansen/tdmpc2 ``common/layers.py``: ``NormedLinear`` and ``mlp``). There is no Python loop
+over members: the first layer (whose input is shared) is one GEMM against the members' weights laid
+side by side, and every later layer is one ``baddbmm`` over the member dimension.
+
+The forward pass is a pure function of a parameter list (`ensemble_forward`), so the same code
+evaluates the live weights, detached copies (a frozen critic) or EMA target weights held as
+buffers, and any subset of members (indexing the stacked weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldflux.core.exceptions import ConfigError, SpecError
+
+_ACTS: dict[str, Callable[[Tensor], Tensor]] = {
+    "mish": F.mish,
+    "silu": F.silu,
+    "relu": F.relu,
+    "elu": F.elu,
+    "gelu": F.gelu,
+}
+
+
+class EnsembleMLP(nn.Module):
+    """E MLPs with stacked weights. (..., in_dim) -> (E, ..., out_dim).
+
+    Parameters per hidden layer i: ``w{i}`` (E, d_in, d_out), ``b{i}`` (E, d_out), LayerNorm
+    ``g{i}``/``s{i}`` (E, d_out); output layer ``w{L}``/``b{L}``. Linear weights are truncated
+    normal (std 0.02) with zero biases; `zero_last` zeroes the output weights (TD-MPC2's Q init).
+    """
+
+    def __init__(
+        self,
+        members: int,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        act: str = "mish",
+        dropout: float = 0.0,
+        zero_last: bool = False,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if members < 1 or in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden):
+            raise ConfigError(
+                f"EnsembleMLP: members, in_dim, hidden and out_dim must be >= 1, got "
+                f"{members}, {in_dim}, {list(hidden)}, {out_dim}"
+            )
+        if act not in _ACTS:
+            raise ConfigError(f"act: expected one of {sorted(_ACTS)}, got {act!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout: expected in [0, 1), got {dropout}")
+        self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.hidden = tuple(hidden)
+        self.act, self.dropout, self.eps = act, dropout, eps
+        dims = [in_dim, *hidden, out_dim]
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            w = torch.empty(members, d_in, d_out)
+            nn.init.trunc_normal_(w, std=0.02)
+            if zero_last and i == len(hidden):
+                w.zero_()
+            self.register_parameter(f"w{i}", nn.Parameter(w))
+            self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(members, d_out)))
+            if i < len(hidden):
+                self.register_parameter(f"g{i}", nn.Parameter(torch.ones(members, d_out)))
+                self.register_parameter(f"s{i}", nn.Parameter(torch.zeros(members, d_out)))
+
+    def param_list(self) -> list[Tensor]:
+        """The parameters in the order `ensemble_forward` expects."""
+        return list(self.parameters())
+
+    def forward(
+        self,
+        x: Tensor,
+        params: Sequence[Tensor] | None = None,
+        members: Tensor | None = None,
+        training: bool | None = None,
+    ) -> Tensor:
+        """(..., in_dim) -> (E', ..., out_dim) with E' = E or len(members).
+
+        `params` replaces the module's own weights (e.g. detached or target copies); `members`
+        (long indices) evaluates only those members; `training` overrides the module's mode for
+        dropout (target networks pass False).
+        """
+        p = self.param_list() if params is None else list(params)
+        if members is not None:
+            p = [t.index_select(0, members) for t in p]
+        return ensemble_forward(
+            x,
+            p,
+            len(self.hidden),
+            self.act,
+            self.dropout,
+            self.training if training is None else training,
+            self.eps,
+        )
+
+
+def ensemble_forward(
+    x: Tensor,
+    params: Sequence[Tensor],
+    layers: int,
+    act: str = "mish",
+    dropout: float = 0.0,
+    training: bool = False,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Evaluate stacked-weight MLPs on a shared input. (..., d) -> (E, ..., out).
+
+    `params` is ``[w0, b0, g0, s0, ..., w{L}, b{L}]`` as laid out by `EnsembleMLP`.
+    """
+    if len(params) != 4 * layers + 2:
+        raise SpecError(f"params: expected {4 * layers + 2} tensors, got {len(params)}")
+    w0 = params[0]
+    e, d_in, d_out = w0.shape
+    if x.shape[-1] != d_in:
+        raise SpecError(f"x: expected last dim {d_in}, got {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, d_in)  # (..., d) -> (N, d)
+    n = flat.shape[0]
+    fn = _ACTS[act]
+    # shared input: one GEMM against all members' weights side by side
+    w_wide = w0.permute(1, 0, 2).reshape(d_in, e * d_out)  # (E, d, o) -> (d, E*o)
+    h = torch.addmm(params[1].reshape(1, e * d_out), flat, w_wide)  # (N, E*o)
+    h = h.reshape(n, e, d_out).transpose(0, 1)  # (N, E*o) -> (E, N, o)
+    for i in range(layers):
+        g, s = params[4 * i + 2], params[4 * i + 3]
+        if i == 0 and dropout > 0.0:
+            h = F.dropout(h, dropout, training)
+        h = F.layer_norm(h, (h.shape[-1],), eps=eps)
+        h = fn(torch.addcmul(s[:, None], h, g[:, None]))  # per-member affine, then activation
+        w, b = params[4 * (i + 1)], params[4 * (i + 1) + 1]
+        h = torch.baddbmm(b[:, None], h, w)  # (E, N, d) @ (E, d, o) -> (E, N, o)
+    return h.reshape(e, *lead, h.shape[-1])  # (E, N, o) -> (E, ..., o)

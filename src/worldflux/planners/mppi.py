@@ -1,0 +1,223 @@
+"""MPPI over latent rollouts, as in TD-MPC2 (nicklashansen/tdmpc2 ``tdmpc2.py``: ``_plan``,
+``_estimate_value``), batched over B environments.
+
+Model protocol (any `WorldModel` that provides these works):
+
+- ``imagine_step(state, action (B, A)) -> (next_state, {"reward": (B,), "continue": (B,)?})``:
+  the reward of taking ``action`` in ``state`` (a ``continue`` < 0.5 ends the return there);
+- ``value(state, action (B, A)) -> (B,)``: the bootstrap value Q(z_H, a) at the horizon;
+- optional ``pi(state) -> (B, A)``: a policy-prior sample, used for the bootstrap action and
+  for ``pi_trajs`` of the candidate sequences (without it the bootstrap action is the
+  sequence's last action and all candidates are Gaussian samples);
+- optional ``discount`` (float) attribute, used when ``MPPI(discount=None)``;
+- ``action_spec`` (``dim``, ``discrete``).
+
+Continuous actions lie in [-1, 1]. Discrete actions (one-hot) are planned with a categorical
+sampling distribution per step: candidates are drawn from it by Gumbel-max, its probabilities are
+refit to the score-weighted elite one-hots, and ``std_min`` acts as a uniform floor on them.
+Warm start: the previous plan's mean shifted one step (the last step re-initialised);
+``reset(mask)`` clears it for finished environments. In evaluation the highest-scoring elite's
+first action is returned (deterministic choice); in training an elite is sampled by score and
+Gaussian noise with the final std is added (continuous), as in the official planner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.state import State
+
+
+class MPPI:
+    """Model predictive path integral planner with TD-MPC2's defaults. `plan` -> (B, A)."""
+
+    def __init__(
+        self,
+        horizon: int = 3,
+        iterations: int = 6,
+        samples: int = 512,
+        elites: int = 64,
+        pi_trajs: int = 24,
+        std_min: float = 0.05,
+        std_max: float = 2.0,
+        temperature: float = 0.5,
+        discount: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        for name, v in (("horizon", horizon), ("iterations", iterations), ("samples", samples),
+                        ("elites", elites)):  # fmt: skip
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}: expected an int >= 1, got {v!r}")
+        if elites > samples:
+            raise ConfigError(f"elites: expected <= samples ({samples}), got {elites}")
+        if not 0 <= pi_trajs < samples:
+            raise ConfigError(f"pi_trajs: expected in [0, samples={samples}), got {pi_trajs}")
+        if not 0.0 < std_min <= std_max:
+            raise ConfigError(f"std_min/std_max: expected 0 < min <= max, got {std_min}, {std_max}")
+        if temperature <= 0:
+            raise ConfigError(f"temperature: expected > 0, got {temperature}")
+        if discount is not None and not 0.0 < discount <= 1.0:
+            raise ConfigError(f"discount: expected in (0, 1], got {discount}")
+        self.horizon, self.iterations = horizon, iterations
+        self.samples, self.elites, self.pi_trajs = samples, elites, pi_trajs
+        self.std_min, self.std_max, self.temperature = std_min, std_max, temperature
+        self.discount, self.generator = discount, generator
+        self.last_mean: Tensor | None = None  # (B, H, A) final mean (probabilities if discrete)
+        self._prev: Tensor | None = None
+        self._discrete = False
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> MPPI:
+        """Build from a TD-MPC2 config (horizon, iterations, num_samples, ... fields)."""
+        args = dict(
+            horizon=config.horizon, iterations=config.iterations, samples=config.num_samples,
+            elites=config.num_elites, pi_trajs=config.num_pi_trajs, std_min=config.min_std,
+            std_max=config.max_std, temperature=config.temperature,
+        )  # fmt: skip
+        args.update(overrides)
+        return cls(**args)
+
+    def reset(self, mask: Tensor | None = None) -> None:
+        """Forget the warm start for all envs, or those where `mask` (B,) bool is True."""
+        prev = self._prev
+        if mask is None or prev is None:
+            self._prev = None
+            return
+        if mask.dtype != torch.bool or mask.shape != prev.shape[:1]:
+            raise SpecError(
+                f"mask: expected a bool tensor of shape ({prev.shape[0]},), "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        fresh = self._fresh(prev.shape[0], prev.shape[-1], prev.device)
+        self._prev = torch.where(mask.to(prev.device)[:, None, None], fresh, prev)
+
+    def _fresh(self, b: int, a: int, device: torch.device) -> Tensor:
+        """The cold-start mean (B, H, A): zeros, or uniform probabilities if discrete."""
+        return torch.full((b, self.horizon, a), 1.0 / a if self._discrete else 0.0, device=device)
+
+    def _initial_mean(self, b: int, a: int, device: torch.device) -> Tensor:
+        mean = self._fresh(b, a, device)
+        prev = self._prev
+        if prev is not None and prev.shape == mean.shape:
+            mean[:, :-1] = prev[:, 1:].to(device)  # step t+1 of the last plan is step t now
+        return mean
+
+    def _randn(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        if self.generator is None:
+            return torch.randn(shape, device=device)
+        gen = self.generator
+        return torch.randn(shape, generator=gen, device=gen.device).to(device)
+
+    def _gumbel(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        gen = self.generator
+        u = torch.rand(shape, generator=gen, device=gen.device if gen is not None else device)
+        return -torch.log(-torch.log(u.to(device).clamp(1e-10, 1.0 - 1e-7)))
+
+    # --- planning -----------------------------------------------------------------------------
+
+    def _discount(self, model: Any) -> float:
+        if self.discount is not None:
+            return self.discount
+        return float(getattr(model, "discount", 0.99))
+
+    @torch.no_grad()
+    def estimate_value(self, model: Any, state: State, actions: Tensor) -> Tensor:
+        """Discounted predicted return plus bootstrap value. actions (B, N, H, A) -> (B, N).
+
+        `state` is already repeated to B*N rows (row b*N + n is env b, candidate n).
+        """
+        b, n, h, a = actions.shape
+        gamma = self._discount(model)
+        ret = torch.zeros(b * n, device=actions.device)
+        alive = torch.ones(b * n, device=actions.device)
+        disc = 1.0
+        for t in range(h):
+            act = actions[:, :, t].reshape(b * n, a)  # (B, N, A) -> (B*N, A)
+            state, preds = model.imagine_step(state, act)
+            ret = ret + disc * alive * preds["reward"]
+            disc *= gamma
+            if "continue" in preds:
+                alive = alive * (preds["continue"] >= 0.5).to(alive.dtype)
+        last = model.pi(state) if hasattr(model, "pi") else act
+        ret = ret + disc * alive * model.value(state, last)
+        return ret.reshape(b, n)  # (B*N,) -> (B, N)
+
+    @torch.no_grad()
+    def _policy_sequences(self, model: Any, state: State, p: int) -> Tensor:
+        """Roll the policy prior out H steps from each env, p times. -> (B, p, H, A)."""
+        b = state.batch_size
+        s = _repeat(state, p)
+        acts = []
+        for t in range(self.horizon):
+            act = model.pi(s)
+            acts.append(act)
+            if t < self.horizon - 1:
+                s = model.transition(s, act)
+        seq = torch.stack(acts, 1)  # (B*p, H, A)
+        return seq.reshape(b, p, self.horizon, -1)  # (B*p, H, A) -> (B, p, H, A)
+
+    def _sample(self, mean: Tensor, std: Tensor, m: int) -> Tensor:
+        """m candidate sequences per env from the current distribution. -> (B, m, H, A)."""
+        b, h, a = mean.shape
+        if self._discrete:
+            logits = torch.log(mean.clamp_min(1e-8))[:, None]  # (B, 1, H, A)
+            idx = (logits + self._gumbel((b, m, h, a), mean.device)).argmax(-1)  # (B, m, H)
+            return F.one_hot(idx, a).to(mean.dtype)
+        eps = self._randn((b, m, h, a), mean.device)
+        return (mean[:, None] + std[:, None] * eps).clamp(-1.0, 1.0)
+
+    def _refit(self, elite: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+        """Score-weighted mean and std of the elites (B, K, H, A), score (B, K)."""
+        w = score[:, :, None, None]
+        mean = (w * elite).sum(1)  # (B, H, A)
+        if self._discrete:
+            a = mean.shape[-1]
+            mean = (1.0 - self.std_min) * mean + self.std_min / a  # uniform floor
+            return mean, torch.zeros_like(mean)
+        std = (w * (elite - mean[:, None]) ** 2).sum(1).sqrt()
+        return mean, std.clamp(self.std_min, self.std_max)
+
+    @torch.no_grad()
+    def plan(self, model: Any, state: State, eval_mode: bool = False) -> Tensor:
+        """Plan from `state` (B envs); return the first action (B, A). See the module docs."""
+        if not isinstance(state, State):
+            raise SpecError(f"state: expected a State, got {type(state).__name__}")
+        for need in ("imagine_step", "value", "action_spec"):
+            if not hasattr(model, need):
+                raise SpecError(f"model: MPPI needs `{need}` (see worldflux.planners.mppi)")
+        b, a = state.batch_size, int(model.action_spec.dim)
+        self._discrete = bool(model.action_spec.discrete)
+        n, k, device = self.samples, self.elites, state.device
+        p = self.pi_trajs if hasattr(model, "pi") else 0
+        pi_seq = self._policy_sequences(model, state, p) if p > 0 else None
+        rep = _repeat(state, n)
+        mean = self._initial_mean(b, a, device)
+        std = torch.full((b, self.horizon, a), self.std_max, device=device)
+        for _ in range(self.iterations):
+            cand = self._sample(mean, std, n - p)
+            actions = cand if pi_seq is None else torch.cat([pi_seq, cand], 1)  # (B, N, H, A)
+            value = self.estimate_value(model, rep, actions).nan_to_num(0.0)  # (B, N)
+            elite_value, idx = value.topk(k, dim=1)  # (B, K)
+            elite = actions.gather(1, idx[:, :, None, None].expand(b, k, self.horizon, a))
+            score = torch.softmax(self.temperature * elite_value, dim=1)  # (B, K)
+            mean, std = self._refit(elite, score)
+        self._prev, self.last_mean = mean, mean
+        if eval_mode:
+            choice = score.argmax(1)  # (B,)
+        else:
+            choice = (score.clamp_min(1e-30).log() + self._gumbel((b, k), device)).argmax(1)
+        first = elite[torch.arange(b, device=device), choice, 0]  # (B, A)
+        if not eval_mode and not self._discrete:
+            first = first + std[:, 0] * self._randn((b, a), device)
+        return first.clamp(-1.0, 1.0) if not self._discrete else first
+
+
+def _repeat(state: State, times: int) -> State:
+    """Each env's row repeated `times` times: (B, ...) -> (B*times, ...), env-major."""
+    return State({k: v.repeat_interleave(times, 0) for k, v in state.tensors.items()},
+                 dict(state.meta))  # fmt: skip

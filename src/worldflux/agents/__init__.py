@@ -1,1 +1,63 @@
-"""agents"""
+"""Agents: one per model family, written against the `WorldModel` contract (see `base.Agent`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from worldflux.agents.base import Agent, guarded_step
+from worldflux.core.exceptions import RegistryError
+from worldflux.core.registry import create_world_model
+
+
+def _dreamer() -> type[Agent]:
+    from worldflux.agents.dreamer import DreamerAgent
+
+    return DreamerAgent
+
+
+def _tdmpc2() -> type[Agent]:
+    from worldflux.agents.tdmpc2 import TDMPC2Agent
+
+    return TDMPC2Agent
+
+
+def _jepa() -> type[Agent]:
+    from worldflux.agents.jepa import JEPAAgent
+
+    return JEPAAgent
+
+
+AGENTS: dict[str, Callable[[], type[Agent]]] = {
+    "dreamerv3": _dreamer,
+    "tdmpc2": _tdmpc2,
+    "jepa": _jepa,
+}
+
+
+def make_agent(
+    model: str,
+    obs_space: Any,
+    action_space: Any,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    model_overrides: dict[str, Any] | None = None,
+    agent_options: dict[str, Any] | None = None,
+) -> Agent:
+    """Build the world model ``"family:preset"`` (seeded) and wrap it in its family's agent.
+
+    `agent_options` are keyword arguments of the agent class (e.g. ``act="policy"`` for TD-MPC2).
+    """
+    family = model.partition(":")[0]
+    if family not in AGENTS:
+        raise RegistryError(f"model: no agent for family {family!r}; known: {sorted(AGENTS)}")
+    world_model = create_world_model(
+        model, obs_space, action_space, device=device, seed=seed, **(model_overrides or {})
+    )
+    agent_cls: Any = AGENTS[family]()
+    return agent_cls(world_model, seed=seed, **(agent_options or {}))
+
+
+__all__ = ["AGENTS", "Agent", "guarded_step", "make_agent"]

@@ -1,0 +1,115 @@
+"""The agent contract the `Trainer` drives, and the guarded optimizer step every agent uses.
+
+An agent owns a world model, whatever else it learns (actor, critic, ...), and its optimizers.
+
+- ``act(obs, state, explore, is_first) -> (action, new_state)``: ``obs`` is a dict of batched
+  tensors ``(N, *shape)`` (see `ObsSpec`), ``state`` the agent's acting memory (None at the start),
+  ``is_first`` (N,) bool marks envs whose episode just began. ``action`` is float ``(N, A)`` in the
+  model's format: one-hot for discrete spaces, [-1, 1] for continuous ones.
+- ``learn(batch) -> metrics``: one update on a replayed `Batch`; non-finite losses or gradients
+  skip the step and report ``nonfinite=1``.
+- ``state_dict()`` / ``load_state_dict()``: every module and optimizer, for checkpoints.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from worldflux.core.batch import Batch
+from worldflux.core.model import Metrics, WorldModel
+from worldflux.core.state import State
+
+
+def guarded_step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    max_grad_norm: float | None,
+) -> tuple[bool, float]:
+    """Backward + clip + step, unless the loss or the gradient norm is NaN/Inf.
+
+    Returns (stepped, grad_norm). On a non-finite value the gradients are cleared and the
+    parameters and optimizer state stay untouched.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(loss)):
+        return False, float("nan")
+    loss.backward()
+    params = [p for p in params if p.grad is not None]
+    if max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))  # type: ignore[union-attr]
+    if not bool(torch.isfinite(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return False, float(norm)
+    optimizer.step()
+    return True, float(norm)
+
+
+class Agent(ABC):
+    """Base class of agents (see the module docstring for the contract)."""
+
+    model: WorldModel
+    batch_size: int  # sequences per replayed batch
+    seq_len: int  # steps per replayed sequence
+    default_train_ratio: float  # replayed steps per env step the reference uses
+    within_episode: bool = False  # replay windows must lie inside one episode (TD-MPC2)
+
+    @property
+    def replayed_per_update(self) -> int:
+        """Env steps one update replays: batch_size * seq_len (the train-ratio unit)."""
+        return self.batch_size * self.seq_len
+
+    @abstractmethod
+    def act(
+        self,
+        obs: dict[str, Tensor],
+        state: State | None,
+        explore: bool,
+        is_first: Tensor | None = None,
+    ) -> tuple[Tensor, State | None]:
+        """Actions (N, A) for a batch of observations, and the new acting state."""
+
+    @abstractmethod
+    def learn(self, batch: Batch) -> Metrics:
+        """One update on `batch`; returns detached scalar metrics (``nonfinite`` counts skips)."""
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """The trained modules by name (their weights go to safetensors)."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers by name."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Anything else to checkpoint (counters, normalisers); JSON scalars or tensors."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `extra_state`."""
+        del state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.load_extra_state(state.get("extra", {}))
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules().values():
+            m.train(mode)

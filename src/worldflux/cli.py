@@ -1,0 +1,211 @@
+"""The ``worldflux`` command line: train, eval, imagine, models, resume, demo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from worldflux.core.exceptions import WorldFluxError
+
+app = typer.Typer(
+    help="World models for RL: train, evaluate and inspect DreamerV3, TD-MPC2 and JEPA agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEMO_MODEL = "tdmpc2:1m"
+DEMO_ENV = "Pendulum-v1"
+DEMO_SETTINGS = [
+    "steps=3000",
+    "seed_steps=500",
+    "eval_every=1500",
+    "eval_episodes=3",
+    "checkpoint_every=1500",
+    "log_every=250",
+    "agent.act=policy",
+]
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _report(result: dict[str, Any], trainer: Any) -> None:
+    latest = trainer.checkpoints.latest()
+    ev = result.get("eval")
+    typer.echo(f"run dir:     {trainer.run_dir}")
+    typer.echo(
+        f"metrics:     {trainer.run_dir / 'metrics.jsonl'}  (TensorBoard: {trainer.run_dir / 'tb'})"
+    )
+    typer.echo(f"checkpoint:  {latest}")
+    typer.echo(
+        f"env steps:   {result['step']}  updates: {result['updates']}  "
+        f"skipped non-finite updates: {result['nonfinite']}"
+    )
+    if ev is not None:
+        typer.echo(
+            f"last eval:   return {ev['return_mean']:.1f} +- {ev['return_std']:.1f} "
+            f"over {len(ev['returns'])} episodes"
+        )
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="family:preset, e.g. dreamerv3:size1m, tdmpc2:1m")],
+    env: Annotated[str, typer.Option(help="environment id, e.g. CartPole-v1, dmc:walker-walk")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key=value: trainer fields (steps=, seed=, train_ratio=, threads=, device=...), "
+            "agent.<opt>=, env.<kwarg>=, anything else sets a model config field"
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="where to write (default runs/<name>)")
+    ] = None,
+) -> None:
+    """Train a model on an environment online, with evaluation and checkpoints."""
+    from worldflux.training.run import build_trainer, default_run_dir, parse_overrides
+
+    try:
+        spec = parse_overrides(model, env, overrides or [])
+        trainer = build_trainer(spec, run_dir or default_run_dir(spec))
+        _report(trainer.train(), trainer)
+    except WorldFluxError as err:
+        _fail(err)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory with run.json and checkpoints")],
+    steps: Annotated[int | None, typer.Option(help="new total env steps (extend a run)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads for this session")] = None,
+) -> None:
+    """Continue a run exactly from its latest checkpoint."""
+    from worldflux.training.run import resume_trainer
+
+    changes: dict[str, Any] = {}
+    if steps is not None:
+        changes["steps"] = steps
+    if threads is not None:
+        changes["threads"] = threads
+    try:
+        trainer = resume_trainer(run_dir, **changes)
+        typer.echo(f"resumed at env step {trainer.step}")
+        _report(trainer.train(), trainer)
+    except WorldFluxError as err:
+        _fail(err)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint dir (or run dir: latest)")],
+    episodes: Annotated[int, typer.Option(help="episodes to run")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the evaluation envs")] = 0,
+    video: Annotated[Path | None, typer.Option(help="record episode 0 to .gif/.mp4")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+) -> None:
+    """Real environment returns of a checkpointed agent (no exploration)."""
+    from worldflux.training.evaluate import evaluate
+    from worldflux.training.run import env_factory, load_agent
+
+    _threads(threads)
+    try:
+        agent, spec = load_agent(checkpoint)
+        if video is not None:
+            spec.env_kwargs = {**spec.env_kwargs, "render_mode": "rgb_array"}
+        result = evaluate(agent, env_factory(spec), episodes, seed, video=video)
+    except WorldFluxError as err:
+        _fail(err)
+    typer.echo(
+        f"return {result['return_mean']:.2f} +- {result['return_std']:.2f} over "
+        f"{episodes} episodes (mean length {result['length_mean']:.1f})"
+    )
+    typer.echo("returns: " + ", ".join(f"{r:.1f}" for r in result["returns"]))
+    if video is not None:
+        typer.echo(f"video: {video}")
+
+
+@app.command()
+def imagine(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint dir (or run dir: latest)")],
+    out: Annotated[Path, typer.Option(help="output .gif or .mp4")] = Path("imagination.gif"),
+    context: Annotated[int, typer.Option(help="real steps filtered before imagining")] = 5,
+    length: Annotated[int, typer.Option(help="total steps shown")] = 50,
+    seed: Annotated[int, typer.Option(help="seed of the episode")] = 0,
+) -> None:
+    """Video of real observations beside the model's open-loop predictions."""
+    from worldflux.training.evaluate import collect_sequence
+    from worldflux.training.run import env_factory, load_agent
+    from worldflux.training.video import imagination_video
+
+    _threads(1)
+    try:
+        agent, spec = load_agent(checkpoint)
+        env = env_factory(spec)(0)
+        batch = collect_sequence(agent, env, seed, length)
+        info = imagination_video(agent.model, batch, out, context=context)
+    except WorldFluxError as err:
+        _fail(err)
+    err_txt = ", ".join(f"{e:.3f}" for e in info["open_loop_error"][:10])
+    typer.echo(f"video: {info['path']} ({info['frames']} frames); open-loop error: {err_txt} ...")
+
+
+@app.command()
+def models() -> None:
+    """Every preset with its parameter count (on a reference observation/action space)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from worldflux.training.presets import preset_table
+
+    table = Table("model", "parameters", "counted for")
+    for name, count, space in preset_table():
+        table.add_row(name, f"{count:,}" if count is not None else "-", space)
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    run_dir: Annotated[Path | None, typer.Option(help="where to write")] = None,
+    steps: Annotated[int, typer.Option(help="env steps")] = 3000,
+) -> None:
+    """A short visible run (TD-MPC2 on Pendulum, a few minutes on 2 cores), then a video."""
+    from worldflux.training.evaluate import collect_sequence
+    from worldflux.training.run import build_trainer, default_run_dir, parse_overrides
+    from worldflux.training.video import imagination_video
+
+    _threads(1)
+    settings = [s for s in DEMO_SETTINGS if not s.startswith("steps=")] + [f"steps={steps}"]
+    typer.echo(f"worldflux demo: {DEMO_MODEL} on {DEMO_ENV}, {' '.join(settings)}")
+    try:
+        spec = parse_overrides(DEMO_MODEL, DEMO_ENV, settings)
+        trainer = build_trainer(spec, run_dir or default_run_dir(spec))
+        result = trainer.train()
+        _report(result, trainer)
+        batch = collect_sequence(trainer.agent, trainer.env_fn(0), 0, 60)
+        video = trainer.run_dir / "videos" / "imagination.gif"
+        info = imagination_video(trainer.agent.model, batch, video, context=5)
+        typer.echo(f"video:       {info['path']}  (real vs open-loop predicted observations)")
+    except WorldFluxError as err:
+        _fail(err)
+
+
+def main() -> None:
+    """Console entry point (``worldflux``)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    app(prog_name="worldflux")
+
+
+if __name__ == "__main__":
+    main()

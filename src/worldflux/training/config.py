@@ -1,0 +1,87 @@
+"""`TrainerConfig`: every knob of a training run, validated, JSON-able (stored in ``run.json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from worldflux.core.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Settings of `Trainer`. Step counts are env steps (after action repeat), summed over envs."""
+
+    steps: int = 100_000  # total env steps of the run
+    seed: int = 0  # seeds torch, numpy, python, the envs and the replay sampler
+    num_envs: int = 1  # env copies stepped in one process
+    seed_steps: int = 1000  # uniformly random actions before the agent acts and learns
+    train_ratio: float | None = None  # replayed steps per env step (None: the agent's default)
+    updates_per_step: float | None = None  # overrides train_ratio: gradient updates per env step
+    eval_every: int = 10_000  # env steps between evaluations (0: never)
+    eval_episodes: int = 10  # episodes per evaluation (real env returns, explore=False)
+    checkpoint_every: int = 10_000  # env steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 3  # how many checkpoints to keep
+    save_replay: bool = True  # store the replay buffer in checkpoints (needed for exact resume)
+    log_every: int = 1000  # env steps between train-metric records
+    max_nonfinite: int = 20  # consecutive non-finite updates before the run stops with an error
+    threads: int = 1  # torch.set_num_threads (1 avoids OpenMP oversubscription on small CPUs)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; never chosen implicitly
+    replay_capacity: int = 1_000_000  # steps the replay keeps
+    tensorboard: bool = True  # also write TensorBoard scalars when tensorboard is installed
+    progress: bool = True  # show the rich live progress line
+
+    def __post_init__(self) -> None:
+        for name in (
+            "steps",
+            "num_envs",
+            "eval_episodes",
+            "keep_checkpoints",
+            "threads",
+            "max_nonfinite",
+            "replay_capacity",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: expected an int >= 1, got {value!r}")
+        for name in ("seed_steps", "eval_every", "checkpoint_every", "log_every", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}: expected an int >= 0, got {value!r}")
+        for name in ("train_ratio", "updates_per_step"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise ConfigError(f"{name}: expected a number > 0 or None, got {value!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(f"device: expected 'cpu' or 'cuda[:i]', got {self.device!r}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(values: dict[str, Any]) -> TrainerConfig:
+        known = {f.name for f in dataclasses.fields(TrainerConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"trainer config: unknown fields {unknown}; known: {sorted(known)}")
+        return TrainerConfig(**values)
+
+
+def setup_runtime(threads: int, device: str) -> torch.device:
+    """Set torch's intra-op threads and resolve `device`, warning when CUDA sits unused."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
+    if dev.type == "cpu" and torch.cuda.is_available():
+        warnings.warn(
+            "CUDA is available but device='cpu' was chosen; pass device='cuda' to use the GPU",
+            stacklevel=2,
+        )
+    return dev

@@ -1,0 +1,160 @@
+"""Runs from names: ``RunSpec`` (model, env, overrides) -> a ready `Trainer`; resume from a run dir.
+
+A run directory holds ``run.json`` (the spec), ``metrics.jsonl``, ``tb/``, ``checkpoints/`` and
+``videos/``. `resume_trainer(run_dir)` rebuilds everything from ``run.json`` and the latest
+checkpoint, so ``worldflux resume <run dir>`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worldflux.agents import make_agent
+from worldflux.core.exceptions import ConfigError
+from worldflux.training.config import TrainerConfig
+from worldflux.training.trainer import Trainer
+
+RUN_FILE = "run.json"
+TRAINER_FIELDS = {f.name for f in dataclasses.fields(TrainerConfig)}
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run, stored as ``run.json``."""
+
+    model: str  # "family:preset"
+    env: str  # an id for worldflux.envs.make_env
+    trainer: dict[str, Any] = field(default_factory=dict)  # TrainerConfig fields
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields of the model
+    agent: dict[str, Any] = field(default_factory=dict)  # agent keyword options
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # make_env keyword options
+
+    def trainer_config(self) -> TrainerConfig:
+        return TrainerConfig.from_dict(self.trainer)
+
+
+def parse_value(text: str) -> Any:
+    """``key=value`` values: JSON when it parses (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(model: str, env: str, items: list[str]) -> RunSpec:
+    """Sort ``key=value`` items: trainer fields, ``agent.x``, ``env.x``, else model config."""
+    spec = RunSpec(model=model, env=env)
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override: expected key=value, got {item!r}")
+        value = parse_value(raw)
+        if key in TRAINER_FIELDS:
+            spec.trainer[key] = value
+        elif key.startswith("agent."):
+            spec.agent[key[6:]] = value
+        elif key.startswith("env."):
+            spec.env_kwargs[key[4:]] = value
+        else:
+            spec.model_overrides[key.removeprefix("model.")] = value
+    spec.trainer_config()  # validate early
+    return spec
+
+
+def default_run_dir(spec: RunSpec, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{spec.model.replace(':', '-')}_{spec.env.replace('/', '-').replace(':', '-')}"
+    return Path(root) / f"{name}_{stamp}"
+
+
+def env_factory(spec: RunSpec) -> Any:
+    """index -> a fresh env of the run (seeded by the runner / evaluator)."""
+    from worldflux.envs import make_env
+
+    def make(_: int) -> Any:
+        return make_env(spec.env, **spec.env_kwargs)
+
+    return make
+
+
+def make_replay(config: TrainerConfig, obs_space: Any, action_space: Any) -> Any:
+    from worldflux.data.replay import Replay
+
+    return Replay(
+        config.replay_capacity, obs_space, action_space, num_envs=config.num_envs, seed=config.seed
+    )
+
+
+def build_trainer(spec: RunSpec, run_dir: str | Path) -> Trainer:
+    """A fresh Trainer for `spec`; writes ``run.json`` into `run_dir`."""
+    config = spec.trainer_config()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / RUN_FILE, "w") as f:
+        json.dump(dataclasses.asdict(spec), f, indent=2)
+    env_fn = env_factory(spec)
+    probe = env_fn(0)
+    agent = make_agent(
+        spec.model,
+        probe.observation_space,
+        probe.action_space,
+        config.seed,
+        config.device,
+        spec.model_overrides,
+        spec.agent,
+    )
+    replay = make_replay(config, probe.observation_space, probe.action_space)
+    probe.close()
+    return Trainer(agent, env_fn, replay, config, run_dir, dataclasses.asdict(spec))
+
+
+def load_spec(run_dir: str | Path) -> RunSpec:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise ConfigError(f"run_dir: {run_dir} has no {RUN_FILE}; is it a worldflux run directory?")
+    with open(path) as f:
+        return RunSpec(**json.load(f))
+
+
+def resume_trainer(run_dir: str | Path, **trainer_changes: Any) -> Trainer:
+    """Rebuild the run in `run_dir` and load its latest checkpoint.
+
+    `trainer_changes` may extend the run (``steps=...``) or change threads/device/progress.
+    """
+    spec = load_spec(run_dir)
+    spec.trainer.update(trainer_changes)
+    trainer = build_trainer(spec, run_dir)
+    trainer.restore()
+    return trainer
+
+
+def load_agent(checkpoint: str | Path, device: str = "cpu") -> tuple[Any, RunSpec]:
+    """The agent stored in a checkpoint directory (or a run dir: its latest checkpoint)."""
+    from worldflux.training.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+
+    path = Path(checkpoint)
+    if (path / RUN_FILE).is_file():
+        latest = CheckpointManager(path).latest()
+        if latest is None:
+            raise CheckpointError(f"checkpoint: run dir {path} has no checkpoints yet")
+        path = latest
+    tree = load_checkpoint(path)
+    spec = RunSpec(**tree["run"])
+    probe = env_factory(spec)(0)
+    agent = make_agent(
+        spec.model,
+        probe.observation_space,
+        probe.action_space,
+        int(spec.trainer.get("seed", 0)),
+        device,
+        spec.model_overrides,
+        spec.agent,
+    )
+    probe.close()
+    agent.load_state_dict(tree["agent"])
+    return agent, spec

@@ -1,0 +1,164 @@
+"""`EnvRunner`: N environment copies stepped in one process, with episode bookkeeping.
+
+It converts observations to the model's tensors and model actions (one-hot / [-1, 1]) to the
+env's actions, resets finished episodes itself (so the caller sees the reset observation with
+``is_first``), and can snapshot and restore the envs for exact resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from worldflux.core.exceptions import SpecError
+from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec
+
+EnvFn = Callable[[int], Any]  # index -> a `worldflux.envs.Env` (reset/step return `Step` rows)
+
+
+def obs_to_numpy(obs: Any, spec: ObsSpec) -> dict[str, np.ndarray]:
+    """A single env observation as a dict of numpy arrays with the spec's dtypes."""
+    raw = obs if spec.is_dict else {SINGLE_KEY: obs}
+    out = {}
+    for key, field in spec.fields.items():
+        dtype = np.uint8 if field.is_image else np.float32
+        out[key] = np.asarray(raw[key], dtype=dtype)
+    return out
+
+
+def random_actions(spec: ActionSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniform random model-format actions (n, A): one-hot or uniform in [-1, 1]."""
+    if spec.discrete:
+        return np.eye(spec.dim, dtype=np.float32)[rng.integers(0, spec.dim, size=n)]
+    return rng.uniform(-1.0, 1.0, size=(n, spec.dim)).astype(np.float32)
+
+
+class EnvRunner:
+    """Steps `num_envs` envs made by `env_fn(i)`, seeded `seed + i` on their first reset.
+
+    `rows` after construction and after each `step` holds the `(env index, Step)` rows to store,
+    in order: a step row, then (when the episode ended) the next episode's reset row.
+    """
+
+    def __init__(self, env_fn: EnvFn, num_envs: int, seed: int) -> None:
+        if num_envs < 1:
+            raise SpecError(f"num_envs: expected an int >= 1, got {num_envs}")
+        self.envs = [env_fn(i) for i in range(num_envs)]
+        self.obs_spec = ObsSpec.from_space(self.envs[0].observation_space)
+        self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
+        self.num_envs = num_envs
+        self.rows: list[tuple[int, Any]] = []
+        self.obs: list[dict[str, np.ndarray]] = []
+        for i, env in enumerate(self.envs):
+            row = env.reset(seed=seed + i)
+            self.rows.append((i, row))
+            self.obs.append(obs_to_numpy(row.obs, self.obs_spec))
+        self.is_first = np.ones(num_envs, dtype=bool)
+        self.ep_return = np.zeros(num_envs, dtype=np.float64)
+        self.ep_length = np.zeros(num_envs, dtype=np.int64)
+
+    def obs_tensors(self, device: torch.device) -> dict[str, Tensor]:
+        """Current observations stacked: key -> (N, *shape)."""
+        return {
+            k: torch.from_numpy(np.stack([o[k] for o in self.obs])).to(device)
+            for k in self.obs_spec.fields
+        }
+
+    def step(self, actions: np.ndarray) -> list[tuple[int, float, int]]:
+        """Step every env with model-format `actions` (N, A); finished envs are reset.
+
+        Returns (env index, return, length) of the episodes that ended; fills `rows`.
+        """
+        self.rows = []
+        episodes = []
+        for i, env in enumerate(self.envs):
+            row = env.step(actions[i])
+            self.rows.append((i, row))
+            self.ep_return[i] += float(row.reward)
+            self.ep_length[i] += 1
+            self.is_first[i] = False
+            if row.is_last:
+                episodes.append((i, float(self.ep_return[i]), int(self.ep_length[i])))
+                self.ep_return[i], self.ep_length[i] = 0.0, 0
+                row = env.reset()
+                self.rows.append((i, row))
+                self.is_first[i] = True
+            self.obs[i] = obs_to_numpy(row.obs, self.obs_spec)
+        return episodes
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "envs": [capture_env(env) for env in self.envs],
+            "obs": self.obs,
+            "is_first": self.is_first.copy(),
+            "ep_return": self.ep_return.copy(),
+            "ep_length": self.ep_length.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for env, s in zip(self.envs, state["envs"], strict=True):
+            restore_env(env, s)
+        self.obs = [dict(o) for o in state["obs"]]
+        self.is_first = np.array(state["is_first"], dtype=bool)
+        self.ep_return = np.array(state["ep_return"], dtype=np.float64)
+        self.ep_length = np.array(state["ep_length"], dtype=np.int64)
+        self.rows = []
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+# --- env snapshots -----------------------------------------------------------------------------
+
+_SIMPLE = (bool, int, float, str, type(None), np.ndarray, np.generic)
+
+
+def _layers(env: Any) -> list[Any]:
+    out = [env]
+    while hasattr(out[-1], "env"):
+        out.append(out[-1].env)
+    return out
+
+
+def capture_env(env: Any) -> dict[str, Any]:
+    """Snapshot of an env: its own ``get_state()`` if it has one, else, for every wrapper layer,
+    the plain attributes (numbers, arrays, None) and the ``np_random`` generator state.
+
+    That covers Gymnasium's classic-control tasks and wrappers (TimeLimit step counters) exactly;
+    simulators keeping state in native objects (MuJoCo) need a ``get_state``/``set_state`` pair.
+    """
+    if hasattr(env, "get_state") and hasattr(env, "set_state"):
+        return {"custom": env.get_state()}
+    layers = []
+    for layer in _layers(env):
+        attrs: dict[str, Any] = {k: v for k, v in vars(layer).items() if isinstance(v, _SIMPLE)}
+        rng = getattr(layer, "_np_random", None)
+        if isinstance(rng, np.random.Generator):
+            attrs["__np_random__"] = rng.bit_generator.state
+        layers.append(attrs)
+    return {"layers": layers}
+
+
+def restore_env(env: Any, snap: dict[str, Any]) -> None:
+    """Inverse of `capture_env` on an env built the same way."""
+    if "custom" in snap:
+        env.set_state(snap["custom"])
+        return
+    layers = _layers(env)
+    if len(layers) != len(snap["layers"]):
+        raise SpecError(
+            f"env state: snapshot has {len(snap['layers'])} wrapper layers, env has {len(layers)}"
+        )
+    for layer, attrs in zip(layers, snap["layers"], strict=True):
+        for key, value in attrs.items():
+            if key == "__np_random__":
+                rng = np.random.Generator(getattr(np.random, value["bit_generator"])())
+                rng.bit_generator.state = value
+                layer._np_random = rng
+            else:
+                setattr(layer, key, value)

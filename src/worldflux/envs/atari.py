@@ -99,8 +99,8 @@ class AtariEnv(Env):
 
     def reset(self, seed: int | None = None) -> Step:
         """New game with random no-ops (with `episodic_life`, after a lost life: continue)."""
-        if seed is None and self._seed is not None:
-            seed, self._seed = self._seed, None
+        pending, self._seed = self._seed, None  # the constructor seed applies to one reset only
+        seed = pending if seed is None else seed
         if seed is not None:
             self._rng = np.random.default_rng(seed)
             self.action_space.seed(seed)

@@ -125,8 +125,8 @@ class GymEnv(Env):
 
     def reset(self, seed: int | None = None) -> Step:
         """Start an episode; the reset row has zero action and reward and ``is_first``."""
-        if seed is None and self._seed is not None:
-            seed, self._seed = self._seed, None
+        pending, self._seed = self._seed, None  # the constructor seed applies to one reset only
+        seed = pending if seed is None else seed
         if seed is not None:
             self.action_space.seed(seed)
         obs, info = self.env.reset(seed=seed)

@@ -24,36 +24,15 @@ LR = 3e-3
 
 
 def make_model() -> torch.nn.Module:
-    """The real debug model named by MODEL_NAME (TODO: drop the stand-in once models land)."""
+    """The real debug model named by MODEL_NAME (DreamerV3's samples, so the loss is random)."""
     import worldflux
 
     obs = spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
     act = spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
-    try:
-        return worldflux.create_world_model(MODEL_NAME, obs, act, seed=0)
-    except ImportError:
-        torch.manual_seed(0)
-        return _StandIn()
+    return worldflux.create_world_model(MODEL_NAME, obs, act, seed=0)
 
 
-class _StandIn(torch.nn.Module):
-    """Temporary stand-in with a `loss(batch)` until a model family is importable."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = torch.nn.Linear(OBS_DIM, 8)
-        self.dyn = torch.nn.Linear(8 + ACT_DIM, 8)
-        self.rew = torch.nn.Linear(8, 1)
-
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z = self.enc(batch.obs)  # (B, T, 8)
-        pred = self.dyn(torch.cat([z[:, :-1], batch.action[:, 1:]], -1))
-        loss = (pred - z[:, 1:].detach()).pow(2).mean()
-        loss = loss + (self.rew(z).squeeze(-1) - batch.reward).pow(2).mean()
-        return loss, {"loss": loss.detach()}
-
-
-MODEL_NAME = os.environ.get("WF_DDP_TEST_MODEL", "tdmpc2:debug")
+MODEL_NAME = os.environ.get("WF_DDP_TEST_MODEL", "dreamerv3:debug")
 
 
 def global_batch(step: int, size: int) -> Batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,7 +23,9 @@ STEPS, GLOBAL_BATCH, WORLD = 3, 4, 2
 CPU = ddp.DistContext(0, 1, 0, "none", torch.device("cpu"))
 
 
+@functools.cache
 def _reference(steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[float]]:
+    """The single-process run on the same global batches (cached: read-only for callers)."""
     model = H.make_model()
     opt = torch.optim.Adam(model.parameters(), lr=H.LR)
     losses = [H.reference_step(model, opt, s, GLOBAL_BATCH, WORLD) for s in range(steps)]

@@ -1,4 +1,8 @@
-"""`State`: the tensor container every world model speaks. Contract: ../../shared/spec/state.md."""
+"""`State`: the tensor container every world model speaks. Contract: ../../shared/spec/state.md.
+
+Bytes and shared memory: `worldflux.core.codec` (format v1, safetensors-compatible) and
+`worldflux.core.shm` (one POSIX segment per State). User guide: docs/state.md.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,51 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from worldflux.core.exceptions import StateDeviceError, StateError, StateShapeError
+from worldflux.core import codec, shm
+from worldflux.core.exceptions import (
+    SharedMemoryError,
+    StateDeviceError,
+    StateError,
+    StateShapeError,
+)
+
+_devices: dict[str, torch.device] = {}  # parsed device strings; torch.device("cpu") costs ~0.3 us
 
 
-@dataclass
+def _as_device(device: torch.device | str) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    dev = _devices.get(device) if isinstance(device, str) else None
+    if dev is None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise StateError(
+                f"State.to: device must be a torch.device or str, got {device!r}: {err}"
+            ) from None
+        if len(_devices) < 64:
+            _devices[device] = dev
+    return dev
+
+
+@dataclass(eq=False)
 class State:
-    """Model-specific latent tensors (batch-first) plus JSON-able metadata."""
+    """Model-specific latent tensors (batch-first) plus JSON-able metadata.
+
+    `==` is identity; compare contents with `equal` / `allclose`. Runtime handles (shared
+    memory) live in private attributes, never in `meta`, so any State can be copied and sent on.
+    """
 
     tensors: dict[str, Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    _attachment: shm.Attachment | None = field(default=None, init=False, repr=False)
+    _published: str | None = field(default=None, init=False, repr=False)  # segment name
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensors, dict):
+            raise StateError(f"State: tensors must be a dict, got {type(self.tensors).__name__}")
+        if not isinstance(self.meta, dict):
+            raise StateError(f"State: meta must be a dict, got {type(self.meta).__name__}")
 
     def get(self, key: str, default: Tensor | None = None) -> Tensor | None:
         """The tensor under `key`, or `default` when absent."""
@@ -26,24 +66,37 @@ class State:
     @property
     def batch_size(self) -> int:
         """Size of the leading dimension shared by every tensor."""
-        if not self.tensors:
-            raise StateError("State.batch_size: the State holds no tensors")
-        key, t = next(iter(self.tensors.items()))
-        if t.dim() == 0:
-            raise StateShapeError(f"State.batch_size: tensor {key!r} is 0-d and has no batch dim")
-        return int(t.shape[0])
+        self._check_nonempty("batch_size")
+        sizes = set()
+        for key, t in self.tensors.items():
+            if t.dim() == 0:
+                raise StateShapeError(f"State.batch_size: tensor {key!r} is 0-d, has no batch dim")
+            sizes.add(t.shape[0])
+        if len(sizes) != 1:
+            raise StateShapeError(f"State.batch_size: tensors disagree on batch size: {sizes}")
+        return int(sizes.pop())
 
     @property
     def device(self) -> torch.device:
         """Device of the tensors (all must share one)."""
+        self._check_nonempty("device")
+        devices = {t.device for t in self.tensors.values()}
+        if len(devices) != 1:
+            raise StateDeviceError(f"State.device: tensors live on several devices: {devices}")
+        return devices.pop()
+
+    def _check_nonempty(self, where: str) -> None:
         if not self.tensors:
-            raise StateError("State.device: the State holds no tensors")
-        return next(iter(self.tensors.values())).device
+            raise StateError(f"State.{where}: the State holds no tensors")
 
     def to(self, device: torch.device | str) -> State:
-        """A new State on `device`; meta is copied (shallow)."""
-        dev = torch.device(device)
-        return State({k: v.to(dev) for k, v in self.tensors.items()}, dict(self.meta))
+        """A new State on `device`; meta is copied (shallow). Same device: no tensor is copied."""
+        dev = _as_device(device)
+        tensors = self.tensors
+        for t in tensors.values():
+            if t.device != dev:
+                return State({k: v.to(dev) for k, v in tensors.items()}, dict(self.meta))
+        return State(dict(tensors), dict(self.meta))
 
     def detach(self) -> State:
         """A new State cut from the autograd graph; meta is copied (shallow)."""
@@ -55,13 +108,12 @@ class State:
 
     def validate(self) -> State:
         """Raise `StateError` unless keys are str, tensors share batch size and device."""
-        if not self.tensors:
-            raise StateError("State.validate: the State holds no tensors")
+        self._check_nonempty("validate")
         batch: int | None = None
         device: torch.device | None = None
         for key, t in self.tensors.items():
             if not isinstance(key, str):
-                raise StateError(f"State.validate: keys must be str, got {type(key).__name__}")
+                raise StateError(f"State.validate: keys must be str, got {key!r}")
             if not isinstance(t, Tensor):
                 raise StateError(f"State.validate: {key!r} is not a Tensor but {type(t).__name__}")
             if t.dim() == 0:
@@ -79,27 +131,139 @@ class State:
         return self
 
     def __getitem__(self, index: Any) -> State:
-        """Index every tensor along the batch dimension: `state[2:5]`, `state[mask]`."""
-        return State({k: v[index] for k, v in self.tensors.items()}, dict(self.meta))
+        """Select along the batch dimension: `state[2:5]`, `state[mask]`, `state[[0, 3]]`."""
+        if isinstance(index, int):
+            raise StateError(
+                f"State[{index}]: an int index would drop the batch dimension; "
+                f"use state[{index}:{index + 1}]"
+            )
+        self.validate()
+        out = {}
+        for key, t in self.tensors.items():
+            try:
+                out[key] = t[index]
+            except (IndexError, RuntimeError, TypeError, ValueError) as err:
+                raise StateShapeError(
+                    f"State[...]: cannot index tensor {key!r} of shape {list(t.shape)} with "
+                    f"{type(index).__name__}: {err}"
+                ) from None
+        return State(out, dict(self.meta))
 
     @staticmethod
     def stack(states: list[State], dim: int = 0) -> State:
-        """Stack States key by key along a new dimension `dim`."""
-        if not states:
-            raise StateError("State.stack: expected a non-empty list of States")
-        keys = list(states[0].tensors)
-        return State(
-            {k: torch.stack([s.tensors[k] for s in states], dim) for k in keys},
-            dict(states[0].meta),
-        )
+        """Stack States key by key along a new dimension `dim`; meta from the first."""
+        return _combine(states, dim, torch.stack, "stack")
 
     @staticmethod
     def cat(states: list[State], dim: int = 0) -> State:
-        """Concatenate States key by key along `dim`."""
-        if not states:
-            raise StateError("State.cat: expected a non-empty list of States")
-        keys = list(states[0].tensors)
-        return State(
-            {k: torch.cat([s.tensors[k] for s in states], dim) for k in keys},
-            dict(states[0].meta),
-        )
+        """Concatenate States key by key along `dim`; meta from the first."""
+        return _combine(states, dim, torch.cat, "cat")
+
+    def equal(self, other: State) -> bool:
+        """Same keys, dtypes, shapes, devices, values (NaN equals NaN) and meta."""
+        return _compare(self, other, rtol=0.0, atol=0.0)
+
+    def allclose(self, other: State, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
+        """Like `equal`, but floating values may differ within `torch.allclose` tolerances."""
+        return _compare(self, other, rtol=rtol, atol=atol)
+
+    # -- bytes ---------------------------------------------------------------------------------
+
+    def serialize(
+        self, version: str = "v1", format: str = "binary", *, checksum: bool | str = False
+    ) -> bytes:
+        """The State as v1 bytes (a safetensors file); tensors copied once, to host.
+
+        `checksum=True` (xxh3_64, or crc32 without xxhash) makes any corruption detectable.
+        """
+        codec.check_version(version, format)
+        return codec.encode(self.tensors, self.meta, checksum=checksum)
+
+    @classmethod
+    def deserialize(cls, data: bytes | bytearray | memoryview, *, copy: bool = True) -> State:
+        """Parse v1 bytes (or any safetensors file). `copy=False` returns views into `data`.
+
+        The tensors of one call share a single fresh allocation (or `data` itself).
+        Malformed input raises `StateError` and nothing else.
+        """
+        tensors, meta, _ = codec.decode(data, copy=copy)
+        return cls(tensors, meta)
+
+    # -- shared memory -------------------------------------------------------------------------
+
+    def to_shared_memory(self, namespace: str = "default", *, checksum: bool | str = False) -> dict:
+        """Write the State into one new POSIX segment; returns a JSON-able descriptor."""
+        descriptor = shm.publish(self.tensors, self.meta, namespace, checksum)
+        self._published = descriptor["name"]
+        return descriptor
+
+    @classmethod
+    def from_shared_memory(
+        cls, descriptor: dict, copy: bool = False, *, namespace: str | None = None
+    ) -> State:
+        """Attach to a published State: one mapping, zero-copy views (or fresh tensors)."""
+        tensors, meta, handle = shm.attach(descriptor, copy=copy, namespace=namespace)
+        state = cls(tensors, meta)
+        state._attachment = handle
+        if copy:
+            state._published = descriptor["name"]  # lets the consumer unlink after copying
+        return state
+
+    def close_shared_memory(self, unlink: bool = True) -> None:
+        """Release this State's mapping and, with `unlink`, remove its segment.
+
+        Views already handed out stay valid: the mapping lives until the last one is freed.
+        """
+        handle, name = self._attachment, self._published
+        if handle is None and name is None:
+            raise SharedMemoryError(
+                "State.close_shared_memory: this State was neither published nor attached"
+            )
+        if handle is not None:
+            handle.close(unlink=unlink)
+        elif unlink and name is not None:
+            shm.unlink_segment(name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copy/pickle only the data: shared-memory handles stay with this object."""
+        return {"tensors": self.tensors, "meta": self.meta}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.tensors, self.meta = state["tensors"], state["meta"]
+
+
+def _combine(states: Any, dim: int, op: Any, name: str) -> State:
+    if not isinstance(states, (list, tuple)) or not states:
+        raise StateError(f"State.{name}: expected a non-empty list of States, got {states!r:.80}")
+    if not all(isinstance(s, State) for s in states):
+        raise StateError(f"State.{name}: every item must be a State")
+    keys = list(states[0].tensors)
+    for i, s in enumerate(states):
+        if set(s.tensors) != set(keys):
+            raise StateError(
+                f"State.{name}: states[{i}] has keys {sorted(s.tensors)}, expected {sorted(keys)}"
+            )
+    out = {}
+    for k in keys:
+        try:
+            out[k] = op([s.tensors[k] for s in states], dim)
+        except (RuntimeError, IndexError, TypeError) as err:
+            raise StateShapeError(f"State.{name}: tensors {k!r} do not combine: {err}") from None
+    return State(out, dict(states[0].meta))
+
+
+def _compare(a: State, b: Any, rtol: float, atol: float) -> bool:
+    if not isinstance(b, State) or a.tensors.keys() != b.tensors.keys() or a.meta != b.meta:
+        return False
+    for key, x in a.tensors.items():
+        y = b.tensors[key]
+        if x.dtype != y.dtype or x.shape != y.shape or x.device != y.device:
+            return False
+        if x.is_floating_point() or x.is_complex():
+            if x.element_size() == 1:  # float8: compare in float32 (exact)
+                x, y = x.float(), y.float()
+            if not torch.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
+                return False
+        elif not torch.equal(x, y):
+            return False
+    return True

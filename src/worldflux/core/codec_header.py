@@ -1,0 +1,329 @@
+"""Hardened parser of the v1 (safetensors) header, plus the dtype table and checksums.
+
+`parse_header` treats its input as hostile: every check happens before any tensor memory is
+allocated, and only `StateError` subclasses leave it. Validated layouts are cached by their
+exact header bytes and payload size, so a stream of same-shaped States parses its JSON once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from worldflux.core.exceptions import ChecksumError, StateError, StateFormatError
+
+try:  # xxhash is optional at run time: crc32 (zlib) is the fallback
+    import xxhash
+except ImportError:  # pragma: no cover - exercised only without the dev extra
+    xxhash = None  # type: ignore[assignment]
+
+MAX_HEADER = 100_000_000  # bytes; safetensors uses the same cap
+MAX_DIMS = 64  # more dimensions than torch handles
+MAX_META_DEPTH = 64  # nesting allowed inside the user's meta JSON
+_FAST_BRACKETS = 256  # below this many brackets JSON cannot nest deep enough to matter
+_CACHE_SIZE = 64  # layouts remembered
+_CACHE_MAX_HEADER = 65536  # larger headers are parsed every time
+
+FORMAT = "worldflux.state"
+_ALGOS = {"xxh3_64": 16, "crc32": 8}  # name -> hex digits
+_ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
+
+_DTYPE_CANDIDATES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+}
+DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, attr) for name, attr in _DTYPE_CANDIDATES.items() if hasattr(torch, attr)
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {d: n for n, d in DTYPES.items()}
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_PAIR = re.compile(r"\[\]|\{\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One tensor of a payload: offsets are relative to the data region."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+    itemsize: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A validated header: entries in header order and in data order, plus worldflux tags."""
+
+    names: tuple[str, ...]  # header order (the State's key order)
+    by_offset: tuple[Entry, ...]  # data order
+    data_start: int  # absolute offset of the data region
+    data_len: int
+    meta_text: str  # the State's meta as JSON text ("{}" for foreign files)
+    requires_grad: tuple[str, ...]
+    metadata: dict[str, str]  # the raw __metadata__
+    algo: str  # "none", "xxh3_64" or "crc32"
+    checksum_pos: int  # offset of the checksum digits inside the header JSON, -1 if none
+
+    def meta(self) -> dict[str, Any]:
+        """A fresh meta dict (never shared between States)."""
+        return {} if self.meta_text == "{}" else json.loads(self.meta_text)
+
+
+def resolve_algo(checksum: bool | str) -> str:
+    """Map `serialize(checksum=...)` to an algorithm name."""
+    if checksum is False or checksum == "none":
+        return "none"
+    if checksum is True:
+        return "xxh3_64" if xxhash is not None else "crc32"
+    if checksum == "xxh3_64" and xxhash is None:
+        raise StateError("State.serialize: checksum='xxh3_64' needs `pip install xxhash`")
+    if checksum in _ALGOS:
+        return str(checksum)
+    raise StateError(
+        f"State.serialize: checksum must be a bool, 'xxh3_64' or 'crc32', got {checksum!r}"
+    )
+
+
+def placeholder(algo: str) -> str:
+    """The checksum value with zeroed digits, as written before hashing."""
+    return f"{algo}:" + "0" * _ALGOS[algo]
+
+
+def find_checksum(raw: bytes, value: str) -> int:
+    """Offset of the digits of `"checksum":"<value>"` in the header JSON, or raise."""
+    at = raw.find(b'"checksum":"' + value.encode() + b'"')
+    if at < 0:
+        raise StateFormatError("payload: checksum present but not in canonical form")
+    return at + len('"checksum":"') + value.index(":") + 1
+
+
+def digest(algo: str, header: bytes, data: memoryview) -> bytes:
+    """Hex digits of the checksum over `header` (digits zeroed) followed by `data`."""
+    if algo == "xxh3_64":
+        if xxhash is None:
+            raise StateError("payload: checksum 'xxh3_64' cannot be verified without xxhash")
+        h = xxhash.xxh3_64(header)
+        h.update(data)
+        return h.hexdigest().encode()
+    crc = zlib.crc32(data, zlib.crc32(header))
+    return f"{crc:08x}".encode()
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise StateFormatError(f"payload: duplicate JSON key {dup!r}")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise StateFormatError(f"payload: JSON constant {name} is not allowed")
+
+
+def _check_depth(text: str, max_depth: int, what: str) -> None:
+    """Raise unless JSON `text` nests at most `max_depth` deep (strings ignored)."""
+    skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    for _ in range(max_depth):
+        if not skeleton:
+            return
+        skeleton = _PAIR.sub("", skeleton)
+    if skeleton:
+        raise StateFormatError(f"{what}: JSON nests deeper than {max_depth} levels")
+
+
+def loads(text: str, max_depth: int, what: str) -> Any:
+    """`json.loads` with a depth guard, duplicate-key and NaN rejection; StateError only."""
+    if text.count("[") + text.count("{") > _FAST_BRACKETS:
+        _check_depth(text, max_depth, what)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+    except StateError:
+        raise
+    except (ValueError, RecursionError) as err:
+        raise StateFormatError(f"{what}: not valid JSON ({err})") from None
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise StateFormatError(f"payload: {what} must be an int in [0, 2**63), got {value!r}")
+    return value
+
+
+def _entry(name: str, spec: Any, data_len: int) -> Entry:
+    """Validate one tensor's header entry."""
+    if not isinstance(spec, dict) or spec.keys() != _ENTRY_KEYS:
+        raise StateFormatError(
+            f"payload: entry {name!r} must be an object with keys dtype, shape, data_offsets, "
+            f"got {spec!r:.200}"
+        )
+    dtype = DTYPES.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
+    if dtype is None:
+        raise StateFormatError(
+            f"payload: entry {name!r} has unknown dtype {spec['dtype']!r:.50}, "
+            f"expected one of {sorted(DTYPES)}"
+        )
+    shape, offsets = spec["shape"], spec["data_offsets"]
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise StateFormatError(
+            f"payload: entry {name!r} shape must be a list of <= {MAX_DIMS} ints, "
+            f"got {shape!r:.100}"
+        )
+    dims = tuple(_int(d, f"entry {name!r} dimension") for d in shape)
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        raise StateFormatError(
+            f"payload: entry {name!r} data_offsets must be [begin, end], got {offsets!r:.100}"
+        )
+    begin, end = (_int(o, f"entry {name!r} data offset") for o in offsets)
+    if not begin <= end <= data_len:
+        raise StateFormatError(
+            f"payload: entry {name!r} data_offsets [{begin}, {end}] outside the data region "
+            f"of {data_len} bytes"
+        )
+    itemsize = dtype.itemsize
+    numel = math.prod(dims)
+    if numel >= 2**63 or numel * itemsize != end - begin:
+        raise StateFormatError(
+            f"payload: entry {name!r} shape {list(dims)} of {spec['dtype']} needs "
+            f"{numel * itemsize} bytes, data_offsets give {end - begin}"
+        )
+    return Entry(name, dtype, dims, begin, end, itemsize)
+
+
+def _check_coverage(by_offset: list[Entry], data_len: int) -> None:
+    """Tensors must tile the data region exactly: no overlap, no hole, nothing after."""
+    pos = 0
+    for e in by_offset:
+        if e.begin != pos:
+            kind = "overlaps the previous tensor" if e.begin < pos else "leaves a hole before it"
+            raise StateFormatError(f"payload: entry {e.name!r} at byte {e.begin} {kind}")
+        pos = e.end
+    if pos != data_len:
+        raise StateFormatError(
+            f"payload: tensors cover {pos} bytes but the data region holds {data_len} "
+            "(truncated or trailing bytes)"
+        )
+
+
+def _metadata(md: Any) -> dict[str, str]:
+    if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
+        raise StateFormatError(f"payload: __metadata__ must map str to str, got {md!r:.200}")
+    return md
+
+
+def _tags(md: dict[str, str], raw: bytes) -> tuple[str, str, int]:
+    """(algo, meta_text, checksum_pos) from the worldflux tags, checked for consistency."""
+    ours = md.get("format") == FORMAT
+    algo = md.get("integrity", "none") if ours else "none"
+    if ours and md.get("version") != "v1":
+        raise StateFormatError(f"payload: unsupported version {md.get('version')!r:.50}")
+    if ours and (algo not in _ALGOS and algo != "none" or "integrity" not in md):
+        raise StateFormatError(f"payload: unknown integrity {md.get('integrity')!r:.50}")
+    value = md.get("checksum")
+    if value is None and algo != "none":
+        raise StateFormatError(f"payload: integrity {algo!r} declared but no checksum")
+    pos = -1
+    if value is not None:  # a checksum is verified whenever present, whatever the format
+        algo, _, digits = value.partition(":")
+        if algo not in _ALGOS or not re.fullmatch(f"[0-9a-f]{{{_ALGOS[algo]}}}", digits):
+            raise StateFormatError(f"payload: malformed checksum {value!r:.50}")
+        if ours and md.get("integrity") != algo:
+            raise StateFormatError("payload: checksum algorithm disagrees with integrity tag")
+        pos = find_checksum(raw, value)
+    meta_text = md.get("meta", "{}") if ours else "{}"
+    return algo, meta_text, pos
+
+
+def _build(raw: bytes, total: int) -> Layout:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StateFormatError(f"payload: header is not UTF-8 ({err.reason})") from None
+    if not text.startswith("{"):
+        raise StateFormatError("payload: header must be a JSON object starting with '{'")
+    obj = loads(text, 3, "payload header")
+    md = _metadata(obj.pop("__metadata__", {}))
+    data_start = 8 + len(raw)
+    data_len = total - data_start
+    entries = [_entry(name, spec, data_len) for name, spec in obj.items()]
+    by_offset = sorted(entries, key=lambda e: (e.begin, e.end))
+    _check_coverage(by_offset, data_len)
+    algo, meta_text, pos = _tags(md, raw)
+    if not isinstance(loads(meta_text, MAX_META_DEPTH, "payload meta"), dict):
+        raise StateFormatError("payload: meta must be a JSON object")
+    grads = loads(md.get("requires_grad", "[]"), 1, "payload requires_grad")
+    dtypes = {e.name: e.dtype for e in entries}
+    if not isinstance(grads, list) or not all(
+        isinstance(g, str) and g in dtypes and (dtypes[g].is_floating_point or dtypes[g].is_complex)
+        for g in grads
+    ):
+        raise StateFormatError(
+            f"payload: requires_grad must list floating tensors of the payload, got {grads!r:.100}"
+        )
+    names = tuple(obj)
+    return Layout(
+        names, tuple(by_offset), data_start, data_len, meta_text, tuple(grads), md, algo, pos
+    )
+
+
+_cache: dict[tuple[bytes, int], Layout] = {}
+
+
+def parse_header(mv: memoryview) -> Layout:
+    """Validate the payload in `mv` (a flat byte view) and return its layout; StateError only."""
+    total = len(mv)
+    if total < 8:
+        raise StateFormatError(
+            f"payload: expected at least 8 bytes (u64 header length), got {total}"
+        )
+    hlen = int.from_bytes(mv[:8], "little")
+    if not 2 <= hlen <= min(MAX_HEADER, total - 8):
+        raise StateFormatError(
+            f"payload: header length {hlen} must be in [2, {min(MAX_HEADER, total - 8)}] "
+            f"for a payload of {total} bytes"
+        )
+    raw = mv[8 : 8 + hlen].tobytes()
+    layout = _cache.get((raw, total))
+    if layout is None:
+        layout = _build(raw, total)
+        if len(raw) <= _CACHE_MAX_HEADER:
+            if len(_cache) >= _CACHE_SIZE:
+                del _cache[next(iter(_cache))]
+            _cache[(raw, total)] = layout
+    if layout.checksum_pos >= 0:
+        _verify(layout, raw, mv)
+    return layout
+
+
+def _verify(layout: Layout, raw: bytes, mv: memoryview) -> None:
+    p, n = layout.checksum_pos, _ALGOS[layout.algo]
+    zeroed = raw[:p] + b"0" * n + raw[p + n :]
+    if digest(layout.algo, zeroed, mv[layout.data_start :]) != raw[p : p + n]:
+        raise ChecksumError("payload: checksum mismatch, the bytes were corrupted")

@@ -1,0 +1,354 @@
+"""One POSIX shared-memory segment per State, holding the v1 payload; zero-copy attach.
+
+Segment ``/worldflux_<namespace>_<pid>_<n>_<nonce>`` (creator pid first, for `cleanup_namespace`)::
+
+    [0:size)                 the v1 payload, byte for byte what `State.serialize` returns
+    [size:capacity-8)        slack (a reused segment may be larger than its payload)
+    [capacity-8:capacity)    u64 generation, bumped by every publish into the segment
+
+Segments are opened with ``shm_open`` and mapped with `mmap` directly: no
+`multiprocessing.shared_memory`, so nothing is registered with the resource tracker and a
+consumer that exits never unlinks the producer's segment. A descriptor is a small JSON-able
+dict. Lifetime rule: tensor views returned by an attach keep their mapping alive; closing only
+drops the State's handle, and the kernel unmaps once the last view is garbage collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from worldflux.core import codec
+from worldflux.core.codec_header import parse_header
+from worldflux.core.exceptions import SharedMemoryError, StateFormatError
+
+try:  # CPython's own binding of shm_open/shm_unlink (what multiprocessing uses underneath)
+    import _posixshmem
+except ImportError:  # pragma: no cover - non-POSIX
+    _posixshmem = None
+
+SHM_DIR = "/dev/shm"
+DESCRIPTOR_FORMAT = "worldflux.shm"
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
+_NAME = re.compile(
+    r"/worldflux_([A-Za-z0-9][A-Za-z0-9.-]{0,63})_([0-9]{1,10})_[0-9]{1,20}_[0-9a-f]{8}"
+)
+_KEYS = frozenset(("format", "name", "size", "capacity", "header_len", "generation"))
+_TAIL = 8  # generation counter at the end of the segment
+_counter = count()
+
+
+def check_namespace(namespace: Any) -> str:
+    """A namespace is 1-64 chars of [A-Za-z0-9.-] (no '_', which separates name fields)."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise SharedMemoryError(
+            f"namespace must be 1-64 characters of [A-Za-z0-9.-] starting alphanumeric, "
+            f"got {namespace!r}"
+        )
+    return namespace
+
+
+def _open(name: str, flags: int) -> int:
+    if _posixshmem is not None:
+        return int(_posixshmem.shm_open(name, flags, mode=0o600))
+    return os.open(os.path.join(SHM_DIR, name.lstrip("/")), flags, 0o600)  # pragma: no cover
+
+
+def unlink_segment(name: str) -> bool:
+    """Remove segment `name`; False when it was already gone."""
+    try:
+        if _posixshmem is not None:
+            _posixshmem.shm_unlink(name)
+        else:  # pragma: no cover
+            os.unlink(os.path.join(SHM_DIR, name.lstrip("/")))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _create(namespace: str, capacity: int) -> tuple[str, mmap.mmap]:
+    """A new segment of `capacity` bytes, mapped read-write; the fd is closed at once."""
+    name = f"/worldflux_{namespace}_{os.getpid()}_{next(_counter)}_{secrets.token_hex(4)}"
+    fd = _open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+    try:
+        os.ftruncate(fd, capacity)
+        mm = mmap.mmap(fd, capacity)
+    except OSError as err:
+        unlink_segment(name)
+        raise SharedMemoryError(f"could not create a {capacity}-byte segment: {err}") from None
+    finally:
+        os.close(fd)
+    return name, mm
+
+
+def _descriptor(name: str, p: codec.Plan, capacity: int, generation: int) -> dict[str, Any]:
+    return {
+        "format": DESCRIPTOR_FORMAT,
+        "name": name,
+        "size": p.total,
+        "capacity": capacity,
+        "header_len": len(p.header) - 8,
+        "generation": generation,
+    }
+
+
+def _write(mm: mmap.mmap, p: codec.Plan, capacity: int, generation: int) -> None:
+    codec.encode_into(p, mm)
+    mm[capacity - _TAIL : capacity] = generation.to_bytes(_TAIL, "little")
+
+
+def publish(
+    tensors: dict[str, Tensor], meta: dict[str, Any], namespace: str, checksum: bool | str = False
+) -> dict[str, Any]:
+    """Write a State into a fresh segment and return its descriptor (the segment persists)."""
+    check_namespace(namespace)
+    p = codec.plan(tensors, meta, checksum=checksum)
+    capacity = p.total + _TAIL
+    name, mm = _create(namespace, capacity)
+    try:
+        _write(mm, p, capacity, 0)
+    except BaseException:
+        mm.close()
+        unlink_segment(name)
+        raise
+    mm.close()
+    return _descriptor(name, p, capacity, 0)
+
+
+class _Segment:
+    """One reusable segment: rewritten in place while payloads fit, replaced when they grow."""
+
+    def __init__(self, namespace: str, headroom: float):
+        self.namespace, self.headroom = namespace, headroom
+        self.name: str | None = None
+        self.capacity = 0
+        self.generation = 0
+        self._mm: mmap.mmap | None = None
+
+    def publish(self, p: codec.Plan) -> dict[str, Any]:
+        if self._mm is None or p.total + _TAIL > self.capacity:
+            self.close(unlink=True)
+            capacity = (int((p.total + _TAIL) * self.headroom) + 7) & ~7  # 8-aligned
+            self.name, self._mm = _create(self.namespace, capacity)
+            self.capacity, self.generation = capacity, 0
+        assert self.name is not None
+        self.generation += 1
+        _write(self._mm, p, self.capacity, self.generation)
+        return _descriptor(self.name, p, self.capacity, self.generation)
+
+    def close(self, unlink: bool) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        if unlink and self.name is not None:
+            unlink_segment(self.name)
+        self.name = None
+
+
+class SegmentPool:
+    """Producer side of a stream of States: `slots` segments, each rewritten in place.
+
+    `publish(state, slot=i)` overwrites slot i's previous State (bumping its generation) when
+    the payload fits and moves the slot to a larger segment otherwise. The caller must know
+    nobody still reads slot i (e.g. the consumer acknowledged it, or copied on attach); an
+    attach with an outdated descriptor raises `StateError`, but views taken before a
+    republish see the new bytes.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        slots: int = 1,
+        *,
+        checksum: bool | str = False,
+        headroom: float = 1.25,
+    ):
+        check_namespace(namespace)
+        if type(slots) is not int or slots < 1:
+            raise SharedMemoryError(f"SegmentPool: slots must be an int >= 1, got {slots!r}")
+        if not 1.0 <= headroom <= 16.0:
+            raise SharedMemoryError(f"SegmentPool: headroom must be in [1, 16], got {headroom!r}")
+        self.namespace = namespace
+        self.checksum = checksum
+        self._slots = [_Segment(namespace, headroom) for _ in range(slots)]
+
+    def publish(self, state: Any, slot: int = 0) -> dict[str, Any]:
+        """Write `state` into segment `slot`; returns its descriptor."""
+        if type(slot) is not int or not 0 <= slot < len(self._slots):
+            raise SharedMemoryError(
+                f"SegmentPool.publish: slot must be an int in [0, {len(self._slots)}), got {slot!r}"
+            )
+        p = codec.plan(state.tensors, state.meta, checksum=self.checksum)
+        return self._slots[slot].publish(p)
+
+    def close(self, unlink: bool = True) -> None:
+        """Drop every mapping and (by default) remove the segments; attached views stay valid."""
+        for seg in self._slots:
+            seg.close(unlink)
+
+    def __enter__(self) -> SegmentPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(unlink=True)
+
+
+@dataclass(frozen=True)
+class _Desc:
+    name: str
+    size: int
+    capacity: int
+    header_len: int
+    generation: int
+
+
+def check_descriptor(descriptor: Any, namespace: str | None = None) -> _Desc:
+    """Validate a descriptor's shape and name before touching any segment."""
+    if not isinstance(descriptor, dict) or set(descriptor) != _KEYS:
+        raise StateFormatError(
+            f"descriptor must be a dict with keys {sorted(_KEYS)}, got {descriptor!r:.200}"
+        )
+    if descriptor["format"] != DESCRIPTOR_FORMAT:
+        raise StateFormatError(f"descriptor format must be {DESCRIPTOR_FORMAT!r}")
+    name = descriptor["name"]
+    match = _NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None or (namespace is not None and match.group(1) != namespace):
+        raise StateFormatError(
+            f"descriptor name must be a worldflux segment /worldflux_<namespace>_..."
+            f"{'' if namespace is None else f' in namespace {namespace!r}'}, got {name!r:.100}"
+        )
+    nums = [descriptor[k] for k in ("size", "capacity", "header_len", "generation")]
+    if not all(type(v) is int and 0 <= v < 2**63 for v in nums):
+        raise StateFormatError(f"descriptor sizes must be non-negative ints, got {nums}")
+    size, capacity, header_len, _ = nums
+    if not 8 + header_len <= size <= capacity - _TAIL:
+        raise StateFormatError(
+            f"descriptor sizes disagree: header_len={header_len}, size={size}, capacity={capacity}"
+        )
+    return _Desc(name, size, capacity, header_len, nums[3])
+
+
+class Attachment:
+    """The runtime handle of an attached State (kept outside `meta`)."""
+
+    def __init__(self, name: str, mm: mmap.mmap):
+        self.name = name
+        self._mm: mmap.mmap | None = mm
+
+    def close(self, unlink: bool = False) -> None:
+        """Drop the mapping now if no view uses it, else when the last view dies; never crash."""
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            # Views still exporting the buffer make close() refuse: GC unmaps after the last one.
+            with contextlib.suppress(BufferError):
+                mm.close()
+        if unlink:
+            unlink_segment(self.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+
+def _map(d: _Desc) -> mmap.mmap:
+    """Open and map the segment, checking its size; the fd is closed before returning."""
+    try:
+        fd = _open(d.name, os.O_RDWR)
+    except FileNotFoundError:
+        raise SharedMemoryError(f"segment {d.name} does not exist (unlinked?)") from None
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != d.capacity:
+            raise StateFormatError(
+                f"descriptor capacity {d.capacity} disagrees with segment {d.name} "
+                f"of {actual} bytes"
+            )
+        return mmap.mmap(fd, d.capacity)
+    finally:
+        os.close(fd)
+
+
+def _check_segment(mm: mmap.mmap, d: _Desc) -> None:
+    generation = int.from_bytes(mm[d.capacity - _TAIL : d.capacity], "little")
+    if generation != d.generation:
+        raise StateFormatError(
+            f"stale descriptor: segment {d.name} holds generation {generation}, "
+            f"descriptor names {d.generation}"
+        )
+    if int.from_bytes(mm[:8], "little") != d.header_len:
+        raise StateFormatError(f"descriptor header_len {d.header_len} disagrees with {d.name}")
+
+
+def attach(
+    descriptor: Any, copy: bool = False, namespace: str | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any], Attachment | None]:
+    """Map a published State: views into the segment, or (`copy=True`) fresh tensors."""
+    d = check_descriptor(descriptor, namespace)
+    mm = _map(d)
+    try:
+        _check_segment(mm, d)
+        arr = np.frombuffer(mm, dtype=np.uint8, count=d.size)
+        layout = parse_header(arr.data)
+        if copy:
+            base = torch.empty(layout.data_len, dtype=torch.uint8)
+            ctypes.memmove(base.data_ptr(), arr.ctypes.data + layout.data_start, layout.data_len)
+        else:
+            base = torch.frombuffer(arr, dtype=torch.uint8)[layout.data_start :]
+        del arr
+        tensors = codec.tensors_from_layout(layout, base)
+    except BaseException:
+        Attachment(d.name, mm).close()
+        raise
+    handle = Attachment(d.name, mm)
+    if copy:
+        handle.close()
+        return tensors, layout.meta(), None
+    return tensors, layout.meta(), handle
+
+
+def list_segments(namespace: str) -> list[str]:
+    """Names of the existing segments of `namespace` (Linux: read from /dev/shm)."""
+    check_namespace(namespace)
+    prefix = f"worldflux_{namespace}_"
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:  # pragma: no cover - no /dev/shm (macOS)
+        raise SharedMemoryError(f"cannot list segments: {SHM_DIR} does not exist") from None
+    return sorted("/" + e for e in entries if e.startswith(prefix) and _NAME.fullmatch("/" + e))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def cleanup_namespace(namespace: str, *, include_live: bool = False) -> int:
+    """Unlink the orphaned segments of `namespace` (creator process gone); returns how many.
+
+    With `include_live=True` every segment of the namespace goes, including those of running
+    processes; their current mappings stay valid. PIDs can be reused, so an orphan whose pid
+    was taken by a new process survives until `include_live=True`.
+    """
+    removed = 0
+    for name in list_segments(namespace):
+        match = _NAME.fullmatch(name)
+        assert match is not None
+        if (include_live or not _pid_alive(int(match.group(2)))) and unlink_segment(name):
+            removed += 1
+    return removed

@@ -11,6 +11,8 @@ last time step carries discount 0 is reported as terminal.
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,14 +25,38 @@ from worldflux.envs.base import ActionConverter, Env, ObsArray, Step, image_spac
 DEFAULT_CAMERA = {"quadruped": 2}
 
 
-def _load(domain: str, task: str, seed: int | None) -> Any:
+def _import_suite() -> Any:
+    """Import dm_control's suite; if the chosen GL backend fails, fall back to no rendering."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         from dm_control import suite
-    except ImportError as e:  # pragma: no cover - depends on the install
+
+        return suite
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("dm_control"):
+            raise
         raise ImportError(
             "dm_control is not installed: pip install 'worldflux[dmc]' (mujoco==3.17.0, dm-control)"
         ) from e
+    except Exception as e:  # noqa: BLE001 - dm_control raises many kinds of GL errors at import
+        backend = os.environ.get("MUJOCO_GL")
+        warnings.warn(
+            f"dm_control could not load the OpenGL backend MUJOCO_GL={backend!r} ({e!r}); "
+            "continuing without rendering: state observations work, pixels raise. "
+            "Try MUJOCO_GL=egl or MUJOCO_GL=osmesa.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        for name in [m for m in sys.modules if m == "dm_control" or m.startswith("dm_control.")]:
+            del sys.modules[name]  # drop the half-imported package, then import it renderer-free
+        os.environ["MUJOCO_GL"] = "disable"
+        from dm_control import suite
+
+        return suite
+
+
+def _load(domain: str, task: str, seed: int | None) -> Any:
+    suite = _import_suite()
     if (domain, task) not in suite.ALL_TASKS:
         known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8])
         raise ConfigError(f"dmc task: unknown {domain}-{task}; known tasks include {known}, ...")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,14 +55,32 @@ _memmove = ctypes.memmove
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything `encode_into` needs: the padded header and where each tensor goes."""
+class _Template:
+    """The tensor-independent part of a plan, cached per State structure."""
 
     header: bytes  # 8-byte length prefix + padded JSON, checksum digits zeroed
-    items: list[tuple[Tensor, int, int]]  # (tensor, absolute begin, nbytes), in data order
+    groups: tuple[tuple[tuple[int, ...], int, int, torch.dtype, tuple[int, ...]], ...]
+    # (tensor indices, absolute begin, nbytes, dtype, shape of the concatenation or () if 0-d)
     total: int  # payload size in bytes
     checksum_at: int  # absolute offset of the checksum digits, -1 when integrity is off
     algo: str  # "none", "xxh3_64" or "crc32"
+    on_cpu: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A template plus the tensors it lays out: everything `encode_into` needs."""
+
+    template: _Template
+    values: list[Tensor]  # the State's tensors, in key order
+
+    @property
+    def total(self) -> int:
+        return self.template.total
+
+    @property
+    def header(self) -> bytes:
+        return self.template.header
 
 
 def _source_device(tensors: dict[str, Tensor]) -> str:
@@ -105,24 +121,66 @@ def _meta_text(meta: Any) -> str:
     return text
 
 
-def plan(
-    tensors: dict[str, Tensor],
-    meta: dict[str, Any],
-    *,
-    checksum: bool | str = False,
-    extra: dict[str, str] | None = None,
-) -> Plan:
+_templates: dict[Any, _Template] = {}
+_TEMPLATES = 64  # structures remembered
+
+
+def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | str = False) -> Plan:
     """Lay out a State: header bytes, tensor positions and total size. Nothing is copied."""
+    if not isinstance(tensors, dict):
+        raise StateError(f"State.serialize: tensors must be a dict, got {type(tensors).__name__}")
+    try:
+        sig: Any = tuple(
+            [(k, t.dtype, t.shape, t.requires_grad, t.device) for k, t in tensors.items()]
+        )
+    except AttributeError:  # not a Tensor: _build_template names the culprit
+        sig = None
+    key = (sig, _meta_text(meta), _header.resolve_algo(checksum))
+    template = _templates.get(key) if sig is not None else None
+    if template is None:
+        template = _build_template(tensors, key[1], key[2])
+        if len(_templates) >= _TEMPLATES:
+            del _templates[next(iter(_templates))]
+        _templates[key] = template
+    return Plan(template, list(tensors.values()))
+
+
+def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:
+    """Larger items first (alignment without holes), then runs that one `torch.cat` can fill."""
+
+    def rank(i: int) -> tuple[Any, ...]:
+        t = rows[i][1]
+        return (-t.element_size(), rows[i][2], t.dim() == 0, tuple(t.shape[1:]), i)
+
+    return sorted(range(len(rows)), key=rank)
+
+
+def _groups(rows: list[tuple[str, Tensor, str]], order: list[int], start: int) -> tuple:
+    """Runs of the data order sharing dtype and trailing shape: (indices, begin, nbytes, ...)."""
+    groups: list[tuple[tuple[int, ...], int, int, torch.dtype, tuple[int, ...]]] = []
+    pos = start
+    for i in order:
+        t = rows[i][1]
+        nbytes = t.numel() * t.element_size()
+        if groups and t.dim() > 0:
+            idx, b, n, dtype, shape = groups[-1]
+            if dtype == t.dtype and shape and shape[1:] == tuple(t.shape[1:]):
+                groups[-1] = (idx + (i,), b, n + nbytes, dtype, (shape[0] + t.shape[0], *shape[1:]))
+                pos += nbytes
+                continue
+        groups.append(((i,), pos, nbytes, t.dtype, tuple(t.shape)))
+        pos += nbytes
+    return tuple(groups)
+
+
+def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _Template:
     device = _source_device(tensors)
-    algo = _header.resolve_algo(checksum)
     md: dict[str, str] = {"format": FORMAT, "version": VERSION, "integrity": algo}
     if algo != "none":
         md["checksum"] = _header.placeholder(algo)
-    md["meta"] = _meta_text(meta)
+    md["meta"] = meta_text
     md["requires_grad"] = json.dumps([k for k, t in tensors.items() if t.requires_grad])
     md["device"] = device
-    if extra:
-        md.update(extra)
     names = _header.DTYPE_NAMES
     rows = []
     for key, t in tensors.items():
@@ -132,45 +190,56 @@ def plan(
                 f"State.serialize: tensors[{key!r}] has dtype {t.dtype}, expected one of "
                 f"{sorted(str(d) for d in names)}"
             )
-        rows.append((key, t, name, t.element_size(), t.shape))
-    # Larger items first keeps every tensor aligned to its item size without holes.
-    order = sorted(range(len(rows)), key=lambda i: -rows[i][3])
-    spans: list[tuple[int, int]] = [(0, 0)] * len(rows)
+        rows.append((key, t, name))
+    order = _data_order(rows)
+    spans: list[list[int]] = [[0, 0]] * len(rows)
     pos = 0
     for i in order:
-        nbytes = math.prod(rows[i][4]) * rows[i][3]
-        spans[i] = (pos, pos + nbytes)
+        nbytes = rows[i][1].numel() * rows[i][1].element_size()
+        spans[i] = [pos, pos + nbytes]
         pos += nbytes
     header: dict[str, Any] = {"__metadata__": md}
-    for (key, _, name, _, shape), (b, e) in zip(rows, spans, strict=True):
-        header[key] = {"dtype": name, "shape": list(shape), "data_offsets": [b, e]}
+    for (key, t, name), span in zip(rows, spans, strict=True):
+        header[key] = {"dtype": name, "shape": list(t.shape), "data_offsets": span}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)
     start = 8 + len(raw)
-    checksum_at = -1
-    if algo != "none":
-        checksum_at = 8 + _header.find_checksum(raw, md["checksum"])
-    items = [(rows[i][1], start + spans[i][0], spans[i][1] - spans[i][0]) for i in order]
-    return Plan(len(raw).to_bytes(8, "little") + raw, items, start + pos, checksum_at, algo)
+    checksum_at = -1 if algo == "none" else 8 + _header.find_checksum(raw, md["checksum"])
+    return _Template(
+        len(raw).to_bytes(8, "little") + raw,
+        _groups(rows, order, start),
+        start + pos,
+        checksum_at,
+        algo,
+        device == "cpu",
+    )
 
 
 def _raw_view(addr: int, nbytes: int) -> Tensor:
     """A uint8 tensor over `nbytes` of memory at `addr`; the caller keeps that memory alive."""
-    arr = np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(addr))
-    return torch.from_numpy(arr)
+    return torch.frombuffer((ctypes.c_ubyte * nbytes).from_address(addr), dtype=torch.uint8)
 
 
-def _copy_tensor(t: Tensor, addr: int, nbytes: int) -> None:
-    """Copy `t`'s bytes to `addr`: memmove when contiguous on CPU, else one strided copy_."""
+def _copy_group(values: list[Tensor], group: tuple, addr: int, on_cpu: bool) -> None:
+    """Copy one run of tensors to `addr + begin`: memmove, or one `torch.cat(out=...)`."""
+    idx, begin, nbytes, dtype, shape = group
     if nbytes == 0:
         return
-    if t.is_cpu and t.is_contiguous():
-        _memmove(addr, t.data_ptr(), nbytes)
-        return
-    # (nbytes,) uint8 -> t.dtype -> t.shape; copy_ gathers strided or device data in one pass.
-    dst = _raw_view(addr, nbytes).view(t.dtype).view(t.shape)
+    if len(idx) == 1:
+        t = values[idx[0]]
+        if t.is_cpu and t.is_contiguous():
+            _memmove(addr + begin, t.data_ptr(), nbytes)
+            return
+    # (nbytes,) uint8 -> dtype -> concatenated shape; cat/copy_ gathers strided data in one pass
+    dst = _raw_view(addr + begin, nbytes).view(dtype).view(shape)
     with torch.no_grad():
-        dst.copy_(t)
+        if len(idx) == 1:
+            dst.copy_(values[idx[0]])
+        elif on_cpu:
+            torch.cat([values[i] for i in idx], 0, out=dst)
+        else:  # device tensors: one device-to-host copy each
+            for i, part in zip(idx, dst.split([values[i].shape[0] for i in idx]), strict=True):
+                part.copy_(values[i])
 
 
 def encode_into(p: Plan, buf: Any) -> int:
@@ -187,12 +256,13 @@ def encode_into(p: Plan, buf: Any) -> int:
 
 def _write(p: Plan, addr: int, view: memoryview) -> None:
     """Copy header and tensors to `addr`, then patch in the checksum (`view` covers `addr`)."""
-    _memmove(addr, p.header, len(p.header))
-    for t, begin, nbytes in p.items:
-        _copy_tensor(t, addr + begin, nbytes)
-    if p.checksum_at >= 0:
-        digits = _header.digest(p.algo, p.header[8:], view[len(p.header) : p.total])
-        _memmove(addr + p.checksum_at, digits, len(digits))
+    tp = p.template
+    _memmove(addr, tp.header, len(tp.header))
+    for group in tp.groups:
+        _copy_group(p.values, group, addr, tp.on_cpu)
+    if tp.checksum_at >= 0:
+        digits = _header.digest(tp.algo, tp.header[8:], view[len(tp.header) : tp.total])
+        _memmove(addr + tp.checksum_at, digits, len(digits))
 
 
 def encode(
@@ -207,35 +277,25 @@ def encode(
     return out
 
 
-def _group_runs(entries: Sequence[Entry]) -> list[list[Entry]]:
-    """Consecutive (in data order) entries of one dtype and shape: each run is one view op."""
-    runs: list[list[Entry]] = []
-    for e in entries:
-        if runs and runs[-1][0].dtype == e.dtype and runs[-1][0].shape == e.shape:
-            runs[-1].append(e)
-        else:
-            runs.append([e])
-    return runs
-
-
 def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
-    """Views into `base` (uint8, the data region) for every entry, in header order."""
+    """Views into `base` (uint8, the data region) for every entry, in header order.
+
+    Each group of the layout (same dtype and trailing shape) costs one split/unbind.
+    """
     out: dict[str, Tensor] = {}
-    for run in _group_runs(layout.by_offset):
-        first = run[0]
-        size = first.itemsize
-        if first.begin % size:  # misaligned (foreign writer): copy instead of viewing
-            for e in run:
-                out[e.name] = base[e.begin : e.end].clone().view(e.dtype).view(e.shape)
-            continue
-        # (k * nbytes,) uint8 -> (k, *shape) dtype -> k views of `shape`
-        flat = base[first.begin : run[-1].end].view(first.dtype)
-        if len(run) == 1:
-            out[first.name] = flat.view(first.shape)
-        else:
-            for e, t in zip(run, flat.view(len(run), *first.shape).unbind(0), strict=True):
-                out[e.name] = t
-    ordered = {name: out[name] for name in layout.names}
+    addr = base.data_ptr()
+    for names, begin, end, dtype, shape, sizes in layout.groups:
+        raw = base[begin:end]
+        if (addr + begin) % dtype.itemsize:  # misaligned (foreign writer): copy, do not view
+            raw = raw.clone()
+        flat = raw.view(dtype).view(shape)  # (nbytes,) uint8 -> concatenated shape
+        if sizes is None:  # a run of 0-d tensors: (k,) -> k scalars
+            out.update(zip(names, flat.unbind(0), strict=True))
+        elif len(names) == 1:
+            out[names[0]] = flat
+        else:  # (sum of dim 0, *rest) -> one view per tensor
+            out.update(zip(names, flat.split(sizes), strict=True))
+    ordered = out if layout.in_data_order else {name: out[name] for name in layout.names}
     for name in layout.requires_grad:
         ordered[name].requires_grad_(True)
     return ordered

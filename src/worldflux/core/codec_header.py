@@ -76,6 +76,31 @@ class Entry:
     itemsize: int
 
 
+Group = tuple[tuple[str, ...], int, int, torch.dtype, tuple[int, ...], "tuple[int, ...] | None"]
+# (names, begin, end, dtype, concatenated shape, dim-0 split sizes or None for 0-d runs)
+
+
+def _group(by_offset: list[Entry]) -> tuple[Group, ...]:
+    """Merge consecutive entries of one dtype and trailing shape (or consecutive 0-d ones)."""
+    groups: list[Group] = []
+    for e in by_offset:
+        if groups:
+            names, b, _, dtype, shape, sizes = groups[-1]
+            if dtype == e.dtype and len(shape) >= 1:
+                if sizes is None and not e.shape:  # 0-d run: (k,)
+                    groups[-1] = (names + (e.name,), b, e.end, dtype, (shape[0] + 1,), None)
+                    continue
+                if sizes is not None and e.shape and shape[1:] == e.shape[1:]:
+                    merged = (shape[0] + e.shape[0], *shape[1:])
+                    groups[-1] = (names + (e.name,), b, e.end, dtype, merged, sizes + e.shape[:1])
+                    continue
+        if e.shape:
+            groups.append(((e.name,), e.begin, e.end, e.dtype, e.shape, e.shape[:1]))
+        else:
+            groups.append(((e.name,), e.begin, e.end, e.dtype, (1,), None))
+    return tuple(groups)
+
+
 @dataclass(frozen=True)
 class Layout:
     """A validated header: entries in header order and in data order, plus worldflux tags."""
@@ -89,6 +114,8 @@ class Layout:
     metadata: dict[str, str]  # the raw __metadata__
     algo: str  # "none", "xxh3_64" or "crc32"
     checksum_pos: int  # offset of the checksum digits inside the header JSON, -1 if none
+    groups: tuple[Group, ...]  # runs of the data order that one view op can split
+    in_data_order: bool  # header order == data order (no reordering needed)
 
     def meta(self) -> dict[str, Any]:
         """A fresh meta dict (never shared between States)."""
@@ -288,8 +315,19 @@ def _build(raw: bytes, total: int) -> Layout:
             f"payload: requires_grad must list floating tensors of the payload, got {grads!r:.100}"
         )
     names = tuple(obj)
+    in_order = names == tuple(e.name for e in by_offset)
     return Layout(
-        names, tuple(by_offset), data_start, data_len, meta_text, tuple(grads), md, algo, pos
+        names,
+        tuple(by_offset),
+        data_start,
+        data_len,
+        meta_text,
+        tuple(grads),
+        md,
+        algo,
+        pos,
+        _group(by_offset),
+        in_order,
     )
 
 

@@ -1,0 +1,123 @@
+"""Small acting policies for collectors: uniform random and a torch MLP, plus an Agent adapter.
+
+All follow `worldflux.distributed.worker.CollectorPolicy`: ``act(obs, state, explore, is_first)``
+returns model-format actions (one-hot for discrete spaces, [-1, 1] for continuous ones).
+Module-level classes, so ``functools.partial(MLPPolicy, ...)`` pickles for ``spawn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldflux.core.exceptions import ConfigError
+from worldflux.core.spec import ActionSpec
+from worldflux.core.state import State
+from worldflux.nn.mlp import MLP
+
+
+class RandomPolicy:
+    """Uniform random actions from a seeded generator; nothing to sync."""
+
+    def __init__(self, action_dim: int, discrete: bool, seed: int = 0) -> None:
+        if action_dim < 1:
+            raise ConfigError(f"action_dim: expected an int >= 1, got {action_dim}")
+        self.spec = ActionSpec(int(action_dim), bool(discrete))
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def act(
+        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+    ) -> tuple[Tensor, State | None]:
+        n = int(is_first.shape[0])
+        if self.spec.discrete:
+            idx = torch.randint(self.spec.dim, (n,), generator=self.gen)
+            return F.one_hot(idx, self.spec.dim).float(), None
+        return torch.rand(n, self.spec.dim, generator=self.gen) * 2 - 1, None
+
+    def acting_module(self) -> nn.Module | None:
+        return None
+
+
+class MLPPolicy(nn.Module):
+    """An MLP from a flat vector observation (``obs["obs"]``, (E, D)) to actions (E, A).
+
+    Discrete: samples the softmax with `explore`, else argmax; continuous: tanh mean plus
+    Gaussian noise of std `noise` with `explore`.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        discrete: bool,
+        hidden: int = 64,
+        layers: int = 2,
+        noise: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if obs_dim < 1 or action_dim < 1 or hidden < 1 or layers < 1:
+            raise ConfigError(
+                "MLPPolicy: obs_dim, action_dim, hidden and layers must be >= 1, got "
+                f"{obs_dim}, {action_dim}, {hidden}, {layers}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = MLP(obs_dim, hidden, action_dim, layers, norm="layer", act="silu")
+        self.discrete, self.action_dim, self.noise = discrete, action_dim, noise
+        self.gen = torch.Generator().manual_seed(seed + 1)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """(E, D) float -> (E, A) logits (discrete) or pre-tanh means."""
+        return self.net(obs.float())
+
+    def act(
+        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+    ) -> tuple[Tensor, State | None]:
+        out = self(obs["obs"])
+        if self.discrete:
+            if explore:
+                idx = torch.multinomial(out.softmax(-1), 1, generator=self.gen).squeeze(-1)
+            else:
+                idx = out.argmax(-1)
+            return F.one_hot(idx, self.action_dim).float(), None
+        mean = torch.tanh(out)
+        if explore:
+            mean = mean + self.noise * torch.randn(mean.shape, generator=self.gen)
+        return mean.clamp(-1.0, 1.0), None
+
+    def acting_module(self) -> nn.Module | None:
+        return self
+
+
+class AgentPolicy:
+    """Adapts an `worldflux.agents.Agent` (built by `agent_fn` in the collector) for collecting.
+
+    `sync` names the agent attributes (nn.Modules) whose weights the learner broadcasts, e.g.
+    ``("model", "actor")``; the learner must publish a module with the same state-dict keys,
+    which `AgentPolicy.acting_modules(agent, sync)` builds on its side.
+    """
+
+    def __init__(self, agent_fn: Callable[[], Any], sync: tuple[str, ...] = ("model",)) -> None:
+        self.agent = agent_fn()
+        self.module = self.acting_modules(self.agent, sync)
+
+    @staticmethod
+    def acting_modules(agent: Any, sync: tuple[str, ...]) -> nn.ModuleDict:
+        """``nn.ModuleDict`` of `agent`'s `sync` attributes (shares their parameters)."""
+        missing = [n for n in sync if not isinstance(getattr(agent, n, None), nn.Module)]
+        if missing:
+            raise ConfigError(f"sync: {missing} are not nn.Module attributes of the agent")
+        return nn.ModuleDict({n: getattr(agent, n) for n in sync})
+
+    def act(
+        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+    ) -> tuple[Tensor, State | None]:
+        return self.agent.act(obs, state, explore, is_first)
+
+    def acting_module(self) -> nn.Module | None:
+        return self.module

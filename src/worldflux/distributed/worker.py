@@ -1,0 +1,186 @@
+"""The collector process: step E env copies with the current policy, publish chunks of T rows.
+
+Runs under ``spawn`` or ``fork``. It ignores SIGINT (the learner owns shutdown), exits on a
+``stop`` message or when the learner's end of the pipe closes, and unlinks its own segments on
+the way out. See `worldflux.distributed.transport` for the chunk layout and the messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from worldflux.core.exceptions import SharedMemoryError
+from worldflux.core.state import State
+from worldflux.distributed import transport
+from worldflux.envs.base import Env, StepBatch
+from worldflux.envs.vector import VectorEnv
+
+
+class CollectorPolicy(Protocol):
+    """What a collector acts with (the `Agent.act` contract, plus the weights to sync)."""
+
+    def act(
+        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+    ) -> tuple[Tensor, State | None]:
+        """Actions (E, A) in model format for obs fields (E, ...); the new acting State."""
+        ...
+
+    def acting_module(self) -> nn.Module | None:
+        """The module whose weights the learner broadcasts (None: nothing to sync)."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything one collector process needs; picklable for ``spawn``."""
+
+    index: int  # collector index
+    generation: int  # how many times this index was restarted
+    namespace: str  # shm namespace of this process's segments
+    env_fn: Callable[[], Env]  # builds one env copy (module-level callable or partial)
+    policy_fn: Callable[[], CollectorPolicy]  # builds the acting policy
+    num_envs: int  # env copies stepped in this process
+    chunk_len: int  # rows per env in one published chunk
+    slots: int  # reusable shm segments
+    seed: int  # env copy j resets with seed + j; torch RNG seeded with it
+    explore: bool  # passed to policy.act
+    threads: int  # torch intra-op threads
+    weights: dict[str, Any] | None  # the latest ``weights`` message at spawn time
+
+
+def collector_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Process entry point."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    collector: _Collector | None = None
+    try:
+        collector = _Collector(spec, conn)
+        collector.run()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the learner is gone: just clean up
+    except BaseException:
+        with contextlib.suppress(OSError):
+            transport.send(conn, {"type": "error", "message": traceback.format_exc()[-4000:]})
+        raise
+    finally:
+        if collector is not None:
+            collector.close()
+
+
+class _Collector:
+    def __init__(self, spec: WorkerSpec, conn: Connection) -> None:
+        self.spec, self.conn = spec, conn
+        self.publisher: transport.SlotPublisher | None = None
+        self.env = VectorEnv([spec.env_fn for _ in range(spec.num_envs)])
+        self.policy = spec.policy_fn()
+        self.version = 0
+        if spec.weights is not None:
+            self._load_weights(spec.weights)
+        self.publisher = transport.SlotPublisher(spec.namespace, spec.slots)
+        self.buffers: dict[str, Tensor] = {}
+        self.env_step = np.zeros(spec.num_envs, np.int64)
+        self.seq = 0
+        self.running = True
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        self.env.close()
+
+    def run(self) -> None:
+        transport.send(self.conn, {"type": "ready", "version": self.version})
+        rows = self.env.reset(seed=self.spec.seed)
+        agent_state: State | None = None
+        act_version, t = self.version, 0
+        while self.running:
+            self._handle_messages(block=False)
+            obs = _obs_tensors(rows)
+            is_first = torch.from_numpy(rows.is_first)
+            with torch.no_grad():
+                action, agent_state = self.policy.act(obs, agent_state, self.spec.explore, is_first)
+            # Row t holds a_{t-1}: the policy version that chose it, or the current one on resets.
+            version = np.where(rows.is_first, self.version, act_version)
+            self._record(t, rows, version, agent_state)
+            act_version, t = self.version, t + 1
+            if t == self.spec.chunk_len:
+                self._publish()
+                t = 0
+            rows = self.env.step(action)
+
+    def _record(
+        self, t: int, rows: StepBatch, version: np.ndarray, agent_state: State | None
+    ) -> None:
+        values: dict[str, Tensor] = {f"obs/{k}": v for k, v in _obs_tensors(rows).items()}
+        values["action"] = torch.from_numpy(np.asarray(rows.action, np.float32))
+        values["reward"] = torch.from_numpy(np.asarray(rows.reward, np.float32))
+        for name in transport.FLAGS:
+            values[name] = torch.from_numpy(np.asarray(getattr(rows, name), bool))
+        values["policy_version"] = torch.from_numpy(version.astype(np.int64))
+        values["env_step"] = torch.from_numpy(self.env_step.copy())
+        if agent_state is not None:
+            values.update({f"agent/{k}": v.detach().cpu() for k, v in agent_state.tensors.items()})
+        self.env_step += 1
+        if not self.buffers:  # (E, ...) -> buffers (E, T, ...), allocated once
+            E, T = self.spec.num_envs, self.spec.chunk_len
+            self.buffers = {
+                k: torch.empty((E, T, *v.shape[1:]), dtype=v.dtype) for k, v in values.items()
+            }
+        for k, v in values.items():
+            self.buffers[k][:, t] = v
+
+    def _publish(self) -> None:
+        assert self.publisher is not None
+        while not self.publisher.free:  # back-pressure: wait for the learner to ack a slot
+            self._handle_messages(block=True)
+            if not self.running:
+                return
+        meta = {"collector": self.spec.index, "generation": self.spec.generation, "seq": self.seq}
+        slot, desc = self.publisher.publish(State(self.buffers, meta))
+        transport.send(self.conn, {"type": "chunk", "seq": self.seq, "slot": slot, "desc": desc})
+        self.seq += 1
+
+    def _handle_messages(self, block: bool) -> None:
+        if block:
+            self.conn.poll(None)
+        while self.running and self.conn.poll():
+            msg = transport.recv(self.conn)
+            kind = msg["type"]
+            if kind == "ack":
+                assert self.publisher is not None
+                self.publisher.release(int(msg["slot"]))
+            elif kind == "weights":
+                self._load_weights(msg)
+            elif kind == "stop":
+                self.running = False
+
+    def _load_weights(self, msg: dict[str, Any]) -> None:
+        module = self.policy.acting_module()
+        version = int(msg["version"])
+        if module is not None:
+            try:
+                state = transport.attach(msg["desc"], copy=False)
+            except SharedMemoryError:
+                return  # superseded and already unlinked; a newer version is on its way
+            try:
+                transport.load_weights(module, state)
+            finally:
+                transport.detach(state)
+        self.version = version
+        transport.send(self.conn, {"type": "weights_loaded", "version": version})
+
+
+def _obs_tensors(rows: StepBatch) -> dict[str, Tensor]:
+    """StepBatch obs (array or dict of arrays, (E, ...)) as a dict of tensors."""
+    obs = rows.obs if isinstance(rows.obs, dict) else {"obs": rows.obs}
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()}

@@ -1,0 +1,179 @@
+"""Multi-process collectors: complete in-order rows, restarts, weight versions, clean shm."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import collector_helpers as C
+import numpy as np
+import pytest
+import torch
+
+from worldflux.core.exceptions import ConfigError
+from worldflux.data.replay import Replay
+from worldflux.distributed.collectors import CollectorConfig, CollectorPool
+
+DEADLINE_S = 60.0
+
+
+def _ns() -> str:
+    return f"wft{secrets.token_hex(4)}"
+
+
+def _poll_until(pool: CollectorPool, done, streams=None, copy=True):  # noqa: ANN001, ANN202
+    """Poll until done(pool) or fail after DEADLINE_S; returns every chunk seen."""
+    seen = []
+    deadline = time.monotonic() + DEADLINE_S
+    while not done(pool):
+        if time.monotonic() > deadline:
+            pytest.fail(f"collectors made no progress in {DEADLINE_S}s: {pool.stats()}")
+        chunks = pool.poll(0.5, copy=copy)
+        if streams is not None:
+            C.check_rows(chunks, streams)
+        for c in chunks:
+            c.release()
+        seen.extend(chunks)
+    return seen
+
+
+def _each_collector_sent(n: int):  # noqa: ANN202
+    return lambda pool: all(s["chunks"] >= n for s in pool.stats()["collectors"])
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_two_collectors_deliver_complete_ordered_rows(start_method: str) -> None:
+    ns = _ns()
+    cfg = CollectorConfig(
+        num_collectors=2, envs_per_collector=2, chunk_len=8, pool_slots=2,
+        start_method=start_method, namespace=ns,
+    )  # fmt: skip
+    streams: dict = {}
+    with CollectorPool(C.env_fn(), C.random_policy_fn(), cfg) as pool:
+        chunks = _poll_until(pool, _each_collector_sent(4), streams, copy=(start_method == "fork"))
+        assert shm_names_exist(ns)
+    assert C.shm_entries(ns) == []
+    for i in range(2):
+        seqs = [c.seq for c in chunks if c.collector == i]
+        assert seqs == list(range(len(seqs)))  # in order, no gaps
+    assert sorted(k[0] for k in streams) == [0, 1, 2, 3]  # 2 collectors x 2 envs
+    for rows in streams.values():
+        C.assert_stream_complete(np.concatenate(rows))
+    assert pool.env_steps == sum(c.num_steps for c in chunks) == 8 * 2 * len(chunks)
+
+
+def shm_names_exist(ns: str) -> bool:
+    names = C.shm_entries(ns)
+    return any("-c0g0_" in n for n in names) and any("-c1g0_" in n for n in names)
+
+
+def test_killed_collector_is_replaced_and_shm_is_clean() -> None:
+    ns = _ns()
+    cfg = CollectorConfig(num_collectors=2, chunk_len=4, start_method="fork", namespace=ns)
+    streams: dict = {}
+    with CollectorPool(C.env_fn(0.001), C.random_policy_fn(), cfg) as pool:
+        _poll_until(pool, _each_collector_sent(2), streams)
+        victim = pool.pid(0)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        _poll_until(pool, lambda p: p.stats()["collectors"][0]["generation"] == 1, streams)
+        assert pool.pid(0) != victim
+        assert not [n for n in C.shm_entries(ns) if "-c0g0_" in n]  # dead one's segments gone
+        before = pool.stats()["collectors"][0]["chunks"]
+        _poll_until(pool, lambda p: p.stats()["collectors"][0]["chunks"] >= before + 2, streams)
+        assert pool.stats()["collectors"][0]["restarts"] == 1
+    assert C.shm_entries(ns) == []
+    assert (0, 1) in streams  # the replacement's rows, checked like the others
+    for rows in streams.values():
+        C.assert_stream_complete(np.concatenate(rows))
+
+
+def test_weights_flow_back_with_versions() -> None:
+    ns = _ns()
+    cfg = CollectorConfig(
+        num_collectors=2, chunk_len=4, start_method="fork", namespace=ns, explore=False
+    )
+    learner = C.mlp_policy_fn(seed=1)()
+    with CollectorPool(C.env_fn(0.001), C.mlp_policy_fn(seed=99), cfg, weights=learner) as pool:
+        chunks = _poll_until(pool, _each_collector_sent(2))
+        with torch.no_grad():
+            for p in learner.parameters():
+                p.add_(torch.randn_like(p))
+        assert pool.publish_weights(learner) == 2
+        later: list = []
+        deadline = time.monotonic() + DEADLINE_S
+        while not any((c.policy_versions == 2).all() for c in later if c.collector == 1):
+            assert time.monotonic() < deadline, pool.stats()
+            later.extend(pool.poll(0.5))
+        assert C.shm_entries(ns)  # weights segments live while the pool runs
+    assert C.shm_entries(ns) == []
+    # Every row's action is what the learner's policy of that version picks on the prior obs.
+    versions = {1: C.mlp_policy_fn(seed=1)(), 2: learner}
+    for c in chunks + later:
+        t = c.state.tensors
+        v = c.policy_versions
+        assert (v[:, 1:] >= v[:, :-1]).all()  # versions never go back within a chunk
+        for e in range(t["reward"].shape[0]):
+            for i in range(1, t["reward"].shape[1]):
+                if t["is_first"][e, i] or int(v[e, i]) not in versions:
+                    continue
+                obs = t["obs/obs"][e, i - 1 : i]
+                with torch.no_grad():
+                    want, _ = versions[int(v[e, i])].act({"obs": obs}, None, False, obs[:, 0])
+                torch.testing.assert_close(t["action"][e, i], want[0])
+    assert {int(x) for c in chunks + later for x in c.policy_versions.unique()} >= {1, 2}
+
+
+def test_feed_adds_rows_to_a_replay() -> None:
+    cfg = CollectorConfig(num_collectors=2, chunk_len=4, start_method="fork", namespace=_ns())
+    obs_space = C.CounterEnv().observation_space
+    replay = Replay(1000, obs_space, C.CounterEnv().action_space, num_envs=2)
+    with CollectorPool(C.env_fn(), C.random_policy_fn(), cfg) as pool:
+        added = 0
+        deadline = time.monotonic() + DEADLINE_S
+        while added < 64:
+            assert time.monotonic() < deadline
+            added += pool.feed(replay, timeout=0.5)
+    assert len(replay) == added and replay.counts.min() > 0
+    batch = replay.sample(4, 3)
+    assert batch.shape == (4, 3)
+
+
+def test_ctrl_c_on_the_learner_cleans_everything() -> None:
+    ns = _ns()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen(
+        [sys.executable, C.__file__, ns, "fork"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the first chunk arrived
+        assert line.strip() == "collecting", proc.stderr.read() if proc.stderr else ""
+        assert C.shm_entries(ns)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0  # KeyboardInterrupt propagates after cleanup
+    time.sleep(0.2)
+    assert C.shm_entries(ns) == []
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="num_collectors"):
+        CollectorConfig(num_collectors=0)
+    with pytest.raises(ConfigError, match="start_method"):
+        CollectorConfig(start_method="threads")
+    with pytest.raises(ConfigError, match="namespace"):
+        CollectorConfig(namespace="bad_name")
+    with pytest.raises(ConfigError, match="weight_slots"):
+        CollectorConfig(weight_slots=1)

@@ -104,3 +104,20 @@ def test_bad_arguments() -> None:
         AtariEnv("Pong", sticky=1.5)
     with pytest.raises(ConfigError, match="frame_skip"):
         AtariEnv("Pong", frame_skip=0)
+
+
+def test_get_set_state_resumes_exactly() -> None:
+    env = AtariEnv("Breakout", seed=0, sticky=0.25)
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        env.step(int(rng.integers(4)))
+    snap = env.get_state()
+    actions = rng.integers(0, 4, 100)
+    ref = [env.step(int(a)) for a in actions[:60]] + [env.reset()]
+    other = AtariEnv("Breakout", seed=7, sticky=0.25)
+    other.reset()
+    other.set_state(snap)
+    got = [other.step(int(a)) for a in actions[:60]] + [other.reset()]
+    for r, g in zip(ref, got, strict=True):
+        assert np.array_equal(r.obs, g.obs) and (r.reward, r.is_last) == (g.reward, g.is_last)

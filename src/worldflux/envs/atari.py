@@ -155,6 +155,28 @@ class AtariEnv(Env):
         info = {"lives": lives, "life_lost": life_lost}
         return Step(self._obs(frames), model_action, total, False, is_terminal, self._done, info)
 
+    def get_state(self) -> dict[str, Any]:
+        """Snapshot for exact resume: the emulator (with its sticky-action RNG) and our RNG."""
+        ale_state = self.ale.cloneState(include_rng=True).serialize()
+        return {
+            "ale": np.frombuffer(ale_state, np.uint8).copy(),
+            "rng": self._rng.bit_generator.state,
+            "lives": self._lives,
+            "done": self._done,
+            "game_over": self._game_over,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state` snapshot (on an env built with the same arguments)."""
+        from ale_py import ALEState
+
+        data = np.asarray(state["ale"], np.uint8).tobytes()
+        self.ale.restoreState(ALEState(data))
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = state["rng"]
+        self._lives, self._seed = int(state["lives"]), None
+        self._done, self._game_over = bool(state["done"]), bool(state["game_over"])
+
     def render(self) -> np.ndarray:
         """The current full-resolution RGB screen (210, 160, 3)."""
         return self.ale.getScreenRGB()

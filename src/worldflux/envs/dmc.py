@@ -149,6 +149,46 @@ class DMCEnv(Env):
         info = {"discount": float(ts.discount) if ts.discount is not None else 1.0}
         return Step(self._obs(ts), model_action, total, False, terminal, self._done, info)
 
+    def get_state(self) -> dict[str, Any]:
+        """Snapshot for exact resume: MuJoCo integration state, task RNG, step counter.
+
+        Tasks that randomise MODEL parameters at reset (e.g. reacher's target) keep those in the
+        model, which is not captured: the episode resumes with the model as currently built.
+        """
+        import mujoco
+
+        sig = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+        _, keys, pos, has_gauss, gauss = self.env.task.random.get_state()
+        return {
+            "physics": np.asarray(self.env.physics.get_state(sig=sig), np.float64),
+            "rng_keys": np.asarray(keys, np.uint32),
+            "rng_pos": int(pos),
+            "rng_has_gauss": int(has_gauss),
+            "rng_gauss": float(gauss),
+            "step_count": int(self.env._step_count),
+            "reset_next_step": bool(self.env._reset_next_step),
+            "done": bool(self._done),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a `get_state` snapshot (on an env built with the same arguments)."""
+        import mujoco
+
+        sig = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+        physics = self.env.physics
+        expected = int(mujoco.mj_stateSize(physics.model.ptr, sig))
+        arr = np.asarray(state["physics"], np.float64)
+        if arr.shape != (expected,):
+            raise SpecError(f"state['physics']: expected shape ({expected},), got {arr.shape}")
+        with physics.reset_context():  # recomputes derived quantities (mj_forward) on exit
+            physics.set_state(arr, sig=sig)
+        keys = np.asarray(state["rng_keys"], np.uint32)
+        rng = ("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_gauss"])
+        self.env.task.random.set_state(rng)
+        self.env._step_count = int(state["step_count"])
+        self.env._reset_next_step = bool(state["reset_next_step"])
+        self._done = bool(state["done"])
+
     def render(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """Offscreen RGB render (H, W, 3) uint8 from `camera` (default: 240x320)."""
         h, w = size if size is not None else (240, 320)

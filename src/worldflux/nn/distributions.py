@@ -30,9 +30,15 @@ def symmetric_mean(probs: Tensor, bins: Tensor) -> Tensor:
 
 
 def sample_onehot(log_probs: Tensor) -> Tensor:
-    """One-hot samples of categoricals given by `log_probs` (..., K), via exponential races."""
-    race = log_probs - torch.empty_like(log_probs).exponential_().log()
-    return F.one_hot(race.argmax(-1), log_probs.shape[-1]).to(log_probs.dtype)
+    """One-hot samples of categoricals given by `log_probs` (..., K).
+
+    Inverse-CDF sampling: one uniform per categorical (not one per class, as Gumbel-max needs).
+    """
+    k = log_probs.shape[-1]
+    cdf = log_probs.detach().exp().cumsum(-1)
+    u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]  # scale by the total: exact under rounding
+    idx = (cdf <= u).sum(-1).clamp(max=k - 1)
+    return F.one_hot(idx, k).to(log_probs.dtype)
 
 
 def straight_through(onehot: Tensor, log_probs: Tensor) -> Tensor:

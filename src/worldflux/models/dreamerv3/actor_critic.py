@@ -179,31 +179,35 @@ class DreamerV3ActorCritic(nn.Module):
         traj = self.imagine(wm, start)
         feat = traj["feat"]
         disc = 1.0 if cfg.cont_discount_target else cfg.gamma
+        logits = self.critic(feat.detach())  # (N, H+1, K), the critic's only forward pass
         with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
-            rew = wm.reward_head.mean(wm.reward_head(feat))  # (N, H+1)
+            rew = wm.reward_head.mean(wm.reward_head(feat[:, 1:]))  # (N, H): arriving rewards
+            rew = F.pad(rew, (1, 0))  # (N, H) -> (N, H+1); index 0 is never read
             live = torch.sigmoid(wm.continue_head(feat)) * disc
-            tarval = self.critic.mean(self.critic(feat))
-            ret = lambda_returns(rew, live, tarval, cfg.lam)  # (N, H)
+            critic = self.critic if self.dynamics_grad else None
+            val = self.critic.mean(critic(feat) if critic is not None else logits.detach())
+            ret = lambda_returns(rew, live, val, cfg.lam)  # (N, H)
+        tarval = val.detach()
         with torch.no_grad():
             weight = torch.cumprod(live, 1)[:, :-1] / disc  # (N, H)
-            slow = self.slow_critic.mean(self.slow_critic(feat.detach()))[:, :-1]
+            slow = self.slow_critic.mean(self.slow_critic(feat[:, :-1].detach()))
             self.retnorm.update(ret)
             scale = self.retnorm.scale()
         ent = traj["ent"]
         if self.dynamics_grad:
             objective = ret / scale
         else:
-            adv = (ret - tarval[:, :-1]).detach() / scale
+            adv = (ret.detach() - tarval[:, :-1]) / scale
             objective = traj["logp"] * adv
         actor_loss = -(weight * (objective + cfg.actor_entropy * ent)).mean()
-        logits = self.critic(feat[:, :-1].detach())  # (N, H, K)
+        logits = logits[:, :-1]  # (N, H+1, K) -> (N, H, K)
         critic_loss = self.critic.loss(logits, ret.detach())
         critic_loss = critic_loss + cfg.slow_critic_reg * self.critic.loss(logits, slow)
         critic_loss = (weight * critic_loss).mean()
         metrics = {
             "ac/return": ret.detach().mean(),
             "ac/return_scale": scale,
-            "ac/value": tarval.detach().mean(),
+            "ac/value": tarval.mean(),
             "ac/entropy": ent.detach().mean(),
             "ac/imag_reward": rew.detach().mean(),
             "ac/weight": weight.mean(),

@@ -1,0 +1,161 @@
+"""Model update-step speed on one CPU thread, next to a same-run matmul baseline.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_bench.py [--quick] [--json PATH]``.
+
+The baseline times a square float32 matmul and reports the achieved GFLOP/s; every model section
+reports ms per update, updates/s, the update's FLOPs (counted with
+``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions, forward + backward) and
+the fraction of the baseline rate it reaches. To add a section, write a function
+``(args) -> list[Result]`` and append it to ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from worldflux.core.batch import Batch  # noqa: E402
+from worldflux.core.registry import create_world_model  # noqa: E402
+from worldflux.core.spec import ActionSpec, ObsSpec  # noqa: E402
+
+
+@dataclass
+class Result:
+    """One measured configuration."""
+
+    name: str
+    ms: float  # median wall time per update
+    flops: float  # FLOPs per update (matmul + conv, fwd + bwd)
+    notes: dict[str, float | str] = field(default_factory=dict)
+
+
+def time_it(fn: Callable[[], object], iters: int, warmup: int = 1) -> float:
+    """Median seconds per call after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+# --- baseline ---------------------------------------------------------------------------------
+
+
+def matmul_gflops(n: int = 1024, iters: int = 20) -> float:
+    """Achieved GFLOP/s of an (n x n) @ (n x n) float32 matmul."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    sec = time_it(lambda: a @ b, iters, warmup=3)
+    return 2 * n**3 / sec / 1e9
+
+
+# --- DreamerV3 --------------------------------------------------------------------------------
+
+
+def random_batch(obs_spec: ObsSpec, act: ActionSpec, B: int, T: int, seed: int = 0) -> Batch:
+    """A valid (B, T) batch of random data with an episode boundary in each row."""
+    g = torch.Generator().manual_seed(seed)
+    obs = {}
+    for k, f in obs_spec.fields.items():
+        if f.is_image:
+            obs[k] = torch.randint(0, 256, (B, T, *f.shape), generator=g, dtype=torch.uint8)
+        else:
+            obs[k] = torch.randn(B, T, *f.shape, generator=g)
+    if act.discrete:
+        idx = torch.randint(0, act.dim, (B, T), generator=g)
+        action = torch.nn.functional.one_hot(idx, act.dim).float()
+    else:
+        action = torch.rand(B, T, act.dim, generator=g) * 2 - 1
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[:, T // 2] = True
+    is_last = torch.roll(is_first, -1, 1)
+    is_last[:, -1] = False
+    return Batch(
+        obs=obs if obs_spec.is_dict else obs["obs"],
+        action=action,
+        reward=torch.randn(B, T, generator=g),
+        is_first=is_first,
+        is_terminal=is_last & (torch.arange(B) % 2 == 0).unsqueeze(1),
+        is_last=is_last,
+    )
+
+
+def _dreamer_update(preset: str, obs_space: gym.Space, act_space: gym.Space, iters: int) -> Result:
+    torch.manual_seed(0)
+    model = create_world_model(f"dreamerv3:{preset}", obs_space, act_space, seed=0)
+    batch = random_batch(model.obs_spec, model.action_spec, 16, 64)
+    opt = model.make_optimizers()  # type: ignore[operator]
+    step = lambda: model.train_step(batch, opt)  # type: ignore[operator]  # noqa: E731
+    sec = time_it(step, iters, warmup=1)
+    flops = count_flops(step)
+    params = sum(p.numel() for p in model.parameters())
+    return Result(f"dreamerv3:{preset}", sec * 1e3, flops, {"params": params})
+
+
+def bench_dreamerv3(args: argparse.Namespace) -> list[Result]:
+    """size1m on vector obs (24-D, 6-D continuous actions) and size12m on 64x64x3 images
+    (18 discrete actions); batch 16 x 64; one update = world model + actor-critic."""
+    vec = gym.spaces.Box(-np.inf, np.inf, (24,), np.float32)
+    cont = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+    img = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    disc = gym.spaces.Discrete(18)
+    out = [_dreamer_update("size1m", vec, cont, 3 if args.quick else 10)]
+    out[0].notes["reference_ms"] = 924.0  # a PyTorch port's size1m 16x64 update, same class
+    out[0].notes["obs"] = "vector 24, Box(6)"
+    out.append(_dreamer_update("size12m", img, disc, 1 if args.quick else 3))
+    out[1].notes["obs"] = "image 64x64x3, Discrete(18)"
+    return out
+
+
+SECTIONS: list[Callable[[argparse.Namespace], list[Result]]] = [bench_dreamerv3]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer timing iterations")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    gflops = matmul_gflops()
+    print(f"threads={torch.get_num_threads()}  matmul 1024^3 fp32: {gflops:.1f} GFLOP/s")
+    results = [r for section in SECTIONS for r in section(args)]
+    print(f"{'model':<22}{'ms/update':>11}{'updates/s':>11}{'GFLOP/upd':>11}{'% matmul':>10}")
+    for r in results:
+        rate = r.flops / (r.ms / 1e3) / 1e9
+        r.notes["gflops_per_s"] = round(rate, 2)
+        r.notes["fraction_of_matmul"] = round(rate / gflops, 3)
+        line = f"{r.name:<22}{r.ms:>11.1f}{1e3 / r.ms:>11.2f}{r.flops / 1e9:>11.2f}"
+        line += f"{100 * rate / gflops:>9.1f}%"
+        if "reference_ms" in r.notes:
+            ref = float(r.notes["reference_ms"])
+            line += f"   (reference {ref:.0f} ms: {ref / r.ms:.2f}x faster)"
+        print(line, r.notes.get("obs", ""))
+    if args.json:
+        payload = {"matmul_gflops": gflops, "results": [asdict(r) for r in results]}
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()

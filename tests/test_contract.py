@@ -142,7 +142,7 @@ def test_determinism_with_seed(family: str) -> None:
     for x, y in zip(_outputs(a, 1), _outputs(b, 1), strict=True):
         assert torch.equal(x, y)
     c = _model(family, seed=8)
-    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
 
 
 @families

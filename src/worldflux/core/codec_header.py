@@ -186,9 +186,14 @@ def _check_depth(text: str, max_depth: int, what: str) -> None:
         raise StateFormatError(f"{what}: JSON nests deeper than {max_depth} levels")
 
 
-def loads(text: str, max_depth: int, what: str) -> Any:
-    """`json.loads` with a depth guard, duplicate-key and NaN rejection; StateError only."""
-    if text.count("[") + text.count("{") > _FAST_BRACKETS:
+def loads(text: str, max_depth: int, what: str, strict_depth: bool = True) -> Any:
+    """`json.loads` with a depth guard, duplicate-key and NaN rejection; StateError only.
+
+    `strict_depth=False` only guards the parser's recursion (few brackets skip the scan) and
+    leaves the exact structure to the caller's validation.
+    """
+    fast = max_depth if strict_depth else _FAST_BRACKETS
+    if text.count("[") + text.count("{") > fast:
         _check_depth(text, max_depth, what)
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
@@ -295,7 +300,7 @@ def _build(raw: bytes, total: int) -> Layout:
         raise StateFormatError(f"payload: header is not UTF-8 ({err.reason})") from None
     if not text.startswith("{"):
         raise StateFormatError("payload: header must be a JSON object starting with '{'")
-    obj = loads(text, 3, "payload header")
+    obj = loads(text, 3, "payload header", strict_depth=False)
     md = _metadata(obj.pop("__metadata__", {}))
     data_start = 8 + len(raw)
     data_len = total - data_start

@@ -10,7 +10,14 @@ from worldflux.nn.functional import symexp
 
 
 def symexp_bins(num: int, low: float = -20.0, high: float = 20.0) -> Tensor:
-    """`num` bins spaced uniformly in symlog space: symexp(linspace(low, high, num)). -> (num,)."""
+    """`num` bins spaced uniformly in symlog space: symexp(linspace(low, high, num)). -> (num,).
+
+    With low == -high and odd `num` the grid is built from one half, so it is exactly
+    antisymmetric (centre bin exactly 0), which `symmetric_mean` relies on.
+    """
+    if low == -high and num % 2 == 1:
+        half = symexp(torch.linspace(0.0, high, num // 2 + 1, dtype=torch.float64))
+        return torch.cat([-half[1:].flip(0), half]).float()
     return symexp(torch.linspace(low, high, num, dtype=torch.float64)).float()
 
 
@@ -44,7 +51,7 @@ def sample_onehot(log_probs: Tensor) -> Tensor:
 def straight_through(onehot: Tensor, log_probs: Tensor) -> Tensor:
     """Straight-through gradients: the value of `onehot`, the gradient of the probabilities."""
     probs = log_probs.exp()
-    return onehot + probs - probs.detach()
+    return onehot + (probs - probs.detach())  # exactly `onehot`: p - p is 0 in floating point
 
 
 def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:

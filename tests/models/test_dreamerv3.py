@@ -1,0 +1,272 @@
+"""DreamerV3: state layout, ingredients with hand-computed values, errors, sizes, isolation."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from worldflux.core.batch import Batch
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.registry import count_parameters, create_world_model
+from worldflux.core.state import State
+from worldflux.models.dreamerv3 import PRESETS, DreamerV3, DreamerV3Config
+from worldflux.models.dreamerv3.actor_critic import PercentileNormalizer, lambda_returns
+from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean
+from worldflux.nn.functional import symexp, symlog, two_hot, unimix
+
+VEC = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
+IMG = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+DISC = gym.spaces.Discrete(3)
+CONT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+def _model(obs=VEC, act=DISC, **overrides) -> DreamerV3:
+    model = create_world_model("dreamerv3:debug", obs, act, seed=0, **overrides)
+    assert isinstance(model, DreamerV3)
+    return model
+
+
+def _batch(B: int = 2, T: int = 5, obs=None, A: int = 3) -> Batch:
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    action = torch.nn.functional.one_hot(torch.randint(0, A, (B, T)), A).float()
+    z = torch.zeros(B, T, dtype=torch.bool)
+    return Batch(
+        obs if obs is not None else torch.randn(B, T, 5),
+        action,
+        torch.randn(B, T),
+        is_first,
+        z,
+        z.clone(),
+    )
+
+
+# --- state layout ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("B", [1, 5])
+def test_state_keys_and_shapes(B: int) -> None:
+    model = _model()
+    cfg = model.config
+    state = model.encode(torch.randn(B, 5))
+    assert set(state.tensors) == {"deter", "stoch", "prior_logits", "posterior_logits"}
+    state = model.update(state, torch.randint(0, 3, (B,)), torch.randn(B, 5))
+    assert set(state.tensors) == {"deter", "stoch", "prior_logits", "posterior_logits"}
+    assert state.tensors["stoch"].shape == (B, cfg.stoch, cfg.classes)
+    assert torch.equal(state.tensors["stoch"].sum(-1), torch.ones(B, cfg.stoch))  # one-hot
+    for key in ("prior_logits", "posterior_logits"):
+        probs = state.tensors[key].exp()
+        assert torch.allclose(probs.sum(-1), torch.ones(B, cfg.stoch), atol=1e-5)
+        assert bool((probs >= cfg.unimix / cfg.classes - 1e-6).all())  # 1% unimix floor
+    nxt = model.transition(state, torch.randint(0, 3, (B,)))
+    assert set(nxt.tensors) == {"deter", "stoch", "prior_logits"}
+    assert model.features(nxt).shape == (B, cfg.deter + cfg.stoch * cfg.classes)
+    assert set(model.decode(nxt, heads=["reward"])) == {"reward"}
+
+
+def test_is_first_resets_carry_inside_loss() -> None:
+    model = _model()
+    batch = _batch(B=3, T=6)
+    batch.is_first[1, 3] = True  # a new episode in the middle of row 1
+    post = model.observe(batch)
+    zero = torch.zeros(1, model.config.deter)
+    fresh = model.rssm.core(zero, torch.zeros(1, 128), torch.zeros(1, 3))
+    assert torch.allclose(post["deter"][1, 3], fresh[0], atol=1e-6)
+    assert torch.allclose(post["deter"][0, 0], fresh[0], atol=1e-6)
+    assert not torch.allclose(post["deter"][0, 3], fresh[0], atol=1e-3)
+
+
+def test_truncation_is_not_termination() -> None:
+    model = _model()
+    batch = _batch()
+    truncated = Batch(**{**batch.__dict__, "is_last": batch.is_last.clone()})
+    truncated.is_last[:, -1] = True
+    terminal = Batch(**{**truncated.__dict__, "is_terminal": truncated.is_last.clone()})
+    losses = {}
+    for name, b in (("plain", batch), ("truncated", truncated), ("terminal", terminal)):
+        torch.manual_seed(0)
+        losses[name] = model.loss(b)[1]["loss/con"]
+    assert torch.equal(losses["plain"], losses["truncated"])
+    assert not torch.equal(losses["plain"], losses["terminal"])
+
+
+def test_images_and_dict_observations() -> None:
+    space = gym.spaces.Dict({"image": IMG, "proprio": VEC})
+    model = _model(space)
+    obs = {
+        "image": torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8),
+        "proprio": torch.randn(2, 5),
+    }
+    preds = model.decode(model.encode(obs))
+    assert preds["obs/image"].shape == (2, 64, 64, 3)
+    assert bool(((preds["obs/image"] >= 0) & (preds["obs/image"] <= 1)).all())
+    assert preds["obs/proprio"].shape == (2, 5)
+    seq = {
+        "image": torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8),
+        "proprio": torch.randn(2, 3, 5),
+    }
+    loss, _ = model.loss(_batch(T=3, obs=seq))
+    assert torch.isfinite(loss)
+
+
+def test_policy_actions() -> None:
+    model = _model()
+    state = model.encode(torch.randn(4, 5))
+    action = model.policy(state)
+    assert torch.equal(action.sum(-1), torch.ones(4)) and action.shape == (4, 3)
+    cont = _model(act=CONT)
+    a = cont.policy(cont.encode(torch.randn(4, 5)), sample=False)
+    assert a.shape == (4, 2) and bool((a.abs() <= 1).all())
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_spec_errors() -> None:
+    model = _model()
+    with pytest.raises(SpecError, match="obs"):
+        model.encode(torch.randn(2, 4))
+    with pytest.raises(SpecError, match="action"):
+        model.transition(model.encode(torch.randn(2, 5)), torch.randn(2, 4))
+    img = _model(IMG)
+    with pytest.raises(SpecError, match="uint8"):
+        img.encode(torch.rand(2, 64, 64, 3))
+    with pytest.raises(SpecError, match="batch.action"):
+        model.loss(_batch(A=4))
+
+
+def test_bad_config_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="deter"):
+        DreamerV3Config(deter=100, blocks=8)
+    with pytest.raises(ConfigError, match="actor_grad_cont"):
+        DreamerV3Config(actor_grad_cont="backprop")
+    with pytest.raises(ConfigError, match="unimix"):
+        DreamerV3Config(unimix=1.5)
+
+
+# --- sizes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p.startswith("size")])
+def test_preset_parameter_count(preset: str) -> None:
+    """Reference setting: 64x64x3 images, 18 discrete actions (Atari), everything counted
+    (world model, actor, critic, slow critic). size1m is the exception: the official size1m
+    widths give 0.75M here, so it gets a wider band (README.md, "Sizes")."""
+    n = count_parameters(f"dreamerv3:{preset}", IMG, gym.spaces.Discrete(18))
+    nominal = float(preset[4:-1]) * 1e6
+    tol = 0.30 if preset == "size1m" else 0.15
+    assert abs(n - nominal) <= tol * nominal, f"{preset}: {n / 1e6:.2f}M"
+
+
+# --- ingredients -------------------------------------------------------------------------------
+
+
+def test_symlog_symexp_inverse() -> None:
+    x = torch.tensor([-1e6, -3.0, -0.5, 0.0, 0.5, 3.0, 1e6], dtype=torch.float64)
+    assert torch.allclose(symexp(symlog(x)), x, rtol=1e-12)
+    assert symlog(torch.tensor(math.e - 1)).item() == pytest.approx(1.0)
+
+
+def test_two_hot_round_trip_on_symexp_bins() -> None:
+    bins = symexp_bins(255)
+    assert bins[127] == 0 and bins[-1] == pytest.approx(math.expm1(20.0), rel=1e-6)
+    x = torch.tensor([-1234.5, -1.0, 0.0, 0.3, 7.0, 1e5])
+    enc = two_hot(x, bins)
+    assert torch.allclose(enc.sum(-1), torch.ones(6))
+    assert int((enc > 0).sum(-1).max()) <= 2
+    assert torch.allclose(symmetric_mean(enc, bins), x, rtol=1e-5)
+    # hand-computed: 0.3 lies between bins[128]=symexp(20/127) and bins[129]=symexp(40/127)
+    lo, hi = math.expm1(20 / 127), math.expm1(40 / 127)
+    assert enc[3, 129].item() == pytest.approx((0.3 - lo) / (hi - lo), rel=1e-5)
+    uniform = torch.full((255,), 1 / 255)
+    assert symmetric_mean(uniform, bins).item() == 0.0  # exact, no float noise
+
+
+def test_unimix_mixing() -> None:
+    logp = unimix(torch.tensor([math.log(3.0), 0.0, 0.0, -math.inf]), 0.01)
+    expected = 0.99 * torch.tensor([0.6, 0.2, 0.2, 0.0]) + 0.01 / 4
+    assert torch.allclose(logp.exp(), expected, atol=1e-7)
+    draws = sample_onehot(logp.expand(40000, 4)).mean(0)
+    assert torch.allclose(draws, expected, atol=0.01)
+
+
+def test_free_bits_clip_each_term() -> None:
+    model = _model()
+    rssm = model.rssm
+    logits = torch.zeros(2, 32, 4, requires_grad=True)
+    same = rssm.kl_losses(torch.log_softmax(logits, -1), torch.log_softmax(logits, -1))
+    assert torch.equal(same["dyn"], torch.ones(2)) and torch.equal(same["rep"], torch.ones(2))
+    (same["dyn"] + same["rep"]).sum().backward()
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
+    post = torch.log_softmax(torch.tensor([4.0, 0.0, 0.0, 0.0]).expand(2, 32, 4), -1)
+    prior = torch.log_softmax(torch.zeros(2, 32, 4), -1)
+    kl = rssm.kl_losses(post, prior)
+    p = torch.softmax(torch.tensor([4.0, 0.0, 0.0, 0.0]), -1)
+    per = float((p * (p.log() + math.log(4))).sum())  # KL(p || uniform) of one latent
+    assert kl["dyn"][0].item() == pytest.approx(32 * per, rel=1e-5)  # 32 * 0.8245 > 1 nat
+
+
+def test_lambda_returns_by_hand() -> None:
+    rew = torch.tensor([[0.0, 1.0, 2.0]])
+    live = torch.tensor([[0.9, 0.9, 0.5]])
+    val = torch.tensor([[10.0, 20.0, 30.0]])
+    lam = 0.5
+    r1 = 2.0 + 0.5 * 30.0  # R_1 = r_2 + live_2 * v_2 (the last step bootstraps fully)
+    r0 = 1.0 + 0.9 * ((1 - lam) * 20.0 + lam * r1)
+    assert torch.allclose(lambda_returns(rew, live, val, lam), torch.tensor([[r0, r1]]))
+    # lam = 1 is the discounted Monte-Carlo return with a terminal bootstrap
+    mc = lambda_returns(rew, live, val, 1.0)
+    assert mc[0, 0].item() == pytest.approx(1.0 + 0.9 * (2.0 + 0.5 * 30.0))
+
+
+def test_percentile_normalizer() -> None:
+    norm = PercentileNormalizer(rate=0.5, limit=1.0, low=5.0, high=95.0)
+    x = torch.arange(101, dtype=torch.float32)  # P5 = 5, P95 = 95
+    norm.update(x)
+    assert norm.lo.item() == pytest.approx(2.5) and norm.hi.item() == pytest.approx(47.5)
+    assert norm.scale().item() == pytest.approx(45.0)
+    for _ in range(40):
+        norm.update(x)
+    assert norm.scale().item() == pytest.approx(90.0, rel=1e-4)
+    small = PercentileNormalizer(rate=1.0, limit=1.0, low=5.0, high=95.0)
+    small.update(torch.linspace(0, 0.1, 11))
+    assert small.scale().item() == 1.0  # max(1, S)
+
+
+# --- actor-critic isolation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("act,mode", [(DISC, "reinforce"), (CONT, "reinforce"), (CONT, "dynamics")])
+def test_actor_critic_never_touches_world_model(act, mode) -> None:
+    model = _model(act=act, actor_grad_cont=mode)
+    A = model.action_spec.dim
+    batch = (
+        _batch(A=A)
+        if act is DISC
+        else Batch(
+            torch.randn(2, 5, 5),
+            torch.rand(2, 5, A) * 2 - 1,
+            torch.randn(2, 5),
+            *(_batch().is_first, _batch().is_terminal, _batch().is_last),
+        )
+    )
+    _, _, post = model.world_model_loss(batch)
+    start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})
+    before = [p.detach().clone() for p in model.world_model_parameters()]
+    opt = model.make_optimizers()
+    model.zero_grad(set_to_none=True)
+    metrics = model.actor_critic.train_step(model, start, opt.actor, opt.critic)
+    assert all(p.grad is None for p in model.world_model_parameters())
+    for p, q in zip(before, model.world_model_parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert all(p.grad is not None for p in model.actor_critic.actor.parameters())
+    assert float(metrics["ac/actor_grad_norm"]) > 0
+    slow, fast = model.actor_critic.slow_critic, model.actor_critic.critic
+    assert all(not p.requires_grad for p in slow.parameters())
+    assert any(
+        not torch.equal(s, f) for s, f in zip(slow.parameters(), fast.parameters(), strict=True)
+    )

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from worldflux.core.batch import Batch
@@ -222,7 +223,11 @@ class TDMPC2(WorldModel):
         """Policy-prior action (B, A): a sample, or the mean when `eval_mode`."""
         z = self._latent(state)
         action, info = self.policy(z, eval_mode)
-        return info["mean"] if eval_mode else action
+        if eval_mode:
+            return info["mean"]
+        if self.discrete:  # exact one-hot, without the straight-through term
+            return F.one_hot(action.argmax(-1), self.action_spec.dim).to(action.dtype)
+        return action
 
     def q(self, state: State, action: Tensor, reduce: str = "avg", target: bool = False) -> Tensor:
         """Q(z, a): (B,), or (E, B) for reduce='all'. See `q_values`."""

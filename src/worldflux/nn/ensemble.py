@@ -31,7 +31,7 @@ class _Mish(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> Tensor:
         if not ctx.needs_input_grad[0]:
             d = x.exp().add_(1).square_().add_(1)
             return torch.addcdiv(x, x, d, value=-2.0)
@@ -48,7 +48,7 @@ class _Mish(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         (dy,) = ctx.saved_tensors
         return grad * dy
 

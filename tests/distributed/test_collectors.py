@@ -143,7 +143,9 @@ def test_feed_adds_rows_to_a_replay() -> None:
     assert batch.shape == (4, 3)
 
 
-def test_ctrl_c_on_the_learner_cleans_everything() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_stopping_the_learner_cleans_everything(sig: int) -> None:
+    """Ctrl-C: the learner cleans up. SIGKILL: the orphaned collectors clean up after themselves."""
     ns = _ns()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen(
@@ -158,13 +160,15 @@ def test_ctrl_c_on_the_learner_cleans_everything() -> None:
         line = proc.stdout.readline()  # blocks until the first chunk arrived
         assert line.strip() == "collecting", proc.stderr.read() if proc.stderr else ""
         assert C.shm_entries(ns)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0  # KeyboardInterrupt propagates after cleanup
-    time.sleep(0.2)
+    deadline = time.monotonic() + 15
+    while C.shm_entries(ns) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert C.shm_entries(ns) == []
 
 

@@ -143,6 +143,7 @@ class CollectorPool:
         if self.started:
             return self
         self.started = True
+        transport.cleanup_orphans()
         try:
             if self._initial is not None:
                 self.weights.publish(self._initial, live=[])
@@ -174,6 +175,7 @@ class CollectorPool:
             explore=cfg.explore,
             threads=cfg.torch_threads,
             weights=self.weights.latest_message(),
+            parent_pid=os.getpid(),
         )
         ours, theirs = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(  # type: ignore[attr-defined]

@@ -29,6 +29,8 @@ agent/<key>         the agent's filtered State after o_t (E, T, ...), recurrent 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,6 +100,23 @@ def detach(state: State) -> None:
 def cleanup(namespace: str) -> int:
     """Unlink every segment left under `namespace` (one we own exclusively); returns the count."""
     return shm.cleanup_namespace(namespace, include_live=True)
+
+
+_POOL_SEGMENT = re.compile(r"worldflux_(wf[0-9]+x[0-9a-f]{6}(?:-[A-Za-z0-9]+)?)_")
+
+
+def cleanup_orphans() -> int:
+    """Unlink segments of earlier collector pools whose creating process is dead.
+
+    Covers a learner killed with SIGKILL (its weight segments) and collectors that died with
+    it; only namespaces of the default ``wf<pid>x<hex>`` form are swept.
+    """
+    try:
+        entries = os.listdir(shm.SHM_DIR)
+    except FileNotFoundError:  # no /dev/shm (macOS): nothing we can list
+        return 0
+    namespaces = {m.group(1) for e in entries if (m := _POOL_SEGMENT.match(e))}
+    return sum(shm.cleanup_namespace(ns) for ns in sorted(namespaces))
 
 
 class SlotPublisher:

@@ -8,7 +8,9 @@ the way out. See `worldflux.distributed.transport` for the chunk layout and the 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ class WorkerSpec:
     explore: bool  # passed to policy.act
     threads: int  # torch intra-op threads
     weights: dict[str, Any] | None  # the latest ``weights`` message at spawn time
+    parent_pid: int  # the learner; when it vanishes (even SIGKILL) the collector exits
 
 
 def collector_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -76,6 +79,11 @@ def collector_main(spec: WorkerSpec, conn: Connection) -> None:
     finally:
         if collector is not None:
             collector.close()
+    # Everything this process owns is released; skip interpreter teardown (torch's takes
+    # seconds under `spawn` on a loaded machine, and `fork` children skip it anyway).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class _Collector:
@@ -104,6 +112,7 @@ class _Collector:
         agent_state: State | None = None
         act_version, t = self.version, 0
         while self.running:
+            self._check_parent()
             self._handle_messages(block=False)
             obs = _obs_tensors(rows)
             is_first = torch.from_numpy(rows.is_first)
@@ -150,9 +159,15 @@ class _Collector:
         transport.send(self.conn, {"type": "chunk", "seq": self.seq, "slot": slot, "desc": desc})
         self.seq += 1
 
+    def _check_parent(self) -> None:
+        # Under fork, sibling collectors inherit the learner's pipe ends, so a dead learner
+        # does not always show up as EOF; being re-parented always does.
+        if os.getppid() != self.spec.parent_pid:
+            raise EOFError("the learner process is gone")
+
     def _handle_messages(self, block: bool) -> None:
-        if block:
-            self.conn.poll(None)
+        while block and not self.conn.poll(1.0):
+            self._check_parent()
         while self.running and self.conn.poll():
             msg = transport.recv(self.conn)
             kind = msg["type"]

@@ -1,0 +1,250 @@
+"""Shared memory: zero-copy attach, lifetimes, descriptor checks, leaks, multi-process safety."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from worldflux.core import shm
+from worldflux.core.exceptions import SharedMemoryError, StateError, StateFormatError
+from worldflux.core.state import State
+
+NS = f"test-{os.getpid()}"
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm (Linux)")
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> None:
+    yield
+    shm.cleanup_namespace(NS, include_live=True)
+
+
+def make() -> State:
+    return State({"deter": torch.randn(4, 16), "stoch": torch.randn(4, 2, 2)}, {"step": 1})
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_publish_attach_zero_copy_and_close() -> None:
+    s = make()
+    desc = s.to_shared_memory(namespace=NS)
+    assert json.loads(json.dumps(desc)) == desc
+    assert desc["name"].startswith(f"/worldflux_{NS}_")
+    a = State.from_shared_memory(desc, copy=False)
+    assert a.equal(s)
+    assert "_attachment" not in a.meta and a.meta == {"step": 1}
+    b = State.from_shared_memory(desc)
+    a.tensors["deter"][0, 0] = 123.0  # a shared mapping: visible to the other attachment
+    assert b.tensors["deter"][0, 0] == 123.0
+    a.close_shared_memory(unlink=False)
+    b.close_shared_memory(unlink=True)
+    assert shm.list_segments(NS) == []
+    with pytest.raises(SharedMemoryError, match="does not exist"):
+        State.from_shared_memory(desc)
+
+
+def test_views_outlive_close_and_unlink() -> None:
+    s = make()
+    a = State.from_shared_memory(s.to_shared_memory(NS))
+    deter = a.tensors["deter"]
+    derived = a[1:3].to("cpu")
+    a.close_shared_memory(unlink=True)
+    del a
+    gc.collect()
+    assert torch.equal(deter, s.tensors["deter"])  # mapping kept alive by the view
+    deter.add_(1)
+    assert torch.equal(derived.tensors["stoch"], s.tensors["stoch"][1:3])
+
+
+def test_copy_true_is_independent_and_releases_mapping() -> None:
+    s = make()
+    desc = s.to_shared_memory(NS)
+    fds = open_fds()
+    c = State.from_shared_memory(desc, copy=True)
+    assert open_fds() == fds  # no mapping (nor fd) kept
+    assert c.equal(s)
+    c.close_shared_memory(unlink=True)  # the consumer may still remove the segment
+    assert shm.list_segments(NS) == []
+
+
+def test_attached_state_can_be_serialized_cloned_copied_and_republished() -> None:
+    s = make()
+    a = State.from_shared_memory(s.to_shared_memory(NS))
+    assert State.deserialize(a.serialize()).equal(s)
+    assert a.clone().equal(s)
+    assert copy.deepcopy(a).equal(s)
+    assert copy.copy(a).equal(s)
+    again = State.from_shared_memory(a.to_shared_memory(NS), copy=True)
+    assert again.equal(s)
+    a.close_shared_memory()
+
+
+def test_one_fd_per_attached_state() -> None:
+    desc = make().to_shared_memory(NS)
+    before = open_fds()
+    states = [State.from_shared_memory(desc) for _ in range(5)]
+    assert open_fds() == before + 5
+    for attached in states:
+        attached.close_shared_memory(unlink=False)
+    del states, attached  # the views keep mappings (and their fd) alive until they go
+    gc.collect()
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"name": "/etc_passwd"}, "worldflux segment"),
+        ({"name": "/worldflux_other_1_0_deadbeef"}, "does not exist"),
+        ({"name": "../worldflux_x_1_0_deadbeef"}, "worldflux segment"),
+        ({"size": 10**9}, "sizes disagree"),
+        ({"size": -1}, "non-negative ints"),
+        ({"capacity": 4096}, "disagrees with segment"),
+        ({"header_len": 3}, "disagrees"),
+        ({"generation": 5}, "stale descriptor"),
+        ({"format": "other"}, "format"),
+        ({"extra": 1}, "keys"),
+    ],
+)
+def test_bad_descriptors(change: dict, match: str) -> None:
+    desc = make().to_shared_memory(NS) | change
+    with pytest.raises(StateError, match=match):
+        State.from_shared_memory(desc)
+    with pytest.raises(StateFormatError):
+        State.from_shared_memory("not a dict")  # type: ignore[arg-type]
+
+
+def test_namespace_restriction() -> None:
+    desc = make().to_shared_memory(NS)
+    with pytest.raises(StateFormatError, match="in namespace 'other'"):
+        State.from_shared_memory(desc, namespace="other")
+    State.from_shared_memory(desc, namespace=NS, copy=True)
+    with pytest.raises(SharedMemoryError, match="namespace must be"):
+        make().to_shared_memory(namespace="a_b")
+
+
+def test_corrupted_segment_is_a_state_error() -> None:
+    s = make()
+    desc = s.to_shared_memory(NS)
+    with open("/dev/shm/" + desc["name"][1:], "r+b") as f:
+        f.seek(20)
+        f.write(b"\x00\x00")
+    with pytest.raises(StateError):
+        State.from_shared_memory(desc)
+    checked = s.to_shared_memory(NS, checksum=True)
+    with open("/dev/shm/" + checked["name"][1:], "r+b") as f:
+        f.seek(checked["size"] - 1)
+        f.write(b"\xff")
+    with pytest.raises(StateError, match="checksum"):
+        State.from_shared_memory(checked)
+
+
+def test_segment_pool_reuses_and_grows() -> None:
+    with shm.SegmentPool(NS, slots=2) as pool:
+        s = make()
+        d1 = pool.publish(s, slot=0)
+        d2 = pool.publish(s, slot=0)
+        assert d1["name"] == d2["name"] and d2["generation"] == d1["generation"] + 1
+        with pytest.raises(StateFormatError, match="stale"):
+            State.from_shared_memory(d1)
+        assert State.from_shared_memory(d2, copy=True).equal(s)
+        big = State({"x": torch.randn(64, 64)})
+        d3 = pool.publish(big, slot=0)
+        assert d3["name"] != d1["name"]
+        assert State.from_shared_memory(d3, copy=True).equal(big)
+        assert pool.publish(s, slot=1)["name"] != d3["name"]
+        assert len(shm.list_segments(NS)) == 2
+        with pytest.raises(SharedMemoryError, match="slot must be"):
+            pool.publish(s, slot=2)
+    assert shm.list_segments(NS) == []
+
+
+def test_close_on_unrelated_state_errors() -> None:
+    with pytest.raises(SharedMemoryError, match="neither published nor attached"):
+        make().close_shared_memory()
+
+
+def test_ten_thousand_cycles_leak_nothing() -> None:
+    s = State({"a": torch.randn(2, 4)})
+    gc.collect()
+    fds, segs = open_fds(), sorted(os.listdir("/dev/shm"))
+    for _ in range(10_000):
+        a = State.from_shared_memory(s.to_shared_memory(NS))
+        a.close_shared_memory(unlink=True)
+    del a
+    gc.collect()
+    assert open_fds() == fds
+    assert sorted(os.listdir("/dev/shm")) == segs
+
+
+def test_cleanup_namespace_removes_orphans_only() -> None:
+    code = textwrap.dedent(
+        f"""
+        import torch
+        from worldflux.core.state import State
+        State({{"a": torch.zeros(2)}}).to_shared_memory({NS!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # producer "crashes" (exits)
+    mine = make().to_shared_memory(NS)
+    assert len(shm.list_segments(NS)) == 2
+    assert shm.cleanup_namespace(NS) == 1  # only the dead producer's segment
+    assert shm.list_segments(NS) == [mine["name"]]
+    assert shm.cleanup_namespace(NS, include_live=True) == 1
+    assert shm.list_segments(NS) == []
+
+
+def _consumer_no_close(desc: dict, queue: mp.Queue) -> None:
+    state = State.from_shared_memory(desc)
+    queue.put(state.batch_size)  # exits holding the mapping
+
+
+def test_consumer_process_never_deletes_producer_segment() -> None:
+    ctx = mp.get_context("spawn")
+    s = make()
+    desc = s.to_shared_memory(NS)
+    queue = ctx.Queue()
+    p = ctx.Process(target=_consumer_no_close, args=(desc, queue))
+    p.start()
+    assert queue.get(timeout=120) == 4
+    p.join(timeout=120)
+    assert p.exitcode == 0
+    assert shm.list_segments(NS) == [desc["name"]]
+    assert State.from_shared_memory(desc, copy=True).equal(s)
+
+
+def test_consumer_exit_prints_no_resource_tracker_warning(tmp_path) -> None:
+    desc = make().to_shared_memory(NS)
+    code = textwrap.dedent(
+        f"""
+        import json, multiprocessing as mp
+        from worldflux.core.state import State
+        def attach(d):
+            s = State.from_shared_memory(d)
+            s.tensors["deter"].sum()
+            s.close_shared_memory(unlink=False)
+        if __name__ == "__main__":
+            mp.set_start_method("spawn")
+            p = mp.Process(target=attach, args=(json.loads({json.dumps(json.dumps(desc))}),))
+            p.start(); p.join()
+            attach(json.loads({json.dumps(json.dumps(desc))}))
+            assert p.exitcode == 0
+        """
+    )
+    script = tmp_path / "consumer.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "resource_tracker" not in out.stderr and "leaked" not in out.stderr
+    assert shm.list_segments(NS) == [desc["name"]]

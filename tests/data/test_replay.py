@@ -214,6 +214,19 @@ def test_vector_env_rows_go_straight_in() -> None:
     assert (batch.action.sum(-1) == (~batch.is_first).float()).all()  # one-hot or zeros
 
 
+def test_single_rows_per_env_id() -> None:
+    src = Streams(2, [4, 6])
+    one = Replay(100, VEC, ACT, num_envs=2, seed=0)
+    two = Replay(100, VEC, ACT, num_envs=2, seed=0)
+    for _ in range(30):
+        rows = src.next()
+        one.add(rows)
+        for i in (1, 0):  # one Step at a time, in any order
+            two.add(rows.row(i), env_ids=i)
+    _same(one, two)
+    assert len(two) == 60
+
+
 def test_bad_input_is_rejected() -> None:
     replay = Replay(100, VEC, ACT, num_envs=2)
     src = Streams(2, [5])

@@ -74,6 +74,9 @@ class DMCEnv(Env):
         camera: camera id; defaults to 2 for quadruped, else 0.
         action_repeat: control steps per agent step (rewards summed).
         seed: seed of the task's random state (re-seeded by ``reset(seed=...)``).
+        shadow_size: shadow-map side in pixels; None keeps the model's (2048). With software
+            GL (llvmpipe) the shadow map dominates render time; 512 rendered cartpole 2.5x
+            faster with identical 64x64 frames (other domains: mean |diff| < 0.05 levels).
     """
 
     def __init__(
@@ -87,12 +90,17 @@ class DMCEnv(Env):
         camera: int | None = None,
         action_repeat: int = 1,
         seed: int | None = None,
+        shadow_size: int | None = None,
     ) -> None:
+        if shadow_size is not None and shadow_size < 1:
+            raise ConfigError(f"shadow_size: expected None or an integer >= 1, got {shadow_size}")
         if action_repeat < 1:
             raise ConfigError(f"action_repeat: expected an integer >= 1, got {action_repeat}")
         if proprio and not image:
             raise ConfigError("proprio: only meaningful with image=True (got image=False)")
         self.env = _load(domain, task, seed)
+        if shadow_size is not None:  # read when the GL context is made, at the first render
+            self.env.physics.model.vis.quality.shadowsize = int(shadow_size)
         self.image, self.proprio = image, proprio
         self.size, self.action_repeat = (int(size[0]), int(size[1])), int(action_repeat)
         self.camera = DEFAULT_CAMERA.get(domain, 0) if camera is None else int(camera)
@@ -102,6 +110,8 @@ class DMCEnv(Env):
         )
         self._actions = ActionConverter(box, f"{domain}-{task} action_spec")
         self.action_space = self._actions.space
+        if seed is not None:
+            self.action_space.seed(seed)
         self._keys = list(self.env.observation_spec().keys())
         dim = sum(int(np.prod(s.shape)) for s in self.env.observation_spec().values())
         state_space = vector_space(dim)

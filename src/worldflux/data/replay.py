@@ -31,7 +31,7 @@ from worldflux.core.spec import ActionSpec, ObsSpec
 from worldflux.envs.base import Step, StepBatch
 
 FLAGS = ("is_first", "is_terminal", "is_last")
-MAX_REJECTION_ROUNDS = 64
+REJECTION_ROUNDS = 8  # then fall back to listing the valid windows exactly
 
 
 def _np_dtype(dtype: torch.dtype) -> np.dtype:
@@ -197,20 +197,44 @@ class Replay:
     def _within_episode(
         self, idx: np.ndarray, length: int, starts: np.ndarray, total: int
     ) -> np.ndarray:
-        # Rejection sampling keeps the draw uniform over the windows that lie inside one episode.
+        # Rejection sampling keeps the draw uniform over the windows inside one episode (episode
+        # ids rise monotonically along a stream, so equal ends mean one episode). When windows
+        # rarely fit, the rest are drawn from the exact list of valid windows: still uniform.
         ep = self.arrays["episode"]
         bad = ep[idx[:, 0]] != ep[idx[:, -1]]
-        for _ in range(MAX_REJECTION_ROUNDS):
+        for _ in range(REJECTION_ROUNDS):
             if not bad.any():
                 return idx
             idx[bad] = self._draw(int(bad.sum()), length, starts, total)
             bad = ep[idx[:, 0]] != ep[idx[:, -1]]
         if bad.any():
-            raise SpecError(
-                f"sample(within_episode=True): windows of length {length} rarely fit inside one "
-                f"episode ({MAX_REJECTION_ROUNDS} rejection rounds failed); use shorter windows"
-            )
+            valid = self._episode_windows(length)  # (V, length)
+            if len(valid) == 0:
+                raise SpecError(
+                    f"sample(within_episode=True): no stored episode has {length} rows yet "
+                    f"(rows per stream: {self.counts.tolist()}); add more or use shorter windows"
+                )
+            idx[bad] = valid[self.rng.integers(0, len(valid), size=int(bad.sum()))]
         return idx
+
+    def _episode_windows(self, length: int) -> np.ndarray:
+        """Flat indices (V, length) of every stored window that lies inside one episode."""
+        out = []
+        for env in range(self.num_envs):
+            count = int(self.counts[env])
+            if count < length:
+                continue
+            oldest = (
+                int(self.written[env]) % self.stream_capacity
+                if count == self.stream_capacity
+                else 0
+            )
+            chrono = (oldest + np.arange(count)) % self.stream_capacity  # physical, oldest first
+            ep = self.arrays["episode"][env * self.stream_capacity + chrono]
+            ok = np.flatnonzero(ep[: count - length + 1] == ep[length - 1 :])  # window starts
+            windows = ok[:, None] + np.arange(length)[None, :]  # (V_env, length) chronological
+            out.append(env * self.stream_capacity + chrono[windows])
+        return np.concatenate(out) if out else np.zeros((0, length), np.int64)
 
     def sample(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -111,9 +112,13 @@ def test_weights_flow_back_with_versions() -> None:
             later.extend(pool.poll(0.5))
         assert C.shm_entries(ns)  # weights segments live while the pool runs
     assert C.shm_entries(ns) == []
-    # Every row's action is what the learner's policy of that version picks on the prior obs.
     versions = {1: C.mlp_policy_fn(seed=1)(), 2: learner}
-    for c in chunks + later:
+    _assert_actions_follow_versions(chunks + later, versions)
+
+
+def _assert_actions_follow_versions(chunks: list, versions: dict) -> None:
+    """Every row's action is what the learner's policy of that version picks on the prior obs."""
+    for c in chunks:
         t = c.state.tensors
         v = c.policy_versions
         assert (v[:, 1:] >= v[:, :-1]).all()  # versions never go back within a chunk
@@ -125,7 +130,36 @@ def test_weights_flow_back_with_versions() -> None:
                 with torch.no_grad():
                     want, _ = versions[int(v[e, i])].act({"obs": obs}, None, False, obs[:, 0])
                 torch.testing.assert_close(t["action"][e, i], want[0])
-    assert {int(x) for c in chunks + later for x in c.policy_versions.unique()} >= {1, 2}
+    assert {int(x) for c in chunks for x in c.policy_versions.unique()} >= set(versions)
+
+
+def test_real_agent_acts_in_collectors_and_takes_weights() -> None:
+    pytest.importorskip("worldflux.agents.tdmpc2")
+    from worldflux.agents import make_agent
+    from worldflux.distributed import AgentPolicy
+
+    env = C.CounterEnv()
+    agent_fn = functools.partial(
+        make_agent, "tdmpc2:debug", env.observation_space, env.action_space, 0, "cpu", None,
+        {"act": "policy"},
+    )  # fmt: skip
+    learner = agent_fn()
+    weights = AgentPolicy.acting_modules(learner)
+    before = AgentPolicy(agent_fn)  # version 1: the same seeded initial weights
+    cfg = CollectorConfig(
+        num_collectors=2, chunk_len=4, start_method="fork", namespace=_ns(), explore=False
+    )
+    with CollectorPool(C.env_fn(), functools.partial(AgentPolicy, agent_fn), cfg, weights) as pool:
+        chunks = _poll_until(pool, _each_collector_sent(1))
+        with torch.no_grad():
+            for p in weights.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        version = pool.publish_weights(weights)
+        deadline = time.monotonic() + DEADLINE_S
+        while not any((c.policy_versions == version).all() for c in chunks):
+            assert time.monotonic() < deadline, pool.stats()
+            chunks.extend(pool.poll(0.5))
+    _assert_actions_follow_versions(chunks, {1: before, 2: AgentPolicy(lambda: learner)})
 
 
 def test_feed_adds_rows_to_a_replay() -> None:

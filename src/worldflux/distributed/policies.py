@@ -95,29 +95,36 @@ class MLPPolicy(nn.Module):
 
 
 class AgentPolicy:
-    """Adapts an `worldflux.agents.Agent` (built by `agent_fn` in the collector) for collecting.
+    """Adapts a `worldflux.agents.Agent`, built by `agent_fn` inside the collector.
 
-    `sync` names the agent attributes (nn.Modules) whose weights the learner broadcasts, e.g.
-    ``("model", "actor")``; the learner must publish a module with the same state-dict keys,
-    which `AgentPolicy.acting_modules(agent, sync)` builds on its side.
+    `sync` names the agent's nn.Module attributes whose weights the learner broadcasts (None:
+    every nn.Module attribute, e.g. TD-MPC2's ``model``). The learner publishes
+    ``AgentPolicy.acting_modules(its_agent, sync)``, which has the same state-dict keys.
+    `agent_fn` must pickle under ``spawn``: e.g. ``functools.partial(make_agent, ...)``.
     """
 
-    def __init__(self, agent_fn: Callable[[], Any], sync: tuple[str, ...] = ("model",)) -> None:
+    def __init__(self, agent_fn: Callable[[], Any], sync: tuple[str, ...] | None = None) -> None:
         self.agent = agent_fn()
         self.module = self.acting_modules(self.agent, sync)
 
     @staticmethod
-    def acting_modules(agent: Any, sync: tuple[str, ...]) -> nn.ModuleDict:
-        """``nn.ModuleDict`` of `agent`'s `sync` attributes (shares their parameters)."""
+    def acting_modules(agent: Any, sync: tuple[str, ...] | None = None) -> nn.ModuleDict:
+        """``nn.ModuleDict`` of `agent`'s `sync` attributes (sharing their parameters)."""
+        if sync is None:
+            sync = tuple(sorted(k for k, v in vars(agent).items() if isinstance(v, nn.Module)))
         missing = [n for n in sync if not isinstance(getattr(agent, n, None), nn.Module)]
-        if missing:
-            raise ConfigError(f"sync: {missing} are not nn.Module attributes of the agent")
+        if missing or not sync:
+            raise ConfigError(
+                f"sync: expected names of nn.Module attributes of the agent, got {list(sync)} "
+                f"({missing} are not)"
+            )
         return nn.ModuleDict({n: getattr(agent, n) for n in sync})
 
     def act(
         self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
-        return self.agent.act(obs, state, explore, is_first)
+        with torch.no_grad():
+            return self.agent.act(obs, state, explore, is_first)  # type: ignore[no-any-return]
 
     def acting_module(self) -> nn.Module | None:
         return self.module

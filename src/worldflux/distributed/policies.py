@@ -124,7 +124,7 @@ class AgentPolicy:
         self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         with torch.no_grad():
-            return self.agent.act(obs, state, explore, is_first)  # type: ignore[no-any-return]
+            return self.agent.act(obs, state, explore, is_first)
 
     def acting_module(self) -> nn.Module | None:
         return self.module

@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_model, save_model  # noqa: E402
 
 from worldflux.core.registry import create_world_model  # noqa: E402
 from worldflux.data.offline import OfflineDataset, RecordConfig, record_tworoom  # noqa: E402
@@ -53,6 +54,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--elites", type=int, default=16, help="CEM elites")
     p.add_argument("--iterations", type=int, default=5, help="CEM iterations")
     p.add_argument("--variants", default="sigreg,none", help="regularizers to train")
+    p.add_argument("--intermediate", type=float, default=0.0, help="GoalPlanner weight")
+    p.add_argument("--ckpt-dir", default="/tmp/worldflux_tworoom_ckpt", help="weights go here")
+    p.add_argument("--eval-only", action="store_true", help="load weights from --ckpt-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "jepa_tworoom"), help="output path prefix")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
@@ -105,7 +109,7 @@ def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> di
     envs = eval_episodes(n, seed)
     gen = torch.Generator().manual_seed(seed)
     cem = CEM(2, args.horizon, args.samples, args.elites, args.iterations, generator=gen)
-    planner = GoalPlanner(model, cem, action_repeat=args.repeat)
+    planner = GoalPlanner(model, cem, args.intermediate, action_repeat=args.repeat)
     with torch.no_grad():
         goal = model.encode(torch.from_numpy(np.stack([e.goal_observation() for e in envs])))
     goal_rep = goal.tensors["rep"]
@@ -151,6 +155,12 @@ def train_variant(
         "jepa:small", env.observation_space, env.action_space, seed=args.seed, regularizer=reg
     )
     assert isinstance(model, JEPA)
+    ckpt = Path(args.ckpt_dir) / f"jepa_small_{reg}.safetensors"
+    if args.eval_only:
+        load_model(model, str(ckpt))
+        final = eval_planner(model, args, args.eval_episodes, seed=10_000)
+        print(reg, "final", final, flush=True)
+        return {"regularizer": reg, "train_log": [], "success_over_training": [], "final": final}
     opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
     stream = data.iterate(args.batch, args.seq, seed=args.seed)
     log: list[dict[str, float]] = []
@@ -174,6 +184,8 @@ def train_variant(
             mids.append(mid)
             print(reg, "mid-eval", mid, flush=True)
     train_seconds = time.time() - t0
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(ckpt))
     final = eval_planner(model, args, args.eval_episodes, seed=10_000)
     final["step"] = args.steps
     mids.append({**final})

@@ -97,6 +97,7 @@ class _Slot:
     generation: int = -1
     restarts: int = 0
     chunks: int = 0
+    loaded: int = 0  # newest policy version the current process reported loading
     errors: list[str] = field(default_factory=list)
 
 
@@ -292,7 +293,8 @@ class CollectorPool:
                         continue
                     slot.chunks += 1
                 elif kind in ("ready", "weights_loaded"):
-                    self.weights.acked(i, int(msg.get("version", 0)))
+                    slot.loaded = int(msg.get("version", 0))
+                    self.weights.acked(i, slot.loaded)
                 elif kind == "error":
                     slot.errors.append(str(msg.get("message", "")))
         except (EOFError, OSError):
@@ -354,12 +356,17 @@ class CollectorPool:
         return added
 
     def stats(self) -> dict[str, Any]:
-        """Chunks received, restarts and generation per collector, and env steps so far."""
+        """Per collector: chunks received, restarts, generation and newest loaded version."""
         return {
             "env_steps": self.env_steps,
             "version": self.version,
             "collectors": [
-                {"chunks": s.chunks, "restarts": s.restarts, "generation": s.generation}
+                {
+                    "chunks": s.chunks,
+                    "restarts": s.restarts,
+                    "generation": s.generation,
+                    "loaded_version": s.loaded,
+                }
                 for s in self.slots
             ],
         }

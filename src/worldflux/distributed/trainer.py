@@ -1,0 +1,147 @@
+"""`CollectorTrainer`: the online `Trainer` with env steps gathered by collector processes.
+
+``worldflux train MODEL --env ENV --collectors N`` builds one with `build_collector_trainer`.
+Everything but collection is the plain `Trainer` (updates, evaluation, checkpoints, logging):
+
+- each loop iteration polls the pool and adds every received row to the replay (collector i's
+  env copy j is replay stream ``i * num_envs + j``); the train-ratio credit grows per row;
+- every `weight_sync_every` updates the agent's modules are published as a new policy version;
+- collectors act with the agent from the first step (there is no uniform-random seed phase in
+  the collectors; `seed_steps` still delays the first update), and an exact resume of the env
+  streams is not possible: a resumed run restarts the collectors' episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldflux.distributed.collectors import CollectorConfig, CollectorPool
+from worldflux.distributed.policies import AgentPolicy
+from worldflux.envs.base import Env
+from worldflux.training.config import TrainerConfig
+from worldflux.training.trainer import Trainer
+
+
+class CollectorTrainer(Trainer):
+    """A `Trainer` fed by a `CollectorPool` (see the module docstring)."""
+
+    def __init__(
+        self,
+        agent: Any,
+        env_fn: Callable[[], Env],
+        agent_fn: Callable[[], Any],
+        replay: Any,
+        config: TrainerConfig,
+        run_dir: str | Path,
+        collectors: CollectorConfig,
+        run_info: dict[str, Any] | None = None,
+        poll_timeout_s: float = 0.05,
+    ) -> None:
+        streams = collectors.num_collectors * collectors.envs_per_collector
+        if getattr(replay, "num_envs", streams) < streams:
+            from worldflux.core.exceptions import ConfigError
+
+            raise ConfigError(
+                f"replay: needs num_envs >= {streams} (collectors x envs per collector), "
+                f"got {replay.num_envs}"
+            )
+        super().__init__(
+            agent, lambda _: env_fn(), replay, config, run_dir, run_info, lambda _: env_fn()
+        )
+        self.sync_module = AgentPolicy.acting_modules(agent)
+        policy_fn = functools.partial(AgentPolicy, agent_fn)
+        self.pool = CollectorPool(env_fn, policy_fn, collectors, weights=self.sync_module)
+        self.poll_timeout_s = poll_timeout_s
+        self.rows_by_version: dict[int, int] = {}  # rows received per acting policy version
+        self._ret = np.zeros(streams)
+        self._len = np.zeros(streams, np.int64)
+
+    def train(self, stop_at: int | None = None) -> dict[str, Any]:
+        """`Trainer.train` with the collectors running (stopped and cleaned up on any exit)."""
+        with self.pool:
+            result = super().train(stop_at)
+        result["collectors"] = self.pool.stats()
+        return result
+
+    def _store_rows(self) -> None:
+        self.runner.rows = []  # rows come from the collectors, not from the learner's runner
+
+    def _env_step(self) -> None:
+        t0 = time.perf_counter()
+        added = 0
+        for chunk in self.pool.poll(self.poll_timeout_s, copy=True):
+            versions, counts = np.unique(chunk.policy_versions.numpy(), return_counts=True)
+            for v, c in zip(versions.tolist(), counts.tolist(), strict=True):
+                self.rows_by_version[v] = self.rows_by_version.get(v, 0) + c
+            for rows in chunk.step_batches():
+                self.replay.add(rows, chunk.env_ids)
+                added += len(rows)
+                self._log_episodes(rows, chunk.env_ids)
+        if self.step >= self.config.seed_steps:
+            self.credit += added * self.updates_per_step
+        self.step += added
+        self.profile["env"] += time.perf_counter() - t0
+
+    def _log_episodes(self, rows: Any, env_ids: np.ndarray) -> None:
+        first = np.asarray(rows.is_first)
+        self._ret[env_ids] = np.where(first, 0.0, self._ret[env_ids] + rows.reward)
+        self._len[env_ids] = np.where(first, 0, self._len[env_ids] + 1)
+        for i in np.flatnonzero(rows.is_last):
+            self.episodes += 1
+            assert self.logger is not None
+            stream = int(env_ids[i])
+            values = {"return": float(self._ret[stream]), "length": int(self._len[stream])}
+            self.logger.log(self.step, "episode", {**values, "env": stream})
+
+    def _learn(self) -> None:
+        before = self.updates
+        super()._learn()
+        every = self.pool.config.weight_sync_every
+        if self.updates // every > before // every:
+            self.pool.publish_weights(self.sync_module)
+
+
+def build_collector_trainer(
+    spec: Any, run_dir: str | Path, num_collectors: int, **collector_options: Any
+) -> CollectorTrainer:
+    """Like `worldflux.training.run.build_trainer`, with `num_collectors` collector processes.
+
+    Each collector steps ``trainer.num_envs`` env copies; the replay gets one stream per copy.
+    `collector_options` are further `CollectorConfig` fields (``start_method``, ``chunk_len``).
+    """
+    from worldflux.agents import make_agent
+    from worldflux.envs import make_env
+    from worldflux.training.run import RUN_FILE, make_replay
+
+    config = spec.trainer_config()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {**dataclasses.asdict(spec), "collectors": num_collectors}
+    (run_dir / RUN_FILE).write_text(json.dumps(dataclasses.asdict(spec), indent=2))
+    env_fn = functools.partial(make_env, spec.env, **spec.env_kwargs)
+    probe = env_fn()
+    obs_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    agent_fn = functools.partial(
+        make_agent, spec.model, obs_space, action_space, config.seed, "cpu",
+        spec.model_overrides, spec.agent,
+    )  # fmt: skip
+    agent = make_agent(
+        spec.model, obs_space, action_space, config.seed, config.device,
+        spec.model_overrides, spec.agent,
+    )  # fmt: skip
+    streams = num_collectors * config.num_envs
+    replay = make_replay(dataclasses.replace(config, num_envs=streams), obs_space, action_space)
+    options = {"seed": config.seed, **collector_options}
+    collectors = CollectorConfig(
+        num_collectors=num_collectors, envs_per_collector=config.num_envs, **options
+    )
+    return CollectorTrainer(agent, env_fn, agent_fn, replay, config, run_dir, collectors, info)

@@ -1,0 +1,40 @@
+"""`worldflux train ... --collectors N`: the Trainer fed by collector processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from worldflux.training.run import RunSpec
+
+
+def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> None:
+    pytest.importorskip("worldflux.agents.tdmpc2")
+    from worldflux.distributed.trainer import build_collector_trainer
+
+    trainer_cfg = {
+        "steps": 256, "seed_steps": 32, "updates_per_step": 0.05, "eval_every": 0,
+        "eval_episodes": 1, "checkpoint_every": 0, "log_every": 64, "progress": False,
+        "tensorboard": False, "replay_capacity": 2000, "num_envs": 2, "save_replay": False,
+    }  # fmt: skip
+    spec = RunSpec(
+        "tdmpc2:debug", "CartPole-v1", trainer_cfg, agent={"act": "policy", "batch_size": 8}
+    )
+    trainer = build_collector_trainer(
+        spec, tmp_path, num_collectors=2, start_method="fork", chunk_len=4, pool_slots=1
+    )
+    ns = trainer.pool.namespace
+    result = trainer.train()
+    assert result["step"] >= 192 and result["updates"] >= 5
+    stats = result["collectors"]
+    assert all(c["chunks"] > 0 and c["restarts"] == 0 for c in stats["collectors"])
+    # Initial weights, then at most one publish per burst of updates; collectors loaded some.
+    assert 2 <= stats["version"] <= 1 + result["updates"]
+    assert sum(n for v, n in trainer.rows_by_version.items() if v >= 2) > 0  # acted with them
+    assert sum(trainer.rows_by_version.values()) == result["step"]
+    assert trainer.replay.num_envs == 4 and (trainer.replay.counts > 0).all()
+    assert trainer.episodes > 0  # CartPole episodes under a fresh policy are short
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"worldflux_{ns}")]
+    assert (tmp_path / "checkpoints").is_dir()

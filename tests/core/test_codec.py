@@ -190,3 +190,43 @@ def test_same_structure_different_values_and_order() -> None:
     for s in (a, b, a):  # header templates are cached: values and order must still follow
         back = State.deserialize(s.serialize())
         assert list(back.tensors) == list(s.tensors) and back.equal(s)
+
+
+def test_long_runs_take_the_batched_paths() -> None:
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"eq{i}": torch.randn(3, 4, generator=g) for i in range(20)}
+    tensors |= {
+        f"var{i}": torch.randn(i % 4, 4, generator=g, dtype=torch.float64) for i in range(15)
+    }
+    tensors |= {f"s{i}": torch.tensor(i, dtype=torch.int32) for i in range(10)}
+    tensors["eq3"] = torch.randn(4, 3, generator=g).t()  # non-contiguous inside a cat run
+    tensors["eq5"] = tensors["eq5"].clone().requires_grad_(True)
+    s = State(tensors, {"n": len(tensors)})
+    for checksum in (False, True):
+        data = s.serialize(checksum=checksum)
+        assert bitwise_equal(State.deserialize(data), s)
+        assert bitwise_equal(State.deserialize(bytearray(data), copy=False), s)
+
+
+def misaligned_payload() -> bytes:
+    """A legal safetensors layout whose F32 tensor starts at data byte 3."""
+    header = {
+        "u": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+        "f": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    data = bytes([1, 2, 3]) + struct.pack("<2f", 1.5, -2.0)
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def test_misaligned_tensors_are_copied_not_viewed() -> None:
+    data = misaligned_payload()
+    for buf, copy in ((data, True), (bytearray(data), False)):
+        s = State.deserialize(buf, copy=copy)
+        assert s.tensors["f"].tolist() == [1.5, -2.0] and s.tensors["u"].tolist() == [1, 2, 3]
+        assert s.tensors["f"].data_ptr() % 4 == 0
+    shifted = memoryview(bytearray(b"x" + State({"a": torch.arange(4.0)}).serialize()))[1:]
+    s = State.deserialize(shifted, copy=False)  # odd address: every tensor misaligned
+    assert s.tensors["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert s.tensors["a"].data_ptr() % 4 == 0

@@ -54,13 +54,17 @@ _PyBytes_AsString.argtypes = [ctypes.py_object]
 _memmove = ctypes.memmove
 
 
+_Run = tuple[tuple[tuple[int, int, int], ...], int, int, torch.dtype, tuple[int, ...]]
+# ((tensor index, absolute begin, nbytes) per tensor, begin, nbytes, dtype, shape of the run)
+_CAT_MIN = 12  # runs this long are copied by one torch.cat instead of a memmove per tensor
+
+
 @dataclass(frozen=True)
 class _Template:
     """The tensor-independent part of a plan, cached per State structure."""
 
     header: bytes  # 8-byte length prefix + padded JSON, checksum digits zeroed
-    groups: tuple[tuple[tuple[int, ...], int, int, torch.dtype, tuple[int, ...]], ...]
-    # (tensor indices, absolute begin, nbytes, dtype, shape of the concatenation or () if 0-d)
+    groups: tuple[_Run, ...]
     total: int  # payload size in bytes
     checksum_at: int  # absolute offset of the checksum digits, -1 when integrity is off
     algo: str  # "none", "xxh3_64" or "crc32"
@@ -156,20 +160,26 @@ def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:
 
 
 def _groups(rows: list[tuple[str, Tensor, str]], order: list[int], start: int) -> tuple:
-    """Runs of the data order sharing dtype and trailing shape: (indices, begin, nbytes, ...)."""
-    groups: list[tuple[tuple[int, ...], int, int, torch.dtype, tuple[int, ...]]] = []
+    """Runs of the data order sharing dtype and trailing shape, with each tensor's place."""
+    groups: list[_Run] = []
     pos = start
     for i in order:
         t = rows[i][1]
         nbytes = t.numel() * t.element_size()
-        if groups and t.dim() > 0:
-            idx, b, n, dtype, shape = groups[-1]
-            if dtype == t.dtype and shape and shape[1:] == tuple(t.shape[1:]):
-                groups[-1] = (idx + (i,), b, n + nbytes, dtype, (shape[0] + t.shape[0], *shape[1:]))
-                pos += nbytes
-                continue
-        groups.append(((i,), pos, nbytes, t.dtype, tuple(t.shape)))
+        item = (i, pos, nbytes)
         pos += nbytes
+        if groups and t.dim() > 0:
+            items, b, n, dtype, shape = groups[-1]
+            if dtype == t.dtype and shape and shape[1:] == tuple(t.shape[1:]):
+                groups[-1] = (
+                    items + (item,),
+                    b,
+                    n + nbytes,
+                    dtype,
+                    (shape[0] + t.shape[0], *shape[1:]),
+                )
+                continue
+        groups.append(((item,), item[1], nbytes, t.dtype, tuple(t.shape)))
     return tuple(groups)
 
 
@@ -220,26 +230,25 @@ def _raw_view(addr: int, nbytes: int) -> Tensor:
     return torch.frombuffer((ctypes.c_ubyte * nbytes).from_address(addr), dtype=torch.uint8)
 
 
-def _copy_group(values: list[Tensor], group: tuple, addr: int, on_cpu: bool) -> None:
-    """Copy one run of tensors to `addr + begin`: memmove, or one `torch.cat(out=...)`."""
-    idx, begin, nbytes, dtype, shape = group
+def _copy_group(values: list[Tensor], run: _Run, addr: int, on_cpu: bool) -> None:
+    """Copy one run of tensors to its place: memmove each, or one `torch.cat(out=...)`."""
+    items, begin, nbytes, dtype, shape = run
     if nbytes == 0:
         return
-    if len(idx) == 1:
-        t = values[idx[0]]
+    if on_cpu and len(items) >= _CAT_MIN:
+        # (nbytes,) uint8 -> dtype -> the run's shape; cat gathers strided tensors in one pass
+        dst = _raw_view(addr + begin, nbytes).view(dtype).view(shape)
+        with torch.no_grad():
+            torch.cat([values[i] for i, _, _ in items], 0, out=dst)
+        return
+    for i, b, n in items:
+        t = values[i]
+        if n == 0:
+            continue
         if t.is_cpu and t.is_contiguous():
-            _memmove(addr + begin, t.data_ptr(), nbytes)
-            return
-    # (nbytes,) uint8 -> dtype -> concatenated shape; cat/copy_ gathers strided data in one pass
-    dst = _raw_view(addr + begin, nbytes).view(dtype).view(shape)
-    with torch.no_grad():
-        if len(idx) == 1:
-            dst.copy_(values[idx[0]])
-        elif on_cpu:
-            torch.cat([values[i] for i in idx], 0, out=dst)
-        else:  # device tensors: one device-to-host copy each
-            for i, part in zip(idx, dst.split([values[i].shape[0] for i in idx]), strict=True):
-                part.copy_(values[i])
+            _memmove(addr + b, t.data_ptr(), n)
+        else:  # strided or on a device: one copy_ straight into the payload
+            _raw_view(addr + b, n).view(t.dtype).view(t.shape).copy_(t.detach())
 
 
 def encode_into(p: Plan, buf: Any) -> int:
@@ -277,24 +286,34 @@ def encode(
     return out
 
 
-def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
-    """Views into `base` (uint8, the data region) for every entry, in header order.
+_RUN_MIN = 8  # runs this long: one view + unbind/split beats one as_strided per tensor
 
-    Each group of the layout (same dtype and trailing shape) costs one split/unbind.
-    """
+
+def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
+    """Views into `base` (uint8 over the data region, storage offset 0), in header order."""
     out: dict[str, Tensor] = {}
     addr = base.data_ptr()
-    for names, begin, end, dtype, shape, sizes in layout.groups:
-        raw = base[begin:end]
-        if (addr + begin) % dtype.itemsize:  # misaligned (foreign writer): copy, do not view
-            raw = raw.clone()
-        flat = raw.view(dtype).view(shape)  # (nbytes,) uint8 -> concatenated shape
-        if sizes is None:  # a run of 0-d tensors: (k,) -> k scalars
-            out.update(zip(names, flat.unbind(0), strict=True))
-        elif len(names) == 1:
-            out[names[0]] = flat
-        else:  # (sum of dim 0, *rest) -> one view per tensor
-            out.update(zip(names, flat.split(sizes), strict=True))
+    typed: dict[torch.dtype, Tensor] = {}
+    for g in layout.groups:
+        size = g.dtype.itemsize
+        if g.begin % size or (addr + g.begin) % size:  # misaligned (foreign writer): copy
+            for e in g.entries:
+                out[e.name] = base[e.begin : e.end].clone().view(e.dtype).view(e.shape)
+        elif len(g.entries) >= _RUN_MIN:
+            flat = base[g.begin : g.end].view(g.dtype)  # (nbytes,) uint8 -> (numel,) dtype
+            if g.sizes is None:  # (k,) -> k scalars
+                parts = flat.unbind(0)
+            elif g.equal:  # (k * n0, *rest) -> (k, n0, *rest) -> k views
+                parts = flat.view(len(g.entries), *g.entries[0].shape).unbind(0)
+            else:
+                parts = flat.view(g.shape).split(g.sizes)
+            out.update(zip([e.name for e in g.entries], parts, strict=True))
+        else:
+            t = typed.get(g.dtype)
+            if t is None:  # the whole region as `dtype` (trailing odd bytes cut off)
+                t = typed[g.dtype] = base[: base.numel() // size * size].view(g.dtype)
+            for e in g.entries:
+                out[e.name] = t.as_strided(e.shape, e.stride, e.begin // size)
     ordered = out if layout.in_data_order else {name: out[name] for name in layout.names}
     for name in layout.requires_grad:
         ordered[name].requires_grad_(True)
@@ -321,8 +340,8 @@ def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str,
                 "State.deserialize: copy=False needs a writable buffer (bytearray, writable "
                 f"memoryview, mmap), got a read-only {type(buf).__name__}; pass copy=True"
             )
-        base = torch.frombuffer(arr, dtype=torch.uint8) if arr.size else torch.empty(0)
-        base = base[layout.data_start :]
+        data = arr[layout.data_start :]
+        base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
     return tensors_from_layout(layout, base), layout.meta(), layout
 
 

@@ -74,30 +74,46 @@ class Entry:
     begin: int
     end: int
     itemsize: int
+    stride: tuple[int, ...]  # contiguous strides, in elements
 
 
-Group = tuple[tuple[str, ...], int, int, torch.dtype, tuple[int, ...], "tuple[int, ...] | None"]
-# (names, begin, end, dtype, concatenated shape, dim-0 split sizes or None for 0-d runs)
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Consecutive entries (data order) of one dtype and trailing shape, or a run of 0-d ones."""
+
+    entries: tuple[Entry, ...]
+    begin: int
+    end: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]  # the run as one tensor: (sum of dim 0, *rest), or (k,) for 0-d
+    sizes: tuple[int, ...] | None  # dim-0 sizes (None for a 0-d run)
+    equal: bool  # every entry has the same shape (one unbind splits the run)
 
 
 def _group(by_offset: list[Entry]) -> tuple[Group, ...]:
     """Merge consecutive entries of one dtype and trailing shape (or consecutive 0-d ones)."""
-    groups: list[Group] = []
+    runs: list[list[Entry]] = []
     for e in by_offset:
-        if groups:
-            names, b, _, dtype, shape, sizes = groups[-1]
-            if dtype == e.dtype and len(shape) >= 1:
-                if sizes is None and not e.shape:  # 0-d run: (k,)
-                    groups[-1] = (names + (e.name,), b, e.end, dtype, (shape[0] + 1,), None)
-                    continue
-                if sizes is not None and e.shape and shape[1:] == e.shape[1:]:
-                    merged = (shape[0] + e.shape[0], *shape[1:])
-                    groups[-1] = (names + (e.name,), b, e.end, dtype, merged, sizes + e.shape[:1])
-                    continue
-        if e.shape:
-            groups.append(((e.name,), e.begin, e.end, e.dtype, e.shape, e.shape[:1]))
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last.dtype == e.dtype
+            and len(last.shape) == len(e.shape)
+            and (not e.shape or last.shape[1:] == e.shape[1:])
+        ):
+            runs[-1].append(e)
         else:
-            groups.append(((e.name,), e.begin, e.end, e.dtype, (1,), None))
+            runs.append([e])
+    groups = []
+    for run in runs:
+        first = run[0]
+        if first.shape:
+            shape = (sum(e.shape[0] for e in run), *first.shape[1:])
+            sizes: tuple[int, ...] | None = tuple(e.shape[0] for e in run)
+        else:
+            shape, sizes = (len(run),), None
+        equal = all(e.shape == first.shape for e in run)
+        groups.append(Group(tuple(run), first.begin, run[-1].end, first.dtype, shape, sizes, equal))
     return tuple(groups)
 
 
@@ -246,7 +262,15 @@ def _entry(name: str, spec: Any, data_len: int) -> Entry:
             f"payload: entry {name!r} shape {list(dims)} of {spec['dtype']} needs "
             f"{numel * itemsize} bytes, data_offsets give {end - begin}"
         )
-    return Entry(name, dtype, dims, begin, end, itemsize)
+    return Entry(name, dtype, dims, begin, end, itemsize, _contiguous_strides(dims))
+
+
+def _contiguous_strides(dims: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(dims):
+        strides.append(acc)
+        acc *= max(d, 1)
+    return tuple(reversed(strides))
 
 
 def _check_coverage(by_offset: list[Entry], data_len: int) -> None:

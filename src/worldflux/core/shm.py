@@ -304,7 +304,9 @@ def attach(
             base = torch.empty(layout.data_len, dtype=torch.uint8)
             ctypes.memmove(base.data_ptr(), arr.ctypes.data + layout.data_start, layout.data_len)
         else:
-            base = torch.frombuffer(arr, dtype=torch.uint8)[layout.data_start :]
+            data = arr[layout.data_start :]
+            base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
+            del data
         del arr
         tensors = codec.tensors_from_layout(layout, base)
     except BaseException:

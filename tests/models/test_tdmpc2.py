@@ -100,10 +100,10 @@ def test_ensemble_call_equals_member_by_member() -> None:
     for e in range(4):
         h = x
         for i in range(2):
-            h = h @ getattr(ens, f"w{i}")[e] + getattr(ens, f"b{i}")[e]
+            h = h @ ens.member_weight(i, e) + getattr(ens, f"b{i}")[e]
             h = nn.functional.layer_norm(h, (16,))
             h = nn.functional.mish(h * getattr(ens, f"g{i}")[e] + getattr(ens, f"s{i}")[e])
-        ref = h @ ens.w2[e] + ens.b2[e]
+        ref = h @ ens.member_weight(2, e) + ens.b2[e]
         assert torch.allclose(out[e], ref, atol=1e-5)
     sub = ens(x, members=torch.tensor([3, 1]))
     assert torch.allclose(sub, out[[3, 1]], atol=1e-6)

@@ -79,9 +79,11 @@ _ACTS: dict[str, Callable[[Tensor], Tensor]] = {
 class EnsembleMLP(nn.Module):
     """E MLPs with stacked weights. (..., in_dim) -> (E, ..., out_dim).
 
-    Parameters per hidden layer i: ``w{i}`` (E, d_in, d_out), ``b{i}`` (E, d_out), LayerNorm
-    ``g{i}``/``s{i}`` (E, d_out); output layer ``w{L}``/``b{L}``. Linear weights are truncated
-    normal (std 0.02) with zero biases; `zero_last` zeroes the output weights (TD-MPC2's Q init).
+    Parameters per layer i: ``w{i}`` (E, d_in, d_out), except ``w0`` which is laid out
+    (d_in, E, d_out) so the shared-input first layer is one GEMM without copying weights;
+    ``b{i}`` (E, d_out); LayerNorm ``g{i}``/``s{i}`` (E, d_out) for hidden layers. Linear weights
+    are truncated normal (std 0.02) with zero biases; `zero_last` zeroes the output weights
+    (TD-MPC2's Q init). `member_weight(i, e)` returns member e's (d_in, d_out) weight.
     """
 
     def __init__(
@@ -114,11 +116,18 @@ class EnsembleMLP(nn.Module):
             nn.init.trunc_normal_(w, std=0.02)
             if zero_last and i == len(hidden):
                 w.zero_()
+            if i == 0:
+                w = w.transpose(0, 1).contiguous()  # (E, d_in, d_out) -> (d_in, E, d_out)
             self.register_parameter(f"w{i}", nn.Parameter(w))
             self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(members, d_out)))
             if i < len(hidden):
                 self.register_parameter(f"g{i}", nn.Parameter(torch.ones(members, d_out)))
                 self.register_parameter(f"s{i}", nn.Parameter(torch.zeros(members, d_out)))
+
+    def member_weight(self, layer: int, member: int) -> Tensor:
+        """Member `member`'s weight of layer `layer`: (d_in, d_out)."""
+        w = getattr(self, f"w{layer}")
+        return w[:, member] if layer == 0 else w[member]
 
     def param_list(self) -> list[Tensor]:
         """The parameters in the order `ensemble_forward` expects."""
@@ -139,7 +148,7 @@ class EnsembleMLP(nn.Module):
         """
         p = self.param_list() if params is None else list(params)
         if members is not None:
-            p = [t.index_select(0, members) for t in p]
+            p = [t.index_select(1 if i == 0 else 0, members) for i, t in enumerate(p)]
         return ensemble_forward(
             x,
             p,
@@ -167,7 +176,7 @@ def ensemble_forward(
     if len(params) != 4 * layers + 2:
         raise SpecError(f"params: expected {4 * layers + 2} tensors, got {len(params)}")
     w0 = params[0]
-    e, d_in, d_out = w0.shape
+    d_in, e, d_out = w0.shape
     if x.shape[-1] != d_in:
         raise SpecError(f"x: expected last dim {d_in}, got {tuple(x.shape)}")
     lead = x.shape[:-1]
@@ -175,15 +184,21 @@ def ensemble_forward(
     n = flat.shape[0]
     fn = _ACTS[act]
     # shared input: one GEMM against all members' weights side by side
-    w_wide = w0.permute(1, 0, 2).reshape(d_in, e * d_out)  # (E, d, o) -> (d, E*o)
-    h = torch.addmm(params[1].reshape(1, e * d_out), flat, w_wide)  # (N, E*o)
-    h = h.reshape(n, e, d_out).transpose(0, 1)  # (N, E*o) -> (E, N, o)
+    h = torch.addmm(params[1].reshape(e * d_out), flat, w0.reshape(d_in, e * d_out))
+    h = h.view(n, e, d_out)  # (N, E*o) -> (N, E, o): members side by side, still contiguous
+    if layers == 0:
+        return h.transpose(0, 1).reshape(e, *lead, d_out)  # (N, E, o) -> (E, ..., o)
     for i in range(layers):
         g, s = params[4 * i + 2], params[4 * i + 3]
-        if i == 0 and dropout > 0.0:
-            h = F.dropout(h, dropout, training)
-        h = F.layer_norm(h, (h.shape[-1],), eps=eps)
-        h = fn(torch.addcmul(s[:, None], h, g[:, None]))  # per-member affine, then activation
+        if i == 0:
+            if dropout > 0.0:
+                h = F.dropout(h, dropout, training)
+            h = F.layer_norm(h, (d_out,), eps=eps)
+            h = fn(torch.addcmul(s, h, g))  # (N, E, o) * (E, o): per-member affine
+            h = h.transpose(0, 1)  # (N, E, o) -> (E, N, o), a strided view for bmm
+        else:
+            h = F.layer_norm(h, (h.shape[-1],), eps=eps)
+            h = fn(torch.addcmul(s[:, None], h, g[:, None]))
         w, b = params[4 * (i + 1)], params[4 * (i + 1) + 1]
         h = torch.baddbmm(b[:, None], h, w)  # (E, N, d) @ (E, d, o) -> (E, N, o)
     return h.reshape(e, *lead, h.shape[-1])  # (E, N, o) -> (E, ..., o)

@@ -196,3 +196,18 @@ def test_mppi_plans_with_the_model_batched() -> None:
     a = planner.plan(m, s)
     assert a.shape == (3, 3) and bool((a.abs() <= 1).all())
     assert planner.last_mean is not None and planner.last_mean.shape == (3, 3, 3)
+
+
+def test_sparse_dropout_matches_bernoulli_statistics() -> None:
+    from worldflux.nn.ensemble import _dropout
+
+    x = torch.ones(400_000, requires_grad=True)
+    y = _dropout(x, 0.01, True)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.01) < 0.0015  # ~6 sigma
+    assert torch.allclose(y[~dropped], torch.full_like(y[~dropped], 1 / 0.99))
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    d = _dropout(torch.ones(400_000), 0.05, True) == 0  # neighbours independent
+    assert abs((d[1:] & d[:-1]).float().mean().item() - 0.0025) < 0.0008
+    assert torch.equal(_dropout(x, 0.01, False), x)

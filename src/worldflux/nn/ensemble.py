@@ -13,6 +13,7 @@ buffers, and any subset of members (indexing the stacked weights).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -74,6 +75,34 @@ _ACTS: dict[str, Callable[[Tensor], Tensor]] = {
     "elu": F.elu,
     "gelu": F.gelu,
 }
+
+
+def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout; on CPU with small p, drawn sparsely (same distribution as F.dropout).
+
+    Dropped positions form a Bernoulli(p) process, generated from geometric gaps: about
+    n * p random numbers instead of n, then one scaling pass (F.dropout's per-element RNG
+    dominates its cost on CPU). Other devices, or p > 0.05, use ``F.dropout``.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p > 0.05 or not x.is_contiguous():
+        return F.dropout(x, p, True)
+    n = x.numel()
+    mean = n * p
+    chunk = int(mean + 6.0 * math.sqrt(mean) + 16)  # almost always a single draw
+    log_keep = math.log1p(-p)
+    found, last = [], -1
+    while last < n:
+        gaps = (torch.log1p(-torch.rand(chunk)) / log_keep).floor_().long() + 1  # Geometric(p)
+        pos = gaps.cumsum_(0).add_(last)
+        found.append(pos)
+        last = int(pos[-1])
+    drop = torch.cat(found)
+    drop = drop[drop < n]
+    out = x * (1.0 / (1.0 - p))
+    out.view(-1).index_fill_(0, drop, 0.0)
+    return out
 
 
 class EnsembleMLP(nn.Module):
@@ -191,8 +220,7 @@ def ensemble_forward(
     for i in range(layers):
         g, s = params[4 * i + 2], params[4 * i + 3]
         if i == 0:
-            if dropout > 0.0:
-                h = F.dropout(h, dropout, training)
+            h = _dropout(h, dropout, training)
             h = F.layer_norm(h, (d_out,), eps=eps)
             h = fn(torch.addcmul(s, h, g))  # (N, E, o) * (E, o): per-member affine
             h = h.transpose(0, 1)  # (N, E, o) -> (E, N, o), a strided view for bmm

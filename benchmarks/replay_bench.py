@@ -181,7 +181,9 @@ def write_docs(md_table: str, machine: str) -> None:
         "dropped' unmaps the buffer, evicts its files with `posix_fadvise(DONTNEED)` and "
         "re-opens it before each sample, so the images are read from the disk (a VM disk "
         "here). The CPUs are shared with other jobs: repeated runs vary by tens of percent "
-        "(two full runs gave 0.81 and 1.12 ms for the in-memory sample).\n\n" + md_table + "\n"
+        "(three full runs gave 0.81, 1.12 and 1.25 ms for the in-memory sample).\n\n"
+        + md_table
+        + "\n"
     )
     pattern = re.compile(r"## Replay\n.*?(?=\n## |\Z)", re.S)
     if pattern.search(text):
@@ -202,7 +204,11 @@ def main() -> None:
     results = run(capacity, repeats)
     md = table(results)
     print(md)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)"
+    load = os.getloadavg()[0]
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other "
+        f"jobs (1-min load average {load:.1f} at the end of the run)"
+    )
     if not args.no_docs:
         out = ROOT / "benchmarks" / "results" / "replay_bench.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ def write_docs(md_table: str, machine: str) -> None:
     )
     pattern = re.compile(r"## Environments\n.*?(?=\n## |\Z)", re.S)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n"), text)
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(exist_ok=True)

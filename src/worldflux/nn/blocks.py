@@ -51,13 +51,20 @@ class BlockLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         trunc_normal_fan_in_(self.weight, gin)
 
+    def grouped(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        """Group-major form: x (G, N, in/G) -> (G, N, out/G), plus `add` (G, N, out/G)."""
+        if add is None and self.bias is not None:
+            add = self.bias.view(self.groups, 1, -1)  # (out,) -> (G, 1, out/G)
+        elif add is not None and self.bias is not None:
+            add = add + self.bias.view(self.groups, 1, -1)
+        return torch.bmm(x, self.weight) if add is None else torch.baddbmm(add, x, self.weight)
+
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         g = self.groups
         x = x.reshape(-1, g, self.in_features // g).transpose(0, 1)  # (N, in) -> (G, N, in/G)
-        y = torch.bmm(x, self.weight).transpose(0, 1)  # (G, N, out/G) -> (N, G, out/G)
-        y = y.reshape(*lead, self.out_features)  # (N, G, out/G) -> (..., out)
-        return y + self.bias if self.bias is not None else y
+        y = self.grouped(x.contiguous()).transpose(0, 1)  # (G, N, out/G) -> (N, G, out/G)
+        return y.reshape(*lead, self.out_features)  # (N, G, out/G) -> (..., out)
 
 
 class ChannelNorm(nn.Module):

@@ -34,8 +34,7 @@ from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.networks import TwoHotHead
 from worldflux.models.dreamerv3.rssm import init_linears_
 from worldflux.nn.blocks import init_linear_
-from worldflux.nn.distributions import categorical_entropy, sample_onehot
-from worldflux.nn.functional import unimix
+from worldflux.nn.distributions import categorical_entropy, sample_onehot, unimix_logp
 from worldflux.nn.mlp import MLP
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ class Actor(nn.Module):
         """Discrete: (log-probs (..., A), empty); continuous: (mean, std) each (..., A)."""
         x = self.net(feat)
         if self.spec.discrete:
-            return unimix(x, self.cfg.unimix), x.new_empty(0)
+            return unimix_logp(x, self.cfg.unimix), x.new_empty(0)
         mean, std = x.chunk(2, -1)
         lo, hi = self.cfg.actor_minstd, self.cfg.actor_maxstd
         return torch.tanh(mean), (hi - lo) * torch.sigmoid(std + 2.0) + lo

@@ -17,8 +17,12 @@ from torch import Tensor, nn
 
 from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.nn.blocks import BlockLinear, init_linear_, trunc_normal_fan_in_
-from worldflux.nn.distributions import categorical_kl, sample_onehot, straight_through
-from worldflux.nn.functional import unimix
+from worldflux.nn.distributions import (
+    categorical_kl,
+    sample_onehot,
+    straight_through,
+    unimix_logp,
+)
 from worldflux.nn.mlp import MLP, make_act, make_norm
 
 
@@ -68,7 +72,10 @@ class RSSM(nn.Module):
         return deter, torch.zeros(batch_size, cfg.stoch * cfg.classes, device=device)
 
     def core(self, deter: Tensor, stoch: Tensor, action: Tensor) -> Tensor:
-        """Block-GRU step. deter (N, D), stoch (N, S*C), action (N, A) -> deter (N, D)."""
+        """Block-GRU step. deter (N, D), stoch (N, S*C), action (N, A) -> deter (N, D).
+
+        The block layers run group-major, (G, N, D/G), so each is one batched matmul.
+        """
         N, D, G = deter.shape[0], self.cfg.deter, self.cfg.blocks
         action = action / action.detach().abs().clamp(min=1.0)
         xs = [
@@ -77,18 +84,21 @@ class RSSM(nn.Module):
                 self.inputs, self.input_norms, (deter, stoch, action), strict=True
             )
         ]
-        x = self.hid_deter(deter) + self.hid_x(torch.cat(xs, -1))
-        x = self.act(self.hid_norm(x))
-        gates = self.gru(x).view(N, G, 3, D // G)  # (N, 3D) -> (N, G, [r, c, u], D/G)
-        reset, cand, update = (gates[:, :, i].reshape(N, D) for i in range(3))
+        d_g = deter.view(N, G, D // G).transpose(0, 1)  # (N, D) -> (G, N, D/G) view
+        x_g = self.hid_x(torch.cat(xs, -1)).view(N, G, D // G).transpose(0, 1)
+        x = self.hid_deter.grouped(d_g.contiguous(), add=x_g)  # (G, N, D/G)
+        x = self.act(self.hid_norm(x.transpose(0, 1).reshape(N, D)))  # norm over all of D
+        gates = self.gru.grouped(x.view(N, G, D // G).transpose(0, 1).contiguous())
+        reset, cand, update = gates.split(D // G, -1)  # (G, N, 3D/G) -> 3 x (G, N, D/G)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1.0)
-        return update * cand + (1.0 - update) * deter
+        new = torch.lerp(d_g, cand, update)  # update * cand + (1 - update) * deter
+        return new.transpose(0, 1).reshape(N, D)  # (G, N, D/G) -> (N, D)
 
     def _dist(self, logits: Tensor) -> Tensor:
         """Unimix log-probs. (..., S*C) -> (..., S, C)."""
         logits = logits.view(*logits.shape[:-1], self.cfg.stoch, self.cfg.classes)
-        return unimix(logits, self.cfg.unimix)
+        return unimix_logp(logits, self.cfg.unimix)
 
     def prior_logp(self, deter: Tensor) -> Tensor:
         """Prior log-probs. deter (..., D) -> (..., S, C)."""

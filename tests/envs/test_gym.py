@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.spec import ActionSpec, ObsSpec
@@ -95,6 +97,24 @@ def test_action_normalisation_round_trip() -> None:
     assert disc(torch.tensor(0))[0] == 1 and disc.normalise(3).tolist() == [0, 0, 1]
     with pytest.raises(SpecError, match=r"\[0, 3\)"):
         disc(3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bounds=st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(1e-3, 1e3)), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_normalisation_round_trip_property(bounds, data) -> None:
+    low = np.array([b[0] for b in bounds])
+    high = low + np.array([b[1] for b in bounds])
+    conv = ActionConverter(spaces.Box(low, high, dtype=np.float64))
+    a = np.array(
+        data.draw(st.lists(st.floats(-1, 1), min_size=len(bounds), max_size=len(bounds))),
+        np.float32,
+    )
+    env_a, applied = conv(a)
+    assert ((env_a >= low - 1e-9) & (env_a <= high + 1e-9)).all()
+    np.testing.assert_allclose(conv.normalise(env_a), applied, atol=1e-5)
 
 
 def test_actions_reach_the_env_rescaled_and_repeat_sums_rewards() -> None:

@@ -75,3 +75,29 @@ def test_stack_and_errors() -> None:
     with pytest.raises(SpecError, match="non-empty"):
         StepBatch.stack([])
     assert vec.sample_actions().shape == (2,)
+
+
+def test_same_rows_as_gymnasium_next_step_autoreset() -> None:
+    """Gymnasium 1.x SyncVectorEnv (NEXT_STEP) gives the same transitions: the step after a
+    terminated/truncated one returns the reset obs with reward 0 and no flags; here that row is
+    ``is_first``. So is_last = terminated | truncated, is_first = the previous row's is_last."""
+    import gymnasium
+
+    n, steps = 3, 80
+    ref = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make("CartPole-v1")] * n)
+    assert ref.metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.NEXT_STEP
+    ours = make_vector_env("CartPole-v1", n)
+    obs, _ = ref.reset(seed=7)
+    rows = ours.reset(seed=7)
+    np.testing.assert_array_equal(rows.obs, obs)
+    actions = np.random.default_rng(1).integers(0, 2, (steps, n))
+    prev_last = np.zeros(n, bool)
+    for a in actions:
+        obs, reward, terminated, truncated, _ = ref.step(a)
+        rows = ours.step(a)
+        np.testing.assert_array_equal(rows.obs, obs)
+        np.testing.assert_array_equal(rows.reward, reward.astype(np.float32))
+        np.testing.assert_array_equal(rows.is_terminal, terminated)
+        np.testing.assert_array_equal(rows.is_last, terminated | truncated)
+        np.testing.assert_array_equal(rows.is_first, prev_last)
+        prev_last = rows.is_last

@@ -15,7 +15,8 @@ from worldflux.core.registry import count_parameters, create_world_model
 from worldflux.core.state import State
 from worldflux.models.dreamerv3 import PRESETS, DreamerV3, DreamerV3Config
 from worldflux.models.dreamerv3.actor_critic import PercentileNormalizer, lambda_returns
-from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean
+from worldflux.nn.blocks import BlockLinear
+from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean, unimix_logp
 from worldflux.nn.functional import symexp, symlog, two_hot, unimix
 
 VEC = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
@@ -190,8 +191,29 @@ def test_unimix_mixing() -> None:
     logp = unimix(torch.tensor([math.log(3.0), 0.0, 0.0, -math.inf]), 0.01)
     expected = 0.99 * torch.tensor([0.6, 0.2, 0.2, 0.0]) + 0.01 / 4
     assert torch.allclose(logp.exp(), expected, atol=1e-7)
-    draws = sample_onehot(logp.expand(40000, 4)).mean(0)
+    x = torch.randn(6, 32, 5)
+    assert torch.allclose(unimix_logp(x, 0.01), unimix(x, 0.01), atol=1e-6)
+    draws = sample_onehot(logp.expand(40000, 4))
+    assert torch.equal(draws.sum(-1), torch.ones(40000))
+    draws = draws.mean(0)
     assert torch.allclose(draws, expected, atol=0.01)
+
+
+def test_block_linear_is_block_diagonal() -> None:
+    layer = BlockLinear(8, 12, groups=4)
+    dense = torch.block_diag(*layer.weight.detach())  # (4 blocks of 2x3) -> (8, 12)
+    x = torch.randn(5, 8)
+    assert torch.allclose(layer(x), x @ dense + layer.bias, atol=1e-6)
+    core_gru = _model().rssm  # the core's group-major path equals the flat formula
+    d, s, a = torch.randn(3, 64), torch.zeros(3, 128), torch.rand(3, 3) * 2 - 1  # |a| <= 1
+    r = core_gru
+    xs = [r.act(n(lin(v))) for lin, n, v in zip(r.inputs, r.input_norms, (d, s, a), strict=True)]
+    h = r.act(r.hid_norm(r.hid_deter(d) + r.hid_x(torch.cat(xs, -1))))
+    g = r.gru(h).view(3, 4, 3, 16)  # (N, 3D) -> (N, G, [r, c, u], D/G)
+    reset, cand, upd = (g[:, :, i].reshape(3, 64) for i in range(3))
+    cand = torch.tanh(torch.sigmoid(reset) * cand)
+    upd = torch.sigmoid(upd - 1)
+    assert torch.allclose(r.core(d, s, a), upd * cand + (1 - upd) * d, atol=1e-5)
 
 
 def test_free_bits_clip_each_term() -> None:

@@ -121,3 +121,10 @@ def test_get_set_state_resumes_exactly() -> None:
     got = [other.step(int(a)) for a in actions[:60]] + [other.reset()]
     for r, g in zip(ref, got, strict=True):
         assert np.array_equal(r.obs, g.obs) and (r.reward, r.is_last) == (g.reward, g.is_last)
+
+
+def test_rewards_are_not_clipped() -> None:
+    env = AtariEnv("SpaceInvaders", seed=0)
+    env.reset()
+    rewards = [env.step(1).reward for _ in range(150)]  # keep firing: invaders are worth 5-30
+    assert max(rewards) >= 5.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,7 @@ def _meta_text(meta: Any) -> str:
     return text
 
 
+_structure = operator.attrgetter("dtype", "shape", "requires_grad", "device")
 _templates: dict[Any, _Template] = {}
 _TEMPLATES = 64  # structures remembered
 
@@ -133,10 +135,8 @@ def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | s
     """Lay out a State: header bytes, tensor positions and total size. Nothing is copied."""
     if not isinstance(tensors, dict):
         raise StateError(f"State.serialize: tensors must be a dict, got {type(tensors).__name__}")
-    try:
-        sig: Any = tuple(
-            [(k, t.dtype, t.shape, t.requires_grad, t.device) for k, t in tensors.items()]
-        )
+    try:  # the structure, read at C speed: keys, then (dtype, shape, grad, device) per tensor
+        sig: Any = (tuple(tensors), tuple(map(_structure, tensors.values())))
     except AttributeError:  # not a Tensor: _build_template names the culprit
         sig = None
     key = (sig, _meta_text(meta), _header.resolve_algo(checksum))
@@ -333,7 +333,8 @@ def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str,
     if copy:
         base = torch.empty(layout.data_len, dtype=torch.uint8)
         if layout.data_len:
-            _memmove(base.data_ptr(), arr.ctypes.data + layout.data_start, layout.data_len)
+            src = _PyBytes_AsString(buf) if type(buf) is bytes else arr.ctypes.data
+            _memmove(base.data_ptr(), src + layout.data_start, layout.data_len)
     else:
         if not arr.flags.writeable:
             raise StateError(

@@ -219,10 +219,14 @@ def loads(text: str, max_depth: int, what: str, strict_depth: bool = True) -> An
         raise StateFormatError(f"{what}: not valid JSON ({err})") from None
 
 
-def _int(value: Any, what: str) -> int:
-    if type(value) is not int or not 0 <= value < 2**63:
-        raise StateFormatError(f"payload: {what} must be an int in [0, 2**63), got {value!r}")
-    return value
+def _ints(values: list[Any], name: str, what: str) -> tuple[int, ...]:
+    """`values` as a tuple, if every one is an int in [0, 2**63) (bools refused)."""
+    for v in values:
+        if type(v) is not int or not 0 <= v < 2**63:
+            raise StateFormatError(
+                f"payload: entry {name!r} {what} must be an int in [0, 2**63), got {v!r:.50}"
+            )
+    return tuple(values)
 
 
 def _entry(name: str, spec: Any, data_len: int) -> Entry:
@@ -244,12 +248,12 @@ def _entry(name: str, spec: Any, data_len: int) -> Entry:
             f"payload: entry {name!r} shape must be a list of <= {MAX_DIMS} ints, "
             f"got {shape!r:.100}"
         )
-    dims = tuple(_int(d, f"entry {name!r} dimension") for d in shape)
+    dims = _ints(shape, name, "dimension")
     if not isinstance(offsets, list) or len(offsets) != 2:
         raise StateFormatError(
             f"payload: entry {name!r} data_offsets must be [begin, end], got {offsets!r:.100}"
         )
-    begin, end = (_int(o, f"entry {name!r} data offset") for o in offsets)
+    begin, end = _ints(offsets, name, "data offset")
     if not begin <= end <= data_len:
         raise StateFormatError(
             f"payload: entry {name!r} data_offsets [{begin}, {end}] outside the data region "

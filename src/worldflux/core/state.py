@@ -21,23 +21,24 @@ from worldflux.core.exceptions import (
     StateShapeError,
 )
 
-_devices: dict[str, torch.device] = {}  # parsed device strings; torch.device("cpu") costs ~0.3 us
+_devices: dict[Any, tuple[torch.device, bool]] = {}  # device -> (parsed, is cpu); parsing costs
 
 
-def _as_device(device: torch.device | str) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    dev = _devices.get(device) if isinstance(device, str) else None
-    if dev is None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise StateError(
-                f"State.to: device must be a torch.device or str, got {device!r}: {err}"
-            ) from None
-        if len(_devices) < 64:
-            _devices[device] = dev
-    return dev
+def _as_device(device: torch.device | str) -> tuple[torch.device, bool]:
+    """(`device` as a torch.device, whether it is the CPU), cached for the `to()` fast path."""
+    try:
+        return _devices[device]
+    except (KeyError, TypeError):
+        pass
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise StateError(
+            f"State.to: device must be a torch.device or str, got {device!r}: {err}"
+        ) from None
+    if len(_devices) < 64:
+        _devices[device] = (dev, dev.type == "cpu")
+    return dev, dev.type == "cpu"
 
 
 @dataclass(eq=False)
@@ -91,12 +92,12 @@ class State:
 
     def to(self, device: torch.device | str) -> State:
         """A new State on `device`; meta is copied (shallow). Same device: no tensor is copied."""
-        dev = _as_device(device)
+        dev, cpu = _as_device(device)
         tensors = self.tensors
         for t in tensors.values():
-            if t.device != dev:
+            if (not t.is_cpu) if cpu else (t.device != dev):  # is_cpu: torch's cheapest test
                 return State({k: v.to(dev) for k, v in tensors.items()}, dict(self.meta))
-        return State(dict(tensors), dict(self.meta))
+        return _new(dict(tensors), dict(self.meta))
 
     def detach(self) -> State:
         """A new State cut from the autograd graph; meta is copied (shallow)."""
@@ -230,6 +231,13 @@ class State:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.tensors, self.meta = state["tensors"], state["meta"]
+
+
+def _new(tensors: dict[str, Tensor], meta: dict[str, Any]) -> State:
+    """A State from dicts known to be well-typed, skipping `__init__` (the `to()` fast path)."""
+    state = State.__new__(State)
+    state.tensors, state.meta = tensors, meta
+    return state
 
 
 def _combine(states: Any, dim: int, op: Any, name: str) -> State:

@@ -177,7 +177,7 @@ def test_feed_adds_rows_to_a_replay() -> None:
     assert batch.shape == (4, 3)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_stopping_the_learner_cleans_everything(sig: int) -> None:
     """Ctrl-C: the learner cleans up. SIGKILL: the orphaned collectors clean up after themselves."""
     ns = _ns()
@@ -215,3 +215,30 @@ def test_config_errors_name_the_field() -> None:
         CollectorConfig(namespace="bad_name")
     with pytest.raises(ConfigError, match="weight_slots"):
         CollectorConfig(weight_slots=1)
+
+
+def test_step_batches_follow_the_chunk_layout() -> None:
+    from worldflux.core.state import State
+    from worldflux.distributed.transport import Chunk
+
+    E, T = 2, 3
+    tensors = {
+        "obs/obs": torch.arange(E * T * 4, dtype=torch.float32).view(E, T, 4),
+        "action": torch.rand(E, T, 2),
+        "reward": torch.rand(E, T),
+        "is_first": torch.tensor([[True, False, False]] * E),
+        "is_terminal": torch.zeros(E, T, dtype=torch.bool),
+        "is_last": torch.tensor([[False, False, True]] * E),
+        "policy_version": torch.tensor([[1, 1, 2]] * E),
+        "env_step": torch.arange(T).repeat(E, 1),
+    }
+    chunk = Chunk(0, 0, 0, 0, State(tensors), np.array([4, 5]))
+    rows = chunk.step_batches(infos=True)
+    assert len(rows) == T and chunk.num_steps == E * T
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(r.obs, tensors["obs/obs"][:, i].numpy())
+        np.testing.assert_array_equal(r.action, tensors["action"][:, i].numpy())
+        assert r.is_last.tolist() == [i == 2] * E
+        assert [x["policy_version"] for x in r.infos] == [2 if i == 2 else 1] * E
+    tensors["obs/obs"].zero_()  # rows own their data (safe after a zero-copy release)
+    assert rows[1].obs.sum() > 0

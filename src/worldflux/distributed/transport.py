@@ -189,30 +189,34 @@ class Chunk:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def step_batches(self) -> list[StepBatch]:
-        """The T rows as `StepBatch` (E rows each, numpy copies) for ``Replay.add(b, env_ids)``.
+    def step_batches(self, infos: bool = False) -> list[StepBatch]:
+        """The T rows as `StepBatch` (E rows each) for ``Replay.add(rows, env_ids)``.
 
-        Each row's ``infos`` carry ``policy_version`` and ``env_step``.
+        Rows are views of one numpy copy of the chunk, so they stay valid after `release`.
+        With `infos`, each row's ``infos`` carry ``policy_version`` and ``env_step``.
         """
-        t = self.state.tensors
+        t = {k: v.numpy().copy() for k, v in self.state.tensors.items()}
         obs_keys = [k for k in t if k.startswith("obs/")]
         single = obs_keys == ["obs/obs"]
         out = []
         for i in range(int(t["reward"].shape[1])):
-            obs: Any = {k[4:]: t[k][:, i].numpy().copy() for k in obs_keys}
-            versions, steps = t["policy_version"][:, i].tolist(), t["env_step"][:, i].tolist()
+            obs: Any = t["obs/obs"][:, i] if single else {k[4:]: t[k][:, i] for k in obs_keys}
+            row_infos: list[dict[str, Any]] = []
+            if infos:
+                versions, steps = t["policy_version"][:, i].tolist(), t["env_step"][:, i].tolist()
+                row_infos = [
+                    {"policy_version": v, "env_step": s}
+                    for v, s in zip(versions, steps, strict=True)
+                ]
             out.append(
                 StepBatch(
-                    obs=obs["obs"] if single else obs,
-                    action=t["action"][:, i].numpy().copy(),
-                    reward=t["reward"][:, i].numpy().copy(),
-                    is_first=t["is_first"][:, i].numpy().copy(),
-                    is_terminal=t["is_terminal"][:, i].numpy().copy(),
-                    is_last=t["is_last"][:, i].numpy().copy(),
-                    infos=[
-                        {"policy_version": v, "env_step": s}
-                        for v, s in zip(versions, steps, strict=True)
-                    ],
+                    obs=obs,
+                    action=t["action"][:, i],
+                    reward=t["reward"][:, i],
+                    is_first=t["is_first"][:, i],
+                    is_terminal=t["is_terminal"][:, i],
+                    is_last=t["is_last"][:, i],
+                    infos=row_infos,
                 )
             )
         return out

@@ -120,6 +120,7 @@ def test_sampling_is_uniform_over_valid_windows() -> None:
 def test_fifo_eviction_and_wraparound() -> None:
     replay = filled(num_envs=2, capacity=40, steps=55)  # 20 rows per stream, 55 written
     assert len(replay) == 40 and replay.counts.tolist() == [20, 20]
+    assert repr(replay).startswith("Replay(40/40 rows, 2 streams")
     batch = replay.sample(500, 20)
     row = batch.obs[..., 1]
     assert row.min() == 35 and row.max() == 54  # only the newest 20 rows of each stream

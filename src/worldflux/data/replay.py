@@ -27,7 +27,7 @@ import torch
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError, SpecError
-from worldflux.core.spec import ActionSpec, ObsSpec
+from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec
 from worldflux.envs.base import Step, StepBatch
 
 FLAGS = ("is_first", "is_terminal", "is_last")
@@ -103,6 +103,13 @@ class Replay:
     def __len__(self) -> int:
         return int(self.counts.sum())
 
+    def __repr__(self) -> str:
+        where = "memory" if self.directory is None else f"memmap at {self.directory}"
+        return (
+            f"Replay({len(self)}/{self.capacity} rows, {self.num_envs} streams, "
+            f"{int(self.episode.sum())} episodes started, {where})"
+        )
+
     # ---------------------------------------------------------------- adding
 
     def add(self, rows: Step | StepBatch, env_ids: Any = None) -> None:
@@ -127,7 +134,7 @@ class Replay:
 
     def _check_rows(self, batch: StepBatch, ids: np.ndarray) -> dict[str, np.ndarray]:
         n = len(batch)
-        obs = batch.obs if self.obs_spec.is_dict else {"obs": batch.obs}
+        obs = batch.obs if self.obs_spec.is_dict else {SINGLE_KEY: batch.obs}
         if not isinstance(obs, dict) or set(obs) != set(self.obs_spec.fields):
             got = sorted(obs) if isinstance(obs, dict) else type(batch.obs).__name__
             raise SpecError(f"rows.obs: expected fields {sorted(self.obs_spec.fields)}, got {got}")
@@ -259,7 +266,7 @@ class Replay:
 
         obs_fields = {k: take(f"obs.{k}") for k in self.obs_spec.fields}
         batch = Batch(
-            obs=obs_fields if self.obs_spec.is_dict else obs_fields["obs"],
+            obs=obs_fields if self.obs_spec.is_dict else obs_fields[SINGLE_KEY],
             action=take("action"),
             reward=take("reward"),
             is_first=take("is_first"),

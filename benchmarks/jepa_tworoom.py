@@ -41,10 +41,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--data", default="/tmp/worldflux_tworoom_data", help="dataset folder (cache)")
     p.add_argument("--episodes", type=int, default=300, help="recorded episodes")
     p.add_argument("--episode-length", type=int, default=64, help="steps per recorded episode")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per variant")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per variant")
     p.add_argument("--batch", type=int, default=32, help="sequences per batch")
     p.add_argument("--seq", type=int, default=8, help="sequence length T")
-    p.add_argument("--eval-every", type=int, default=500, help="steps between mid-training evals")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between mid-training evals")
     p.add_argument("--mid-episodes", type=int, default=10, help="episodes per mid-training eval")
     p.add_argument("--eval-episodes", type=int, default=50, help="episodes in the final eval")
     p.add_argument("--budget", type=int, default=50, help="environment steps per episode")
@@ -54,7 +54,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--elites", type=int, default=16, help="CEM elites")
     p.add_argument("--iterations", type=int, default=5, help="CEM iterations")
     p.add_argument("--variants", default="sigreg,none", help="regularizers to train")
-    p.add_argument("--intermediate", type=float, default=0.0, help="GoalPlanner weight")
+    p.add_argument("--intermediate", type=float, default=1.0, help="GoalPlanner weight")
     p.add_argument("--ckpt-dir", default="/tmp/worldflux_tworoom_ckpt", help="weights go here")
     p.add_argument("--eval-only", action="store_true", help="load weights from --ckpt-dir")
     p.add_argument("--seed", type=int, default=0)
@@ -120,7 +120,10 @@ def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> di
         with torch.no_grad():
             prev = state["s"]
             s = model.encode(o) if prev is None else model.update(prev, state["a"], o)
-        a = planner.plan(s, goal_rep, eval_mode=True)
+        # plan for unfinished episodes only (the CEM cold-starts when that set shrinks)
+        active = torch.from_numpy(~done)
+        a = torch.zeros(len(envs), 2)
+        a[active] = planner.plan(s[active], goal_rep[active], eval_mode=True)
         state["s"], state["a"] = s, a
         return a.numpy()
 

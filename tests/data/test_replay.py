@@ -225,6 +225,13 @@ def test_vector_env_rows_go_straight_in() -> None:
     assert (batch.action.sum(-1) == (~batch.is_first).float()).all()  # one-hot or zeros
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sample_to_cuda() -> None:
+    batch = filled().sample(4, 8, device="cuda")
+    assert batch.obs.is_cuda and batch.is_first.dtype == torch.bool
+    batch.validate()
+
+
 def test_single_rows_per_env_id() -> None:
     src = Streams(2, [4, 6])
     one = Replay(100, VEC, ACT, num_envs=2, seed=0)

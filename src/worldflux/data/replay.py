@@ -256,13 +256,15 @@ class Replay:
         return self.gather(idx, device)
 
     def gather(self, idx: np.ndarray, device: torch.device | str | None = None) -> Batch:
-        """The `Batch` at flat storage indices `idx` (B, T)."""
+        """The `Batch` at flat storage indices `idx` (B, T); pinned before a copy to CUDA."""
         flat = idx.reshape(-1)  # (B, T) -> (B*T,)
+        pin = device is not None and torch.device(device).type == "cuda"
 
         def take(name: str) -> torch.Tensor:
             arr = self.arrays[name]
             out = np.take(arr, flat, axis=0).reshape(*idx.shape, *arr.shape[1:])  # (B, T, ...)
-            return torch.from_numpy(out)
+            t = torch.from_numpy(out)
+            return t.pin_memory() if pin else t  # pinned: the copy to the GPU runs async
 
         obs_fields = {k: take(f"obs.{k}") for k in self.obs_spec.fields}
         batch = Batch(

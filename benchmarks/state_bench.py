@@ -49,69 +49,86 @@ def make_states() -> dict[str, State]:
     return {"small": State(small), "large": State(large), "many": State(many)}
 
 
-def median_us(fn: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None):
-    """Median wall time of `fn` in microseconds; `setup` runs untimed before each call."""
-    times = []
-    for _ in range(repeats):
-        if setup is None:
+class Timer:
+    """Medians in µs. Before each operation's block of calls, a block of memcpys of the State's
+    bytes is timed, so the memcpy baseline samples the same stretch of time (the machine is
+    shared) without evicting the operation's caches between its own calls."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self.src = torch.empty(nbytes, dtype=torch.uint8).random_(0, 255)
+        self.dst = torch.empty(nbytes, dtype=torch.uint8)
+        self.memcpy: list[int] = []
+
+    def _memcpy(self) -> int:
+        t0 = time.perf_counter_ns()
+        ctypes.memmove(self.dst.data_ptr(), self.src.data_ptr(), self.nbytes)
+        return time.perf_counter_ns() - t0
+
+    def __call__(
+        self, fn: Callable[..., object], repeats: int, setup: Callable[[], object] | None = None
+    ) -> float:
+        """Median wall time of `fn()` (or `fn(setup())`, setup untimed) in µs."""
+        self.memcpy.extend(self._memcpy() for _ in range(min(repeats, 100)))
+        times = []
+        for _ in range(repeats):
+            arg = setup() if setup is not None else None
             t0 = time.perf_counter_ns()
-            fn()
-        else:
-            arg = setup()
-            t0 = time.perf_counter_ns()
-            fn(arg)  # type: ignore[call-arg]
-        times.append(time.perf_counter_ns() - t0)
-    return statistics.median(times) / 1000.0
+            fn() if setup is None else fn(arg)
+            times.append(time.perf_counter_ns() - t0)
+        return statistics.median(times) / 1000.0
+
+    def memcpy_us(self) -> float:
+        return statistics.median(self.memcpy) / 1000.0
 
 
 def bench_state(state: State, repeats: int) -> dict[str, float]:
     """Every figure for one State, in microseconds (ratios added by the caller)."""
     nbytes = sum(t.nbytes for t in state.tensors.values())
-    src = torch.empty(nbytes, dtype=torch.uint8).random_(0, 255)
-    dst = torch.empty(nbytes, dtype=torch.uint8)
+    timer = Timer(nbytes)
     r: dict[str, float] = {"bytes": nbytes}
-    r["memcpy"] = median_us(lambda: ctypes.memmove(dst.data_ptr(), src.data_ptr(), nbytes), repeats)
-    r["copy_"] = median_us(lambda: dst.copy_(src), repeats)
+    r["copy_"] = timer(lambda: timer.dst.copy_(timer.src), repeats)
     data = state.serialize()
-    r["serialize"] = median_us(state.serialize, repeats)
-    r["serialize_checksum"] = median_us(lambda: state.serialize(checksum=True), repeats)
-    r["deserialize"] = median_us(lambda: State.deserialize(data), repeats)
+    r["serialize"] = timer(state.serialize, repeats)
+    r["serialize_checksum"] = timer(lambda: state.serialize(checksum=True), repeats)
+    r["deserialize"] = timer(lambda: State.deserialize(data), repeats)
     checked = state.serialize(checksum=True)
-    r["deserialize_checksum"] = median_us(lambda: State.deserialize(checked), repeats)
-    r["deserialize_cold"] = median_us(
+    r["deserialize_checksum"] = timer(lambda: State.deserialize(checked), repeats)
+    r["deserialize_cold"] = timer(
         lambda _: State.deserialize(data), repeats, setup=codec_header._cache.clear
     )
     writable = bytearray(data)
-    r["deserialize_zero_copy"] = median_us(lambda: State.deserialize(writable, copy=False), repeats)
-    r.update(bench_shm(state, repeats))
-    r["torch_save"] = median_us(lambda: torch.save(state.tensors, io.BytesIO()), repeats)
+    r["deserialize_zero_copy"] = timer(lambda: State.deserialize(writable, copy=False), repeats)
+    r.update(bench_shm(state, repeats, timer))
+    r["torch_save"] = timer(lambda: torch.save(state.tensors, io.BytesIO()), repeats)
     buf = io.BytesIO()
     torch.save(state.tensors, buf)
     raw = buf.getvalue()
-    r["torch_load"] = median_us(lambda: torch.load(io.BytesIO(raw), weights_only=True), repeats)
-    r["safetensors_save"] = median_us(lambda: st.save(state.tensors), repeats)
-    r["safetensors_load"] = median_us(lambda: st.load(data), repeats)
-    r["to_same_device"] = median_us(lambda: state.to("cpu"), max(repeats, 2000))
+    r["torch_load"] = timer(lambda: torch.load(io.BytesIO(raw), weights_only=True), repeats)
+    r["safetensors_save"] = timer(lambda: st.save(state.tensors), repeats)
+    r["safetensors_load"] = timer(lambda: st.load(data), repeats)
+    r["to_same_device"] = timer(lambda: state.to("cpu"), max(repeats, 2000))
+    r["memcpy"] = timer.memcpy_us()
     return r
 
 
-def bench_shm(state: State, repeats: int) -> dict[str, float]:
+def bench_shm(state: State, repeats: int, timer: Timer) -> dict[str, float]:
     """Fresh publish, reused publish, attach (zero-copy) and close."""
     r: dict[str, float] = {}
     descs: list[dict] = []
-    r["publish_fresh"] = median_us(lambda: descs.append(state.to_shared_memory(NAMESPACE)), repeats)
+    r["publish_fresh"] = timer(lambda: descs.append(state.to_shared_memory(NAMESPACE)), repeats)
     for d in descs:
         shm.unlink_segment(d["name"])
     with shm.SegmentPool(NAMESPACE) as pool:
         desc = pool.publish(state)
-        r["publish_reused"] = median_us(lambda: pool.publish(state), repeats)
+        r["publish_reused"] = timer(lambda: pool.publish(state), repeats)
         desc = pool.publish(state)
         attached: list[State] = []
-        r["attach"] = median_us(lambda: attached.append(State.from_shared_memory(desc)), repeats)
-        r["close"] = median_us(
+        r["attach"] = timer(lambda: attached.append(State.from_shared_memory(desc)), repeats)
+        r["close"] = timer(
             lambda s: s.close_shared_memory(unlink=False), len(attached), setup=attached.pop
         )
-        r["attach_copy"] = median_us(lambda: State.from_shared_memory(desc, copy=True), repeats)
+        r["attach_copy"] = timer(lambda: State.from_shared_memory(desc, copy=True), repeats)
     return r
 
 

@@ -38,23 +38,26 @@ class Result:
 
     name: str
     ms: float  # median wall time per update
+    cpu_ms: float  # median process CPU time per update (less sensitive to a shared machine)
     flops: float  # FLOPs per update (matmul + conv, fwd + bwd)
     notes: dict[str, float | str] = field(default_factory=dict)
 
 
-def time_it(fn: Callable[[], object], iters: int, warmup: int = 1) -> float:
-    """Median seconds per call after `warmup` calls."""
+def time_it(fn: Callable[[], object], iters: int, warmup: int = 1) -> tuple[float, float]:
+    """Median (wall, process CPU) seconds per call after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call (it also serves as a warm-up call)."""
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
@@ -63,11 +66,11 @@ def count_flops(fn: Callable[[], object]) -> float:
 # --- baseline ---------------------------------------------------------------------------------
 
 
-def matmul_gflops(n: int = 1024, iters: int = 20) -> float:
-    """Achieved GFLOP/s of an (n x n) @ (n x n) float32 matmul."""
+def matmul_gflops(n: int = 1024, iters: int = 20) -> tuple[float, float]:
+    """Achieved GFLOP/s (by wall time, by CPU time) of an (n x n) @ (n x n) fp32 matmul."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    sec = time_it(lambda: a @ b, iters, warmup=3)
-    return 2 * n**3 / sec / 1e9
+    wall, cpu = time_it(lambda: a @ b, iters, warmup=3)
+    return 2 * n**3 / wall / 1e9, 2 * n**3 / cpu / 1e9
 
 
 # --- DreamerV3 --------------------------------------------------------------------------------
@@ -108,10 +111,10 @@ def _dreamer_update(preset: str, obs_space: gym.Space, act_space: gym.Space, ite
     batch = random_batch(model.obs_spec, model.action_spec, 16, 64)
     opt = model.make_optimizers()  # type: ignore[operator]
     step = lambda: model.train_step(batch, opt)  # type: ignore[operator]  # noqa: E731
-    sec = time_it(step, iters, warmup=1)
     flops = count_flops(step)
+    wall, cpu = time_it(step, iters, warmup=0)
     params = sum(p.numel() for p in model.parameters())
-    return Result(f"dreamerv3:{preset}", sec * 1e3, flops, {"params": params})
+    return Result(f"dreamerv3:{preset}", wall * 1e3, cpu * 1e3, flops, {"params": params})
 
 
 def bench_dreamerv3(args: argparse.Namespace) -> list[Result]:
@@ -121,10 +124,10 @@ def bench_dreamerv3(args: argparse.Namespace) -> list[Result]:
     cont = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
     img = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
     disc = gym.spaces.Discrete(18)
-    out = [_dreamer_update("size1m", vec, cont, 3 if args.quick else 10)]
+    out = [_dreamer_update("size1m", vec, cont, 3 if args.quick else 8)]
     out[0].notes["reference_ms"] = 924.0  # a PyTorch port's size1m 16x64 update, same class
     out[0].notes["obs"] = "vector 24, Box(6)"
-    out.append(_dreamer_update("size12m", img, disc, 1 if args.quick else 3))
+    out.append(_dreamer_update("size12m", img, disc, 1 if args.quick else 2))
     out[1].notes["obs"] = "image 64x64x3, Discrete(18)"
     return out
 
@@ -183,29 +186,40 @@ def bench_tdmpc2(args: argparse.Namespace) -> list[Result]:
 SECTIONS: list[Callable[[argparse.Namespace], list[Result]]] = [bench_dreamerv3, bench_tdmpc2]
 
 
+def _report(r: Result, base_wall: float, base_cpu: float) -> str:
+    rate, rate_cpu = r.flops / r.ms / 1e6, r.flops / r.cpu_ms / 1e6
+    r.notes.update(matmul_gflops_wall=round(base_wall, 1), matmul_gflops_cpu=round(base_cpu, 1))
+    r.notes.update(
+        fraction_wall=round(rate / base_wall, 3), fraction_cpu=round(rate_cpu / base_cpu, 3)
+    )
+    line = f"{r.name:<18}{r.ms:>9.0f}{r.cpu_ms:>9.0f}{1e3 / r.ms:>9.2f}{r.flops / 1e9:>9.2f}"
+    line += f"{100 * rate / base_wall:>8.1f}%{100 * rate_cpu / base_cpu:>8.1f}%"
+    if "reference_ms" in r.notes:
+        ref = float(r.notes["reference_ms"])
+        line += f"  reference {ref:.0f} ms -> {ref / r.ms:.2f}x (wall), {ref / r.cpu_ms:.2f}x (cpu)"
+    return line + f"  [{r.notes.get('obs', '')}]"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer timing iterations")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    gflops = matmul_gflops()
-    print(f"threads={torch.get_num_threads()}  matmul 1024^3 fp32: {gflops:.1f} GFLOP/s")
-    results = [r for section in SECTIONS for r in section(args)]
-    print(f"{'model':<22}{'ms/update':>11}{'updates/s':>11}{'GFLOP/upd':>11}{'% matmul':>10}")
-    for r in results:
-        rate = r.flops / (r.ms / 1e3) / 1e9
-        r.notes["gflops_per_s"] = round(rate, 2)
-        r.notes["fraction_of_matmul"] = round(rate / gflops, 3)
-        line = f"{r.name:<22}{r.ms:>11.1f}{1e3 / r.ms:>11.2f}{r.flops / 1e9:>11.2f}"
-        line += f"{100 * rate / gflops:>9.1f}%"
-        if "reference_ms" in r.notes:
-            ref = float(r.notes["reference_ms"])
-            line += f"   (reference {ref:.0f} ms: {ref / r.ms:.2f}x faster)"
-        print(line, r.notes.get("obs", ""))
+    print(f"threads={torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{'model':<18}{'wall ms':>9}{'cpu ms':>9}{'upd/s':>9}{'GFLOP':>9}{'%mm wall':>9}"
+        f"{'%mm cpu':>9}"
+    )
+    results = []
+    for section in SECTIONS:
+        base_wall, base_cpu = matmul_gflops()  # the baseline, re-measured next to each section
+        print(f"matmul 1024^3 fp32: {base_wall:.1f} GFLOP/s wall, {base_cpu:.1f} GFLOP/s cpu")
+        for r in section(args):
+            print(_report(r, base_wall, base_cpu), flush=True)
+            results.append(r)
     if args.json:
-        payload = {"matmul_gflops": gflops, "results": [asdict(r) for r in results]}
-        args.json.write_text(json.dumps(payload, indent=2))
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class AtariEnv(Env):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
             self.action_space.seed(seed)
-        if not self._game_over and self.episodic_life:
+        if seed is None and not self._game_over and self.episodic_life:
             self._done = False
             return Step(
                 self._obs([self._grab()]),

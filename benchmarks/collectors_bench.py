@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from worldflux.core import shm  # noqa: E402
 from worldflux.core.state import State  # noqa: E402
+from worldflux.data.replay import Replay  # noqa: E402
 from worldflux.distributed import transport  # noqa: E402
 from worldflux.distributed.collectors import CollectorConfig, CollectorPool  # noqa: E402
 from worldflux.distributed.policies import MLPPolicy  # noqa: E402
@@ -102,6 +103,7 @@ def chunk_state(env_fn, envs: int, chunk: int) -> State:  # noqa: ANN001
         "env_step": torch.zeros(E, T, dtype=torch.int64),
     }
     t.update({k: torch.zeros(E, T, dtype=torch.bool) for k in transport.FLAGS})
+    t["is_first"][:, 0] = True
     return State(t, {"collector": 0, "generation": 0, "seq": 0})
 
 
@@ -135,10 +137,20 @@ def overhead(env_fn, envs: int, chunk: int) -> dict:  # noqa: ANN001
         "message_us": median_us(roundtrip),
         "attach_copy_us": 0.0,
         "attach_zero_copy_us": 0.0,
+        "replay_add_us": 0.0,
         "step_batches_us": median_us(
             lambda: transport.Chunk(0, 0, 0, 0, state, np.arange(envs)).step_batches(), 50
         ),
     }
+    env = env_fn()
+    replay = Replay(100_000, env.observation_space, env.action_space, num_envs=envs)
+    chunk = transport.Chunk(0, 0, 0, 0, state, np.arange(envs))
+
+    def feed() -> None:
+        for rows in chunk.step_batches():
+            replay.add(rows, chunk.env_ids)
+
+    out["replay_add_us"] = median_us(feed, 50)
     desc = pool.publish(state, slot=0)
     out["attach_zero_copy_us"] = median_us(attach_zero_copy)
     out["attach_copy_us"] = median_us(lambda: transport.attach(desc, copy=True))

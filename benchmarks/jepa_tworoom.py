@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_model, save_model  # noqa: E402
 
 from worldflux.core.registry import create_world_model  # noqa: E402
+from worldflux.core.state import State  # noqa: E402
 from worldflux.data.offline import OfflineDataset, RecordConfig, record_tworoom  # noqa: E402
 from worldflux.envs.tworoom import TwoRoomEnv, expert_action  # noqa: E402
 from worldflux.models.jepa import JEPA  # noqa: E402
@@ -57,6 +58,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--intermediate", type=float, default=1.0, help="GoalPlanner weight")
     p.add_argument("--ckpt-dir", default="/tmp/worldflux_tworoom_ckpt", help="weights go here")
     p.add_argument("--eval-only", action="store_true", help="load weights from --ckpt-dir")
+    p.add_argument("--baselines-only", action="store_true", help="random, expert, oracle only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "jepa_tworoom"), help="output path prefix")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
@@ -132,6 +134,35 @@ def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> di
     out["eval_seconds"] = time.time() - t0
     model.train()
     return out
+
+
+class OracleModel:
+    """The true two-room dynamics as a 'latent model' whose rep is the (x, y) position."""
+
+    def __init__(self, env: TwoRoomEnv) -> None:
+        self.env = env
+
+    def transition(self, state: State, action: torch.Tensor) -> State:
+        pos = self.env.move_batch(state.tensors["rep"].double().numpy(), action.numpy())
+        return State({"rep": torch.from_numpy(pos).float()})
+
+
+def eval_oracle(args: argparse.Namespace, n: int, seed: int) -> dict[str, float]:
+    """The same CEM planner on the true dynamics and true positions: the planner's ceiling."""
+    envs = eval_episodes(n, seed)
+    gen = torch.Generator().manual_seed(seed)
+    cem = CEM(2, args.horizon, args.samples, args.elites, args.iterations, generator=gen)
+    planner = GoalPlanner(OracleModel(envs[0]), cem, args.intermediate, args.repeat)
+    goal = torch.tensor(np.stack([e.goal for e in envs]), dtype=torch.float32)
+
+    def act(envs: list[TwoRoomEnv], obs: np.ndarray, done: np.ndarray) -> np.ndarray:
+        pos = torch.tensor(np.stack([e.pos for e in envs]), dtype=torch.float32)
+        active = torch.from_numpy(~done)
+        a = torch.zeros(len(envs), 2)
+        a[active] = planner.plan(State({"rep": pos[active]}), goal[active], eval_mode=True)
+        return a.numpy()
+
+    return run_policy(envs, args.budget, act)
 
 
 def eval_random(n: int, seed: int, budget: int) -> dict[str, float]:
@@ -227,6 +258,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.lines[-1].set_label(f"JEPA+CEM ({run['regularizer']})")
     ax.axhline(result["random"]["success_rate"], color="gray", ls="--", label="random actions")
     ax.axhline(result["expert"]["success_rate"], color="green", ls=":", label="scripted expert")
+    if "oracle_planner" in result:
+        oracle = result["oracle_planner"]["success_rate"]
+        ax.axhline(oracle, color="purple", ls="-.", label="CEM on true dynamics")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"goal-reaching success ({result['args']['budget']}-step budget)")
     ax.set_xlabel("training step")
@@ -250,10 +284,15 @@ def main() -> None:
     result: dict[str, Any] = {"args": vars(args), "dataset": data.meta}
     result["random"] = eval_random(args.eval_episodes, 10_000, args.budget)
     result["expert"] = eval_expert(args.eval_episodes, 10_000, args.budget)
+    result["oracle_planner"] = eval_oracle(args, args.eval_episodes, 10_000)
     print("random", result["random"], "expert", result["expert"], flush=True)
+    print("oracle planner", result["oracle_planner"], flush=True)
     result["runs"] = []
     out = Path(args.out + ("_quick" if args.quick else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.baselines_only:
+        out.with_name(out.name + "_baselines.json").write_text(json.dumps(result, indent=1))
+        return
     for reg in args.variants.split(","):
         result["runs"].append(train_variant(reg, data, args, env))
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))

@@ -72,6 +72,18 @@ def test_random_walks_never_enter_walls() -> None:
             )
 
 
+def test_batched_dynamics_match_single_steps() -> None:
+    env = TwoRoomEnv()
+    rng = np.random.default_rng(2)
+    pos = np.stack([env.sample_free(rng, "any") for _ in range(200)])
+    pos[:20, 0], pos[:20, 1] = 0.44, np.linspace(0.3, 0.7, 20)  # next to the wall and door
+    acts = rng.uniform(-1.5, 1.5, (200, 2))
+    batched = env.move_batch(pos, acts)
+    single = np.stack([env.move(p, a) for p, a in zip(pos, acts, strict=True)])
+    np.testing.assert_array_equal(batched, single)
+    np.testing.assert_array_equal(env.blocked_batch(pos), [env.blocked(p) for p in pos])
+
+
 def test_success_terminates_with_reward() -> None:
     env = TwoRoomEnv()
     env.reset(seed=0, options={"start": (0.2, 0.2), "goal": (0.3, 0.2)})

@@ -85,6 +85,25 @@ class TwoRoomEnv(gym.Env[np.ndarray, np.ndarray]):
         lo, hi = self.door_y - self.door_height / 2, self.door_y + self.door_height / 2
         return in_wall_x and not (lo + r <= y <= hi - r)
 
+    def blocked_batch(self, pos: np.ndarray) -> np.ndarray:
+        """`blocked` for many positions (N, 2) -> (N,) bool."""
+        x, y, r = pos[:, 0], pos[:, 1], self.agent_radius
+        outside = (x < r) | (x > 1 - r) | (y < r) | (y > 1 - r)
+        lo, hi = self.door_y - self.door_height / 2, self.door_y + self.door_height / 2
+        in_wall = (np.abs(x - 0.5) < self.wall_width / 2 + r) & ~((lo + r <= y) & (y <= hi - r))
+        return outside | in_wall
+
+    def move_batch(self, pos: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """`move` for many agents at once: pos (N, 2), action (N, 2) -> new pos (N, 2)."""
+        delta = np.clip(action.astype(np.float64), -1.0, 1.0) * (self.max_step / self.substeps)
+        p = np.array(pos, np.float64)
+        for _ in range(self.substeps):
+            for axis in (0, 1):
+                trial = p.copy()
+                trial[:, axis] += delta[:, axis]
+                p = np.where(self.blocked_batch(trial)[:, None], p, trial)
+        return p
+
     @staticmethod
     def room_of(pos: np.ndarray) -> str:
         """'left' or 'right' (the door belongs to the side its centre is on)."""

@@ -15,6 +15,7 @@ header (with the checksum digits zeroed) followed by the data.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import operator
@@ -143,10 +144,16 @@ def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | s
     template = _templates.get(key) if sig is not None else None
     if template is None:
         template = _build_template(tensors, key[1], key[2])
-        if len(_templates) >= _TEMPLATES:
-            del _templates[next(iter(_templates))]
-        _templates[key] = template
+        _remember(_templates, key, template, _TEMPLATES)
     return Plan(template, list(tensors.values()))
+
+
+def _remember(cache: dict, key: Any, value: Any, size: int) -> None:
+    """Insert into a small FIFO cache (safe if another thread evicts concurrently)."""
+    if len(cache) >= size:
+        with contextlib.suppress(RuntimeError, StopIteration):
+            cache.pop(next(iter(cache)), None)
+    cache[key] = value
 
 
 def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:
@@ -225,9 +232,23 @@ def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _T
     )
 
 
+class _Memory:
+    """`nbytes` at `addr` as a numpy-readable object (no ctypes array type per size)."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, addr: int, nbytes: int):
+        self.__array_interface__ = {
+            "data": (addr, False),
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "version": 3,
+        }
+
+
 def _raw_view(addr: int, nbytes: int) -> Tensor:
     """A uint8 tensor over `nbytes` of memory at `addr`; the caller keeps that memory alive."""
-    return torch.frombuffer((ctypes.c_ubyte * nbytes).from_address(addr), dtype=torch.uint8)
+    return torch.from_numpy(np.asarray(_Memory(addr, nbytes)))
 
 
 def _copy_group(values: list[Tensor], run: _Run, addr: int, on_cpu: bool) -> None:

@@ -7,6 +7,7 @@ exact header bytes and payload size, so a stream of same-shaped States parses it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -386,7 +387,8 @@ def parse_header(mv: memoryview) -> Layout:
         layout = _build(raw, total)
         if len(raw) <= _CACHE_MAX_HEADER:
             if len(_cache) >= _CACHE_SIZE:
-                del _cache[next(iter(_cache))]
+                with contextlib.suppress(RuntimeError, StopIteration):
+                    _cache.pop(next(iter(_cache)), None)
             _cache[(raw, total)] = layout
     if layout.checksum_pos >= 0:
         _verify(layout, raw, mv)

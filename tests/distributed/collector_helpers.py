@@ -53,6 +53,15 @@ class CounterEnv(Env):
         return Step(self._obs(), one_hot, float(index), False, done, done)
 
 
+class BrokenEnv(CounterEnv):
+    """Raises on the third step: a collector bug the pool must surface, not loop on."""
+
+    def step(self, action: object) -> Step:
+        if self.t == 2:
+            raise RuntimeError("BrokenEnv: simulated simulator crash")
+        return super().step(action)
+
+
 def env_fn(delay: float = 0.0) -> functools.partial:
     return functools.partial(CounterEnv, 5, delay)
 

@@ -17,7 +17,7 @@ import torch
 
 from worldflux.core.exceptions import ConfigError
 from worldflux.data.replay import Replay
-from worldflux.distributed.collectors import CollectorConfig, CollectorPool
+from worldflux.distributed.collectors import CollectorConfig, CollectorError, CollectorPool
 
 DEADLINE_S = 60.0
 
@@ -204,6 +204,36 @@ def test_stopping_the_learner_cleans_everything(sig: int) -> None:
     while C.shm_entries(ns) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert C.shm_entries(ns) == []
+
+
+def test_a_collector_that_keeps_failing_raises_with_its_traceback() -> None:
+    ns = _ns()
+    cfg = CollectorConfig(num_collectors=1, start_method="fork", namespace=ns, max_restarts=1)
+    with CollectorPool(C.BrokenEnv, C.random_policy_fn(), cfg) as pool:
+        deadline = time.monotonic() + DEADLINE_S
+        with pytest.raises(CollectorError, match="simulated simulator crash"):
+            while time.monotonic() < deadline:
+                pool.poll(0.5)
+    assert C.shm_entries(ns) == []
+
+
+def test_bad_messages_are_refused() -> None:
+    from multiprocessing import Pipe
+
+    from worldflux.core.exceptions import StateFormatError
+    from worldflux.distributed import transport
+
+    a, b = Pipe()
+    a.send_bytes(b"\x80not json")
+    with pytest.raises(StateFormatError, match="expected JSON"):
+        transport.recv(b)
+    receiver = transport.ChunkReceiver(a, 0, 0, np.arange(1), 2, "wfx")
+    with pytest.raises(StateFormatError, match="seq 3 arrived, expected 0"):
+        receiver.receive({"type": "chunk", "seq": 3, "slot": 0, "desc": {}}, copy=True)
+    with pytest.raises(StateFormatError, match="slot"):
+        receiver.receive({"type": "chunk", "seq": 0, "slot": 7, "desc": {}}, copy=True)
+    with pytest.raises(StateFormatError, match="'desc' must be dict"):
+        receiver.receive({"type": "chunk", "seq": 0, "slot": 0, "desc": "x"}, copy=True)
 
 
 def test_config_errors_name_the_field() -> None:

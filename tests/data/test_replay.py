@@ -149,7 +149,12 @@ def test_rng_state_is_json_and_restores_the_sequence() -> None:
 def _same(a: Replay, b: Replay, n: int = 4) -> None:
     for _ in range(n):
         x, y = a.sample(6, 9), b.sample(6, 9)
-        for f in ("obs", "action", "reward", "is_first", "is_terminal", "is_last"):
+        if isinstance(x.obs, dict):
+            assert x.obs.keys() == y.obs.keys()
+            assert all(torch.equal(x.obs[k], y.obs[k]) for k in x.obs)
+        else:
+            assert torch.equal(x.obs, y.obs)
+        for f in ("action", "reward", "is_first", "is_terminal", "is_last"):
             assert torch.equal(getattr(x, f), getattr(y, f)), f
 
 
@@ -168,6 +173,19 @@ def test_save_load_continues_identically(tmp_path) -> None:
         loaded.add(rows)
     _same(replay, loaded)
     assert list((tmp_path / "ckpt").glob("*.pkl")) == []
+
+
+def test_save_load_after_the_ring_wrapped(tmp_path) -> None:
+    replay = filled(num_envs=2, capacity=40, steps=55, seed=2)
+    replay.save(tmp_path / "a")
+    for loaded in (
+        Replay.load(tmp_path / "a"),
+        Replay.load(tmp_path / "a", directory=tmp_path / "b"),
+    ):
+        assert loaded.written.tolist() == [55, 55] and len(loaded) == 40
+        twin = filled(num_envs=2, capacity=40, steps=55, seed=2)
+        twin.set_state(loaded.get_state())
+        _same(twin, loaded)
 
 
 def test_memmap_mode_matches_memory_and_saves_in_place(tmp_path) -> None:
@@ -209,6 +227,10 @@ def test_images_stay_uint8_and_dict_obs(tmp_path) -> None:
     batch.validate()
     assert batch.obs["image"].dtype == torch.uint8 and batch.obs["image"].shape == (4, 5, 8, 8, 3)
     assert batch.obs["state"].dtype == torch.float32
+    replay.save(tmp_path / "saved")
+    loaded = Replay.load(tmp_path / "saved")
+    assert loaded.obs_spec == replay.obs_spec and loaded.action_spec == replay.action_spec
+    _same(replay, loaded)
 
 
 def test_vector_env_rows_go_straight_in() -> None:

@@ -15,6 +15,7 @@ from worldflux.core.registry import count_parameters, create_world_model
 from worldflux.core.state import State
 from worldflux.models.dreamerv3 import PRESETS, DreamerV3, DreamerV3Config
 from worldflux.models.dreamerv3.actor_critic import PercentileNormalizer, lambda_returns
+from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.nn.blocks import BlockLinear
 from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean, unimix_logp
 from worldflux.nn.functional import symexp, symlog, two_hot, unimix
@@ -292,3 +293,30 @@ def test_actor_critic_never_touches_world_model(act, mode) -> None:
     assert any(
         not torch.equal(s, f) for s, f in zip(slow.parameters(), fast.parameters(), strict=True)
     )
+
+
+def test_laprop_by_hand() -> None:
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    p.grad = torch.tensor([0.1, -0.2])
+    opt = LaProp([p], lr=0.1, warmup=0)
+    opt.step()  # first step: bias-corrected RMS makes the update lr * sign(g)
+    assert torch.allclose(p.detach(), torch.tensor([0.9, -1.9]))
+    clipped = LaProp._agc(torch.tensor([1.0, 0.0]), torch.tensor([30.0, 40.0]), 0.3, 1e-3)
+    assert torch.allclose(clipped, torch.tensor([0.18, 0.24]))  # norm 50 -> 0.3 * ||p|| = 0.3
+    small = torch.tensor([0.01, 0.0])
+    assert torch.equal(LaProp._agc(torch.tensor([1.0, 0.0]), small, 0.3, 1e-3), small)
+    warm = torch.nn.Parameter(torch.tensor([1.0]))
+    warm.grad = torch.tensor([1.0])
+    LaProp([warm], lr=0.1, warmup=10).step()
+    assert warm.item() == pytest.approx(1.0 - 0.1 / 10)
+
+
+def test_train_step_with_laprop() -> None:
+    model = _model(optimizer="laprop", warmup=0)
+    opt = model.make_optimizers()
+    assert isinstance(opt.wm, LaProp)
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    metrics = model.train_step(_batch(), opt)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

@@ -230,7 +230,8 @@ class DreamerV3ActorCritic(nn.Module):
             params = list(module.parameters())
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=params)
-            norm = nn.utils.clip_grad_norm_(params, self.cfg.ac_grad_clip)
+            clip = self.cfg.ac_grad_clip if self.cfg.optimizer == "adam" else math.inf
+            norm = nn.utils.clip_grad_norm_(params, clip)  # LaProp clips per tensor (AGC)
             metrics[f"ac/{name}_grad_norm"] = norm.detach()
             opt.step()
         self.update_slow_critic()

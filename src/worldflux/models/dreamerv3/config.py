@@ -60,13 +60,18 @@ class DreamerV3Config:
     retnorm_high: float = 95.0  # upper percentile
     slow_critic_rate: float = 0.02  # EMA rate of the slow critic
     slow_critic_reg: float = 1.0  # scale of the critic's regulariser toward the slow critic
-    # --- optimisation (paper v1: Adam; see README) ---
+    # --- optimisation (see README) ---
+    optimizer: str = "adam"  # 'adam' (paper v1, settings below) or 'laprop' (current code)
     wm_lr: float = 1e-4  # world-model learning rate
     wm_eps: float = 1e-8  # world-model Adam epsilon
     wm_grad_clip: float = 1000.0  # world-model global grad-norm clip
     ac_lr: float = 3e-5  # actor and critic learning rate
     ac_eps: float = 1e-5  # actor and critic Adam epsilon
     ac_grad_clip: float = 100.0  # actor and critic global grad-norm clip
+    laprop_lr: float = 4e-5  # LaProp: learning rate of every learner
+    laprop_eps: float = 1e-20  # LaProp: epsilon inside the RMS normalisation
+    agc: float = 0.3  # LaProp: adaptive gradient clipping, ||g|| <= agc * ||p||
+    warmup: int = 1000  # LaProp: linear learning-rate warm-up steps
 
     def __post_init__(self) -> None:
         positive = ("deter", "hidden", "stoch", "classes", "blocks", "units", "depth", "kernel")
@@ -115,6 +120,15 @@ class DreamerV3Config:
                 raise ConfigError(
                     f"DreamerV3Config.{name}: expected > 0, got {getattr(self, name)}"
                 )
+        if self.optimizer not in ("adam", "laprop"):
+            raise ConfigError(
+                f"DreamerV3Config.optimizer: expected 'adam' or 'laprop', got {self.optimizer!r}"
+            )
+        if self.laprop_lr <= 0 or self.laprop_eps < 0 or self.agc < 0 or self.warmup < 0:
+            raise ConfigError(
+                "DreamerV3Config: expected laprop_lr > 0 and laprop_eps, agc, warmup >= 0, got "
+                f"{self.laprop_lr}, {self.laprop_eps}, {self.agc}, {self.warmup}"
+            )
         if self.actor_grad_cont not in ("reinforce", "dynamics"):
             raise ConfigError(
                 "DreamerV3Config.actor_grad_cont: expected 'reinforce' or 'dynamics', "

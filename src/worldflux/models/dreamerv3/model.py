@@ -30,6 +30,7 @@ from worldflux.core.trajectory import Trajectory
 from worldflux.models.dreamerv3.actor_critic import DreamerV3ActorCritic
 from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.networks import BinaryHead, Decoder, Encoder, TwoHotHead
+from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.models.dreamerv3.rssm import RSSM
 
 _PRIOR_KEYS = ("deter", "stoch", "prior_logits")
@@ -187,13 +188,18 @@ class DreamerV3(WorldModel):
         return [p for n, p in self.named_parameters() if not n.startswith("actor_critic.")]
 
     def make_optimizers(self) -> DreamerV3Optimizers:
-        """Adam for the world model, the actor and the critic (rates/eps from the config)."""
+        """One optimiser each for world model, actor and critic: Adam with the paper's rates,
+        or LaProp + AGC with the current code's settings (``config.optimizer``)."""
         cfg, ac = self.config, self.actor_critic
-        return DreamerV3Optimizers(
-            wm=torch.optim.Adam(self.world_model_parameters(), cfg.wm_lr, eps=cfg.wm_eps),
-            actor=torch.optim.Adam(ac.actor.parameters(), cfg.ac_lr, eps=cfg.ac_eps),
-            critic=torch.optim.Adam(ac.critic.parameters(), cfg.ac_lr, eps=cfg.ac_eps),
+        groups = (self.world_model_parameters(), ac.actor.parameters(), ac.critic.parameters())
+        if cfg.optimizer == "laprop":
+            kw = dict(lr=cfg.laprop_lr, eps=cfg.laprop_eps, agc=cfg.agc, warmup=cfg.warmup)
+            return DreamerV3Optimizers(*(LaProp(g, **kw) for g in groups))
+        rates = ((cfg.wm_lr, cfg.wm_eps), (cfg.ac_lr, cfg.ac_eps), (cfg.ac_lr, cfg.ac_eps))
+        opts = (
+            torch.optim.Adam(g, lr, eps=eps) for g, (lr, eps) in zip(groups, rates, strict=True)
         )
+        return DreamerV3Optimizers(*opts)
 
     def train_step(self, batch: Batch, opt: DreamerV3Optimizers) -> Metrics:
         """World-model update on `batch`, then an actor-critic update imagined from all B*T
@@ -201,7 +207,8 @@ class DreamerV3(WorldModel):
         loss, metrics, post = self.world_model_loss(batch)
         opt.wm.zero_grad(set_to_none=True)
         loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.world_model_parameters(), self.config.wm_grad_clip)
+        clip = self.config.wm_grad_clip if self.config.optimizer == "adam" else math.inf
+        norm = nn.utils.clip_grad_norm_(self.world_model_parameters(), clip)
         opt.wm.step()
         metrics["wm/grad_norm"] = norm.detach()
         start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)

@@ -61,17 +61,26 @@ class WorkerSpec:
     parent_pid: int  # the learner; when it vanishes (even SIGKILL) the collector exits
 
 
+class _TerminatedError(Exception):
+    """SIGTERM arrived (e.g. `Process.terminate`): stop and clean up like on ``stop``."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _TerminatedError
+
+
 def collector_main(spec: WorkerSpec, conn: Connection) -> None:
     """Process entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     collector: _Collector | None = None
     try:
         collector = _Collector(spec, conn)
         collector.run()
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        pass  # the learner is gone: just clean up
+    except (EOFError, BrokenPipeError, ConnectionResetError, _TerminatedError):
+        pass  # the learner is gone or asked us to end: just clean up
     except BaseException:
         with contextlib.suppress(OSError):
             transport.send(conn, {"type": "error", "message": traceback.format_exc()[-4000:]})

@@ -230,3 +230,20 @@ def test_misaligned_tensors_are_copied_not_viewed() -> None:
     s = State.deserialize(shifted, copy=False)  # odd address: every tensor misaligned
     assert s.tensors["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert s.tensors["a"].data_ptr() % 4 == 0
+
+
+def test_without_xxhash_falls_back_to_crc32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worldflux.core import checksum
+
+    s = State({"a": torch.arange(3.0)})
+    xxh = s.serialize(checksum="xxh3_64")
+    monkeypatch.setattr(checksum, "xxhash", None)
+    data = s.serialize(checksum=True)
+    assert codec_header.parse_header(memoryview(data)).algo == "crc32"
+    assert State.deserialize(data).equal(s)
+    with pytest.raises(StateError, match="needs `pip install xxhash`"):
+        s.serialize(checksum="xxh3_64")
+    with pytest.raises(StateError, match="cannot be verified without xxhash"):
+        State.deserialize(xxh)
+    with pytest.raises(StateError, match="checksum must be"):
+        s.serialize(checksum=["crc32"])  # type: ignore[arg-type]

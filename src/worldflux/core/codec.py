@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldflux.core import checksum as _checksum
 from worldflux.core import codec_header as _header
 from worldflux.core.codec_header import Entry, Layout, parse_header
 from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
@@ -140,7 +141,7 @@ def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | s
         sig: Any = (tuple(tensors), tuple(map(_structure, tensors.values())))
     except AttributeError:  # not a Tensor: _build_template names the culprit
         sig = None
-    key = (sig, _meta_text(meta), _header.resolve_algo(checksum))
+    key = (sig, _meta_text(meta), _checksum.resolve_algo(checksum))
     template = _templates.get(key) if sig is not None else None
     if template is None:
         template = _build_template(tensors, key[1], key[2])
@@ -194,7 +195,7 @@ def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _T
     device = _source_device(tensors)
     md: dict[str, str] = {"format": FORMAT, "version": VERSION, "integrity": algo}
     if algo != "none":
-        md["checksum"] = _header.placeholder(algo)
+        md["checksum"] = _checksum.placeholder(algo)
     md["meta"] = meta_text
     md["requires_grad"] = json.dumps([k for k, t in tensors.items() if t.requires_grad])
     md["device"] = device
@@ -221,7 +222,7 @@ def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _T
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)
     start = 8 + len(raw)
-    checksum_at = -1 if algo == "none" else 8 + _header.find_checksum(raw, md["checksum"])
+    checksum_at = -1 if algo == "none" else 8 + _checksum.find_checksum(raw, md["checksum"])
     return _Template(
         len(raw).to_bytes(8, "little") + raw,
         _groups(rows, order, start),
@@ -291,7 +292,7 @@ def _write(p: Plan, addr: int, view: memoryview) -> None:
     for group in tp.groups:
         _copy_group(p.values, group, addr, tp.on_cpu)
     if tp.checksum_at >= 0:
-        digits = _header.digest(tp.algo, tp.header[8:], view[len(tp.header) : tp.total])
+        digits = _checksum.digest(tp.algo, tp.header[8:], view[len(tp.header) : tp.total])
         _memmove(addr + tp.checksum_at, digits, len(digits))
 
 

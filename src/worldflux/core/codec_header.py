@@ -11,18 +11,14 @@ import contextlib
 import json
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from worldflux.core.exceptions import ChecksumError, StateError, StateFormatError
-
-try:  # xxhash is optional at run time: crc32 (zlib) is the fallback
-    import xxhash
-except ImportError:  # pragma: no cover - exercised only without the dev extra
-    xxhash = None  # type: ignore[assignment]
+from worldflux.core.checksum import ALGOS as _ALGOS
+from worldflux.core.checksum import find_checksum, verify
+from worldflux.core.exceptions import StateError, StateFormatError
 
 MAX_HEADER = 100_000_000  # bytes; safetensors uses the same cap
 MAX_DIMS = 64  # more dimensions than torch handles
@@ -32,7 +28,6 @@ _CACHE_SIZE = 64  # layouts remembered
 _CACHE_MAX_HEADER = 65536  # larger headers are parsed every time
 
 FORMAT = "worldflux.state"
-_ALGOS = {"xxh3_64": 16, "crc32": 8}  # name -> hex digits
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
 
 _DTYPE_CANDIDATES = {
@@ -137,46 +132,6 @@ class Layout:
     def meta(self) -> dict[str, Any]:
         """A fresh meta dict (never shared between States)."""
         return {} if self.meta_text == "{}" else json.loads(self.meta_text)
-
-
-def resolve_algo(checksum: bool | str) -> str:
-    """Map `serialize(checksum=...)` to an algorithm name."""
-    if checksum is False or checksum == "none":
-        return "none"
-    if checksum is True:
-        return "xxh3_64" if xxhash is not None else "crc32"
-    if checksum == "xxh3_64" and xxhash is None:
-        raise StateError("State.serialize: checksum='xxh3_64' needs `pip install xxhash`")
-    if checksum in _ALGOS:
-        return str(checksum)
-    raise StateError(
-        f"State.serialize: checksum must be a bool, 'xxh3_64' or 'crc32', got {checksum!r}"
-    )
-
-
-def placeholder(algo: str) -> str:
-    """The checksum value with zeroed digits, as written before hashing."""
-    return f"{algo}:" + "0" * _ALGOS[algo]
-
-
-def find_checksum(raw: bytes, value: str) -> int:
-    """Offset of the digits of `"checksum":"<value>"` in the header JSON, or raise."""
-    at = raw.find(b'"checksum":"' + value.encode() + b'"')
-    if at < 0:
-        raise StateFormatError("payload: checksum present but not in canonical form")
-    return at + len('"checksum":"') + value.index(":") + 1
-
-
-def digest(algo: str, header: bytes, data: memoryview) -> bytes:
-    """Hex digits of the checksum over `header` (digits zeroed) followed by `data`."""
-    if algo == "xxh3_64":
-        if xxhash is None:
-            raise StateError("payload: checksum 'xxh3_64' cannot be verified without xxhash")
-        h = xxhash.xxh3_64(header)
-        h.update(data)
-        return h.hexdigest().encode()
-    crc = zlib.crc32(data, zlib.crc32(header))
-    return f"{crc:08x}".encode()
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -391,12 +346,5 @@ def parse_header(mv: memoryview) -> Layout:
                     _cache.pop(next(iter(_cache)), None)
             _cache[(raw, total)] = layout
     if layout.checksum_pos >= 0:
-        _verify(layout, raw, mv)
+        verify(layout.algo, layout.checksum_pos, raw, mv[layout.data_start :])
     return layout
-
-
-def _verify(layout: Layout, raw: bytes, mv: memoryview) -> None:
-    p, n = layout.checksum_pos, _ALGOS[layout.algo]
-    zeroed = raw[:p] + b"0" * n + raw[p + n :]
-    if digest(layout.algo, zeroed, mv[layout.data_start :]) != raw[p : p + n]:
-        raise ChecksumError("payload: checksum mismatch, the bytes were corrupted")

@@ -211,3 +211,16 @@ def test_sparse_dropout_matches_bernoulli_statistics() -> None:
     d = _dropout(torch.ones(400_000), 0.05, True) == 0  # neighbours independent
     assert abs((d[1:] & d[:-1]).float().mean().item() - 0.0025) < 0.0008
     assert torch.equal(_dropout(x, 0.01, False), x)
+
+
+def test_fast_mish_matches_torch() -> None:
+    from worldflux.nn.ensemble import mish
+
+    x = torch.cat([torch.randn(1000) * 6, torch.tensor([-1e4, -90.0, 0.0, 50.0, 90.0, 1e4])])
+    x.requires_grad_(True)
+    y = mish(x)
+    ref = torch.nn.functional.mish(x)
+    assert torch.allclose(y, ref, atol=2e-6)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    assert torch.allclose(g, g_ref, atol=1e-6)

@@ -26,32 +26,22 @@ from worldflux.core.exceptions import ConfigError, SpecError
 class _Mish(torch.autograd.Function):
     """Mish in closed form: x * tanh(softplus(x)) = x - 2x / ((e^x + 1)^2 + 1).
 
-    Five element-wise passes instead of ``F.mish``'s transcendental kernel (about 3x faster on
-    CPU); when a gradient is needed the derivative is formed alongside and saved. Matches
-    ``F.mish`` within 2e-6. Overflow is benign: e^x = inf gives exactly x.
+    Five element-wise passes, about 3x faster on CPU than ``F.mish``'s forward kernel (measured
+    in CPU time); the backward is ATen's own ``mish_backward``. Matches ``F.mish`` within 2e-6.
+    Overflow is benign: e^x = inf gives exactly x.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        if not ctx.needs_input_grad[0]:
-            d = x.exp().add_(1).square_().add_(1)
-            return torch.addcdiv(x, x, d, value=-2.0)
-        e = x.clamp(max=20.0).exp()  # clamped so the derivative stays finite
-        ep1 = e + 1
-        d = ep1.square().add_(1)
-        y = torch.addcdiv(x, x, d, value=-2.0)
-        rd = d.reciprocal_()
-        sig = e.div_(ep1).mul_(x)  # x * sigmoid(x)
-        # mish'(x) = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2); tanh(sp) = 1 - 2/d,
-        # 1 - tanh(sp)^2 = 4 (1/d - 1/d^2)
-        dy = torch.addcmul(1 - 2 * rd, sig, rd * (1 - rd), value=4.0)
-        ctx.save_for_backward(dy)
-        return y
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x)
+        d = x.exp().add_(1).square_().add_(1)
+        return torch.addcdiv(x, x, d, value=-2.0)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (dy,) = ctx.saved_tensors
-        return grad * dy
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.mish_backward(grad, x)
 
 
 def mish(x: Tensor) -> Tensor:

@@ -102,11 +102,12 @@ class TDMPC2(WorldModel):
         return self.qs(torch.cat([z, a], -1), params=params, members=members)
 
     def q_values(self, z: Tensor, a: Tensor, reduce: str = "avg", target: bool = False,
-                 detach: bool = False) -> Tensor:  # fmt: skip
+                 detach: bool = False, dropout: bool | None = None) -> Tensor:  # fmt: skip
         """Q(z, a) -> (...). 'avg'/'min' of 2 random members, 'mean' of all, 'all' (E, ...).
 
-        `target` uses the EMA weights; `detach` uses the live weights cut from autograd (no
-        gradient reaches the Q parameters, the gradient w.r.t. z and a still flows).
+        `target` uses the EMA weights (never dropout); `detach` uses the live weights cut from
+        autograd (no gradient reaches the Q parameters, the gradient w.r.t. z and a still
+        flows); `dropout` overrides the module's train/eval mode for the first-layer dropout.
         """
         if reduce not in _REDUCE:
             raise SpecError(f"reduce: expected one of {_REDUCE}, got {reduce!r}")
@@ -118,7 +119,7 @@ class TDMPC2(WorldModel):
         members = None
         if reduce in ("avg", "min"):
             members = torch.randperm(self.config.num_q, device=z.device)[:2]
-        training = False if target else None  # target Qs never use dropout
+        training = False if target else dropout
         q = self.to_scalar(self.qs(torch.cat([z, a], -1), params, members, training))
         if reduce == "avg" or reduce == "mean":
             return q.mean(0)
@@ -235,8 +236,9 @@ class TDMPC2(WorldModel):
         return self.q_values(z, self._action(action, z), reduce, target)
 
     def value(self, state: State, action: Tensor) -> Tensor:
-        """Planning value: average of 2 random Qs (the official 'avg'). -> (B,)."""
-        return self.q(state, action, reduce="avg")
+        """Planning value: average of 2 random Qs (the official 'avg'), no dropout. -> (B,)."""
+        z = self._latent(state)
+        return self.q_values(z, self._action(action, z), "avg", dropout=False)
 
     def reward(self, state: State, action: Tensor) -> Tensor:
         """Predicted reward of taking `action` in `state`. -> (B,)."""

@@ -94,6 +94,9 @@ def bench_state(state: State, repeats: int) -> dict[str, float]:
     r["deserialize"] = timer(lambda: State.deserialize(data), repeats)
     checked = state.serialize(checksum=True)
     r["deserialize_checksum"] = timer(lambda: State.deserialize(checked), repeats)
+    r["serialize_crc32"] = timer(lambda: state.serialize(checksum="crc32"), repeats)
+    crc = state.serialize(checksum="crc32")
+    r["deserialize_crc32"] = timer(lambda: State.deserialize(crc), repeats)
     r["deserialize_cold"] = timer(
         lambda _: State.deserialize(data), repeats, setup=codec_header._cache.clear
     )
@@ -150,8 +153,10 @@ ROWS = [
     ("deserialize_zero_copy", "deserialize (zero-copy) µs", "{:.1f}"),
     ("serdes_ratio", "ser+deser / 2 memcpy", "{:.2f}x"),
     ("serdes_cold_ratio", "ser+deser (cold header) / 2 memcpy", "{:.2f}x"),
-    ("serialize_checksum", "serialize, checksum=True µs", "{:.1f}"),
-    ("deserialize_checksum", "deserialize, checksum verified µs", "{:.1f}"),
+    ("serialize_checksum", "serialize, checksum=True (xxh3_64) µs", "{:.1f}"),
+    ("deserialize_checksum", "deserialize, xxh3_64 verified µs", "{:.1f}"),
+    ("serialize_crc32", "serialize, checksum='crc32' µs", "{:.1f}"),
+    ("deserialize_crc32", "deserialize, crc32 verified µs", "{:.1f}"),
     ("publish_fresh", "shm publish, fresh segment µs", "{:.1f}"),
     ("publish_reused", "shm publish, reused segment µs", "{:.1f}"),
     ("publish_reused_ratio", "publish reused / memcpy", "{:.2f}x"),

@@ -42,6 +42,7 @@ __all__ = [
     "encode_into",
     "parse_header",
     "plan",
+    "copy_out",
     "tensors_from_layout",
 ]
 
@@ -333,7 +334,8 @@ def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
         else:
             t = typed.get(g.dtype)
             if t is None:  # the whole region as `dtype` (trailing odd bytes cut off)
-                t = typed[g.dtype] = base[: base.numel() // size * size].view(g.dtype)
+                whole = base if base.numel() % size == 0 else base[: base.numel() // size * size]
+                t = typed[g.dtype] = whole.view(g.dtype)
             for e in g.entries:
                 out[e.name] = t.as_strided(e.shape, e.stride, e.begin // size)
     ordered = out if layout.in_data_order else {name: out[name] for name in layout.names}
@@ -344,6 +346,9 @@ def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
 
 def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str, Any], Layout]:
     """Parse and validate a payload; tensors are fresh (`copy=True`) or views into `buf`."""
+    if copy and type(buf) is bytes:  # the common case, without a numpy detour
+        layout = parse_header(memoryview(buf))
+        return copy_out(layout, _PyBytes_AsString(buf)), layout.meta(), layout
     try:
         arr = np.frombuffer(buf, dtype=np.uint8)
     except (TypeError, ValueError) as err:
@@ -353,19 +358,23 @@ def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str,
         ) from None
     layout = parse_header(arr.data)
     if copy:
-        base = torch.empty(layout.data_len, dtype=torch.uint8)
-        if layout.data_len:
-            src = _PyBytes_AsString(buf) if type(buf) is bytes else arr.ctypes.data
-            _memmove(base.data_ptr(), src + layout.data_start, layout.data_len)
-    else:
-        if not arr.flags.writeable:
-            raise StateError(
-                "State.deserialize: copy=False needs a writable buffer (bytearray, writable "
-                f"memoryview, mmap), got a read-only {type(buf).__name__}; pass copy=True"
-            )
-        data = arr[layout.data_start :]
-        base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
+        return copy_out(layout, arr.ctypes.data), layout.meta(), layout
+    if not arr.flags.writeable:
+        raise StateError(
+            "State.deserialize: copy=False needs a writable buffer (bytearray, writable "
+            f"memoryview, mmap), got a read-only {type(buf).__name__}; pass copy=True"
+        )
+    data = arr[layout.data_start :]
+    base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
     return tensors_from_layout(layout, base), layout.meta(), layout
+
+
+def copy_out(layout: Layout, addr: int) -> dict[str, Tensor]:
+    """The one copy of a deserialize: the data region at `addr` into one fresh allocation."""
+    base = torch.empty(layout.data_len, dtype=torch.uint8)
+    if layout.data_len:
+        _memmove(base.data_ptr(), addr + layout.data_start, layout.data_len)
+    return tensors_from_layout(layout, base)
 
 
 def check_version(version: str, fmt: str) -> None:

@@ -16,7 +16,6 @@ drops the State's handle, and the kernel unmaps once the last view is garbage co
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import re
@@ -301,14 +300,13 @@ def attach(
         arr = np.frombuffer(mm, dtype=np.uint8, count=d.size)
         layout = parse_header(arr.data)
         if copy:
-            base = torch.empty(layout.data_len, dtype=torch.uint8)
-            ctypes.memmove(base.data_ptr(), arr.ctypes.data + layout.data_start, layout.data_len)
+            tensors = codec.copy_out(layout, arr.ctypes.data)
         else:
             data = arr[layout.data_start :]
             base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
             del data
+            tensors = codec.tensors_from_layout(layout, base)
         del arr
-        tensors = codec.tensors_from_layout(layout, base)
     except BaseException:
         Attachment(d.name, mm).close()
         raise

@@ -14,7 +14,11 @@ from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.registry import count_parameters, create_world_model
 from worldflux.core.state import State
 from worldflux.models.dreamerv3 import PRESETS, DreamerV3, DreamerV3Config
-from worldflux.models.dreamerv3.actor_critic import PercentileNormalizer, lambda_returns
+from worldflux.models.dreamerv3.actor_critic import (
+    PercentileNormalizer,
+    ReplayContext,
+    lambda_returns,
+)
 from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.nn.blocks import BlockLinear
 from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean, unimix_logp
@@ -244,6 +248,37 @@ def test_lambda_returns_by_hand() -> None:
     # lam = 1 is the discounted Monte-Carlo return with a terminal bootstrap
     mc = lambda_returns(rew, live, val, 1.0)
     assert mc[0, 0].item() == pytest.approx(1.0 + 0.9 * (2.0 + 0.5 * 30.0))
+
+
+def test_replay_lambda_returns_cut_at_episode_end() -> None:
+    rew = torch.tensor([[0.0, 1.0, 2.0]])
+    term = torch.tensor([[False, False, True]])
+    boot = torch.tensor([[5.0, 6.0, 7.0]])
+    g, lam = 0.99, 0.9
+    live = (~term).float() * g
+    ret = lambda_returns(rew, live, boot, (~term).float() * lam)  # is_last == is_terminal here
+    # R_1 = r_2 (terminal: nothing after it); R_0 = r_1 + g * ((1 - lam) * v_1 + lam * R_1)
+    assert torch.allclose(ret, torch.tensor([[1.0 + g * ((1 - lam) * 6.0 + lam * 2.0), 2.0]]))
+
+
+def test_train_step_with_replay_critic_loss() -> None:
+    model = _model(repval_scale=0.3)
+    opt = model.make_optimizers()
+    batch = _batch()
+    batch.is_last[:, -1] = True
+    _, _, post = model.world_model_loss(batch)
+    start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})
+    replay = ReplayContext(
+        model.features(post).detach(), batch.reward, batch.is_terminal, batch.is_last
+    )
+    ac = model.actor_critic
+    torch.manual_seed(0)
+    _, with_replay, _ = ac.imagine_loss(model, start, replay)
+    torch.manual_seed(0)
+    _, without, _ = ac.imagine_loss(model, start)
+    assert float(with_replay.detach()) > float(without.detach())  # an extra positive CE term
+    metrics = model.train_step(batch, opt)
+    assert torch.isfinite(torch.as_tensor(metrics["ac/critic_loss"]))
 
 
 def test_percentile_normalizer() -> None:

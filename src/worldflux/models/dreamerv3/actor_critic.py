@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,21 +44,35 @@ if TYPE_CHECKING:
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def lambda_returns(rew: Tensor, live: Tensor, val: Tensor, lam: float) -> Tensor:
-    """TD(lambda) returns along an imagined trajectory. (N, H+1) x3 -> (N, H).
+def lambda_returns(rew: Tensor, live: Tensor, val: Tensor, lam: float | Tensor) -> Tensor:
+    """TD(lambda) returns along a trajectory. (N, H+1) x3 -> (N, H).
 
     ``rew[:, t]``/``live[:, t]`` belong to arriving at step t (index 0 is unused), ``live`` is the
-    discounted continuation gamma * c_t, ``val`` the bootstrap values. Recursion:
-    R_H = v_H, R_t = r_{t+1} + live_{t+1} * ((1 - lam) * v_{t+1} + lam * R_{t+1}).
+    discounted continuation gamma * c_t, ``val`` the bootstrap values; `lam` is a float or a
+    per-step (N, H+1) tensor (the replay loss cuts it to 0 at episode ends). Recursion:
+    R_H = v_H, R_t = r_{t+1} + live_{t+1} * ((1 - lam_{t+1}) * v_{t+1} + lam_{t+1} * R_{t+1}).
     """
     H = rew.shape[1] - 1
-    interm = rew[:, 1:] + live[:, 1:] * (1.0 - lam) * val[:, 1:]  # (N, H)
+    lam_next = lam[:, 1:] if isinstance(lam, Tensor) else torch.full_like(rew[:, 1:], lam)
+    interm = rew[:, 1:] + live[:, 1:] * (1.0 - lam_next) * val[:, 1:]  # (N, H)
+    carry = live[:, 1:] * lam_next
     ret = val[:, -1]
     out = []
     for t in reversed(range(H)):
-        ret = interm[:, t] + live[:, t + 1] * lam * ret
+        ret = interm[:, t] + carry[:, t] * ret
         out.append(ret)
     return torch.stack(out[::-1], 1)
+
+
+@dataclass
+class ReplayContext:
+    """What the critic's replay loss reads: posterior features (B, T, F) of the training batch and
+    its ``reward``, ``is_terminal``, ``is_last`` (B, T). Imagination starts are its B*T states."""
+
+    feat: Tensor
+    reward: Tensor
+    is_terminal: Tensor
+    is_last: Tensor
 
 
 class PercentileNormalizer(nn.Module):
@@ -172,8 +187,13 @@ class DreamerV3ActorCritic(nn.Module):
             "ent": torch.stack(ents, 1),
         }
 
-    def imagine_loss(self, wm: DreamerV3, start: State) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Actor and critic losses (scalars) from imagination out of `start`, and metrics."""
+    def imagine_loss(
+        self, wm: DreamerV3, start: State, replay: ReplayContext | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Actor and critic losses (scalars) from imagination out of `start`, and metrics.
+
+        With `replay` (and ``repval_scale > 0``) the critic loss adds the replay loss.
+        """
         cfg = self.cfg
         traj = self.imagine(wm, start)
         feat = traj["feat"]
@@ -203,6 +223,9 @@ class DreamerV3ActorCritic(nn.Module):
         critic_loss = self.critic.loss(logits, ret.detach())
         critic_loss = critic_loss + cfg.slow_critic_reg * self.critic.loss(logits, slow)
         critic_loss = (weight * critic_loss).mean()
+        if replay is not None and cfg.repval_scale > 0:
+            boot = ret[:, 0].detach().view(replay.reward.shape)  # (B*T,) -> (B, T)
+            critic_loss = critic_loss + cfg.repval_scale * self.replay_loss(replay, boot)
         metrics = {
             "ac/return": ret.detach().mean(),
             "ac/return_scale": scale,
@@ -213,15 +236,31 @@ class DreamerV3ActorCritic(nn.Module):
         }
         return actor_loss, critic_loss, metrics
 
+    def replay_loss(self, replay: ReplayContext, boot: Tensor) -> Tensor:
+        """Critic loss on the replayed sequence (official ``repl_loss``): lambda-returns over the
+        real rewards, discount gamma * (1 - is_terminal), lambda cut at ``is_last``, bootstrapped
+        with the imagination returns `boot` (B, T); features detached. -> scalar."""
+        cfg, dt = self.cfg, boot.dtype
+        live = (~replay.is_terminal).to(dt) * cfg.gamma
+        lam = (~replay.is_last).to(dt) * cfg.lam
+        ret = lambda_returns(replay.reward.to(dt), live, boot, lam)  # (B, T-1)
+        feat = replay.feat[:, :-1].detach()
+        logits = self.critic(feat)
+        with torch.no_grad():
+            slow = self.slow_critic.mean(self.slow_critic(feat))
+        loss = self.critic.loss(logits, ret) + cfg.slow_critic_reg * self.critic.loss(logits, slow)
+        return ((~replay.is_last[:, :-1]).to(dt) * loss).mean()
+
     def train_step(
         self,
         wm: DreamerV3,
         start: State,
         actor_opt: torch.optim.Optimizer,
         critic_opt: torch.optim.Optimizer,
+        replay: ReplayContext | None = None,
     ) -> dict[str, Tensor]:
         """One actor and one critic update (grad-clipped), then the slow-critic EMA."""
-        actor_loss, critic_loss, metrics = self.imagine_loss(wm, start)
+        actor_loss, critic_loss, metrics = self.imagine_loss(wm, start, replay)
         pairs = (
             ("actor", actor_loss, self.actor, actor_opt),
             ("critic", critic_loss, self.critic, critic_opt),

@@ -60,6 +60,7 @@ class DreamerV3Config:
     retnorm_high: float = 95.0  # upper percentile
     slow_critic_rate: float = 0.02  # EMA rate of the slow critic
     slow_critic_reg: float = 1.0  # scale of the critic's regulariser toward the slow critic
+    repval_scale: float = 0.0  # replay critic loss (current code 0.3; paper v1 has none)
     # --- optimisation (see README) ---
     optimizer: str = "adam"  # 'adam' (paper v1, settings below) or 'laprop' (current code)
     wm_lr: float = 1e-4  # world-model learning rate
@@ -109,7 +110,7 @@ class DreamerV3Config:
             "rec_scale",
             "rew_scale",
         )
-        nonneg += ("con_scale", "actor_entropy", "slow_critic_reg", "retnorm_limit")
+        nonneg += ("con_scale", "actor_entropy", "slow_critic_reg", "retnorm_limit", "repval_scale")
         nonneg += ("imglayers", "enc_layers", "dec_layers", "head_layers", "ac_layers")
         for name in nonneg:
             v = getattr(self, name)

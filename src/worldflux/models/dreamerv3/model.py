@@ -27,7 +27,7 @@ from worldflux.core.model import Metrics, Policy, WorldModel
 from worldflux.core.spec import ActionSpec, Obs, ObsSpec
 from worldflux.core.state import State
 from worldflux.core.trajectory import Trajectory
-from worldflux.models.dreamerv3.actor_critic import DreamerV3ActorCritic
+from worldflux.models.dreamerv3.actor_critic import DreamerV3ActorCritic, ReplayContext
 from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.networks import BinaryHead, Decoder, Encoder, TwoHotHead
 from worldflux.models.dreamerv3.optim import LaProp
@@ -212,7 +212,11 @@ class DreamerV3(WorldModel):
         opt.wm.step()
         metrics["wm/grad_norm"] = norm.detach()
         start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)
-        ac = self.actor_critic.train_step(self, start, opt.actor, opt.critic)
+        replay = None
+        if self.config.repval_scale > 0:
+            feat = self.features(post).detach()  # (B, T, F)
+            replay = ReplayContext(feat, batch.reward, batch.is_terminal, batch.is_last)
+        ac = self.actor_critic.train_step(self, start, opt.actor, opt.critic, replay)
         metrics.update(ac)
         return metrics
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +112,3 @@ def run_rank(ctx: ddp.DistContext, out: Path, steps: int, size: int, ckpt: Path)
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"rank{ctx.rank}.safetensors"))
     (out / f"rank{ctx.rank}.json").write_text(json.dumps({"losses": losses, "ws": ctx.world_size}))
-
-
-if __name__ == "__main__":  # torchrun entry: python -m torch.distributed.run ... ddp_helpers.py
-    out_dir, n_steps, g_size, ckpt_dir = sys.argv[1:5]
-    torch.set_num_threads(1)
-    context = ddp.init_distributed(device="cpu")
-    try:
-        run_rank(context, Path(out_dir), int(n_steps), int(g_size), Path(ckpt_dir))
-    finally:
-        ddp.shutdown(context)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import ddp_helpers as H
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -73,16 +74,59 @@ def test_two_gloo_ranks_match_single_process_and_resume_on_one(tmp_path: Path) -
     _assert_same_weights(model.state_dict(), full.state_dict(), atol=1e-5)
 
 
-def test_torchrun_launch(tmp_path: Path) -> None:
-    ckpt = tmp_path / "ckpt"
+def _saved_replay(path: Path) -> None:
+    from worldflux.data.replay import Replay
+    from worldflux.envs.base import StepBatch
+
+    obs_space, act_space = spaces_for_test()
+    replay = Replay(400, obs_space, act_space, num_envs=2, seed=0)
+    g = np.random.default_rng(0)
+    for t in range(100):
+        replay.add(
+            StepBatch(
+                obs=g.standard_normal((2, H.OBS_DIM)).astype(np.float32),
+                action=g.uniform(-1, 1, (2, H.ACT_DIM)).astype(np.float32),
+                reward=g.standard_normal(2).astype(np.float32),
+                is_first=np.full(2, t % 25 == 0),
+                is_terminal=np.zeros(2, bool),
+                is_last=np.full(2, t % 25 == 24),
+            )
+        )
+    replay.save(path)
+
+
+def spaces_for_test():  # noqa: ANN201
+    from gymnasium import spaces
+
+    return (
+        spaces.Box(-np.inf, np.inf, (H.OBS_DIM,), np.float32),
+        spaces.Box(-1.0, 1.0, (H.ACT_DIM,), np.float32),
+    )
+
+
+def test_torchrun_pretrain_then_resume_on_one_rank(tmp_path: Path) -> None:
+    """`torchrun -m worldflux.distributed.pretrain` on 2 ranks, then resumed on 1."""
+    _saved_replay(tmp_path / "replay")
+    out = tmp_path / "run"
+    args = ["--model", H.MODEL_NAME, "--replay", str(tmp_path / "replay"), "--out", str(out)]
+    args += ["--global-batch", "4", "--seq-len", "8", "--checkpoint-every", "2", "--log-every", "2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc-per-node={WORLD}"]
-    cmd += [H.__file__, str(tmp_path), str(STEPS), str(GLOBAL_BATCH), str(ckpt)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    cmd += [f"--nproc-per-node={WORLD}", "-m", "worldflux.distributed.pretrain", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        cmd + ["--steps", "4"], env=env, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_run(tmp_path)
-    assert (ckpt / "tree.json").is_file()
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["world_size"] == WORLD
+
+    from worldflux.distributed.pretrain import main
+
+    result = main([*args, "--steps", "6", "--device", "cpu"])  # no torchrun vars: 1 process
+    assert (result["step"], result["epoch"], result["world_size"]) == (6, 1, 1)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["world_size"]) for x in lines] == [(2, 2), (4, 2), (6, 1)]
+    assert all(x["replica_max_diff"] == 0.0 and np.isfinite(x["loss"]) for x in lines)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1].endswith("6")
 
 
 def test_single_process_context_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -183,6 +183,22 @@ def all_reduce_metrics(metrics: Mapping[str, Tensor | float], ctx: DistContext) 
     return dict(zip(keys, flat.cpu().tolist(), strict=True))
 
 
+def replica_max_diff(module: nn.Module, ctx: DistContext) -> float:
+    """Largest |parameter - rank 0's parameter| over every rank: 0.0 when replicas agree.
+
+    A diagnostic (one broadcast of all parameters): DDP keeps replicas equal unless ranks
+    apply different updates, e.g. an optimizer step skipped on one rank only.
+    """
+    if not ctx.distributed:
+        return 0.0
+    flat = torch.cat([p.detach().float().reshape(-1) for p in unwrap(module).parameters()])  # (P,)
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    worst = (flat - ref).abs().max().reshape(1)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst.item())
+
+
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     """Samples each rank draws so that the ranks together make `global_batch`."""
     if world_size < 1:

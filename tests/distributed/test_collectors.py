@@ -272,3 +272,28 @@ def test_step_batches_follow_the_chunk_layout() -> None:
         assert [x["policy_version"] for x in r.infos] == [2 if i == 2 else 1] * E
     tensors["obs/obs"].zero_()  # rows own their data (safe after a zero-copy release)
     assert rows[1].obs.sum() > 0
+
+
+def test_recurrent_agent_state_travels_with_its_rows() -> None:
+    pytest.importorskip("worldflux.agents.dreamer")
+    from worldflux.agents import make_agent
+    from worldflux.distributed import AgentPolicy
+
+    env = C.CounterEnv()
+    agent_fn = functools.partial(
+        make_agent, "dreamerv3:debug", env.observation_space, env.action_space, 0, "cpu"
+    )
+    cfg = CollectorConfig(
+        num_collectors=1, envs_per_collector=2, chunk_len=6, start_method="fork", namespace=_ns()
+    )
+    with CollectorPool(C.env_fn(), functools.partial(AgentPolicy, agent_fn), cfg) as pool:
+        chunks = _poll_until(pool, _each_collector_sent(2))
+    for c in chunks:
+        t = c.state.tensors
+        assert {"agent/deter", "agent/stoch", "agent/prev_action"} <= set(t)
+        assert t["agent/deter"].shape[:2] == (2, 6)
+        # The filtered State after o_t holds a_t, which is the action stored in row t + 1.
+        nxt_first = t["is_first"][:, 1:]
+        torch.testing.assert_close(
+            t["agent/prev_action"][:, :-1][~nxt_first], t["action"][:, 1:][~nxt_first]
+        )

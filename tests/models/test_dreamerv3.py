@@ -119,6 +119,15 @@ def test_images_and_dict_observations() -> None:
     assert torch.isfinite(loss)
 
 
+def test_strided_cnn_and_chw_images() -> None:
+    chw = gym.spaces.Box(0, 255, (3, 32, 32), np.uint8)
+    for strided in (False, True):
+        model = _model(chw, cnn_strided=strided, cnn_mults=(2, 4))
+        state = model.encode(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+        assert model.decode(state, heads=["obs"])["obs"].shape == (2, 3, 32, 32)
+        assert model.encoder.out_dim == 2 * 4 * 8 * 8  # depth 2 * mult 4 channels at 8x8
+
+
 def test_policy_actions() -> None:
     model = _model()
     state = model.encode(torch.randn(4, 5))

@@ -139,18 +139,6 @@ def bench_dreamerv3(args: argparse.Namespace) -> list[Result]:
 TDMPC2_REFERENCE_MS = {"1m": (162.0, 216.0), "5m": (587.0, 618.0)}
 
 
-def cpu_ms(fn: Callable[[], object], iters: int) -> float:
-    """Median CPU (process) time per call in ms: less sensitive than wall time to other jobs
-    competing for the cores (it still includes their cache and SMT interference)."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times) * 1e3
-
-
 def bench_tdmpc2(args: argparse.Namespace) -> list[Result]:
     """tdmpc2 1m and 5m on vector obs (24-D, 6-D continuous actions): one full update (model +
     policy + target EMA, batch 256 x horizon 3) and one MPPI plan (6 iterations x 512 samples,
@@ -166,20 +154,20 @@ def bench_tdmpc2(args: argparse.Namespace) -> list[Result]:
         model = create_world_model(f"tdmpc2:{preset}", vec, cont, seed=0)
         batch = random_batch(model.obs_spec, model.action_spec, 256, 4)
         step = lambda m=model, b=batch: m.train_step(b)  # type: ignore[operator]  # noqa: E731
-        sec = time_it(step, iters, warmup=2)
+        sec, cpu = time_it(step, iters, warmup=2)
         params = sum(p.numel() for p in model.parameters())
         notes: dict[str, float | str] = {"params": params, "reference_ms": ref_update}
-        notes["cpu_ms"] = round(cpu_ms(step, iters), 1)
         notes["obs"] = "vector 24, Box(6), batch 256 x H3"
-        out.append(Result(f"tdmpc2:{preset} update", sec * 1e3, count_flops(step), notes))
+        flops = count_flops(step)
+        out.append(Result(f"tdmpc2:{preset} update", sec * 1e3, cpu * 1e3, flops, notes))
         model.eval()
         planner = MPPI.from_config(model.config, generator=torch.Generator().manual_seed(0))
         state = model.encode(torch.randn(1, 24))
         plan = lambda m=model, p=planner, s=state: p.plan(m, s)  # noqa: E731
-        sec = time_it(plan, iters, warmup=2)
-        notes = {"reference_ms": ref_plan, "cpu_ms": round(cpu_ms(plan, iters), 1)}
-        notes["obs"] = "1 env, 6 it x 512 samples"
-        out.append(Result(f"tdmpc2:{preset} plan", sec * 1e3, count_flops(plan), notes))
+        sec, cpu = time_it(plan, iters, warmup=2)
+        notes = {"reference_ms": ref_plan, "obs": "1 env, 6 it x 512 samples"}
+        flops = count_flops(plan)
+        out.append(Result(f"tdmpc2:{preset} plan", sec * 1e3, cpu * 1e3, flops, notes))
     return out
 
 

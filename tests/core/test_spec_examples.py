@@ -158,3 +158,20 @@ def test_api_reference_members_exist() -> None:
         "close_shared_memory",
     ):
         assert getattr(State, name).__doc__, name
+
+
+def test_user_guide_examples_run() -> None:
+    """The code blocks of docs/state.md run, in order, in one namespace."""
+    import re
+    from pathlib import Path
+
+    guide = Path(__file__).resolve().parents[2] / "docs" / "state.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), re.S)
+    assert len(blocks) >= 3
+    namespace: dict = {}
+    try:
+        for block in blocks:
+            exec(compile(block, str(guide), "exec"), namespace)  # noqa: S102 - our own docs
+    finally:
+        cleanup_namespace("my-state", include_live=True)
+    assert namespace["restored"].equal(namespace["state"])

@@ -25,36 +25,46 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from worldflux.agents import make_agent  # noqa: E402
 from worldflux.core import shm  # noqa: E402
 from worldflux.core.state import State  # noqa: E402
 from worldflux.data.replay import Replay  # noqa: E402
 from worldflux.distributed import transport  # noqa: E402
 from worldflux.distributed.collectors import CollectorConfig, CollectorPool  # noqa: E402
-from worldflux.distributed.policies import MLPPolicy  # noqa: E402
+from worldflux.distributed.policies import AgentPolicy, MLPPolicy  # noqa: E402
 from worldflux.distributed.worker import _obs_tensors  # noqa: E402
 from worldflux.envs import VectorEnv, make_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def factories(env_id: str) -> tuple[functools.partial, functools.partial]:
+def factories(env_id: str, agent: str = "") -> tuple[functools.partial, functools.partial]:
+    """Env factory and policy factory: the MLP, or `agent` ("family:preset") via AgentPolicy."""
     env = make_env(env_id)
-    obs_dim = int(env.observation_space.shape[0])  # type: ignore[index]
-    n = int(env.action_space.n)  # type: ignore[attr-defined]
+    obs_space, action_space = env.observation_space, env.action_space
     env.close()
-    return functools.partial(make_env, env_id), functools.partial(MLPPolicy, obs_dim, n, True)
+    env_fn = functools.partial(make_env, env_id)
+    if agent:
+        options = {"act": "policy"} if agent.startswith("tdmpc2") else {}
+        agent_fn = functools.partial(
+            make_agent, agent, obs_space, action_space, 0, "cpu", None, options
+        )
+        return env_fn, functools.partial(AgentPolicy, agent_fn)
+    obs_dim, n = int(obs_space.shape[0]), int(action_space.n)  # type: ignore[index, attr-defined]
+    return env_fn, functools.partial(MLPPolicy, obs_dim, n, True)
 
 
 def single_process(env_fn, policy_fn, envs: int, chunk: int, seconds: float) -> dict:  # noqa: ANN001
     """The collector loop in the learner's own process, without shared memory."""
     venv, policy = VectorEnv([env_fn] * envs), policy_fn()
-    rows, buf, steps, t = venv.reset(seed=0), None, 0, 0
+    rows, buf, steps, t, state = venv.reset(seed=0), None, 0, 0, None
     t_act = t_env = t_rec = 0.0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         with torch.no_grad():
-            action, _ = policy.act(_obs_tensors(rows), None, True, torch.from_numpy(rows.is_first))
+            first = torch.from_numpy(rows.is_first)
+            action, state = policy.act(_obs_tensors(rows), state, True, first)
         t1 = time.perf_counter()
         obs = _obs_tensors(rows)["obs"]
         if buf is None:
@@ -165,10 +175,12 @@ def main() -> None:
     p.add_argument("--envs", type=int, default=4, help="env copies per process")
     p.add_argument("--chunk", type=int, default=32, help="rows per env per chunk")
     p.add_argument("--start-method", default="spawn")
+    p.add_argument("--agent", default="", help="act with this agent, e.g. dreamerv3:debug")
     args = p.parse_args()
     torch.set_num_threads(1)
-    env_fn, policy_fn = factories(args.env)
+    env_fn, policy_fn = factories(args.env, args.agent)
     res: dict = {"env": args.env, "envs_per_process": args.envs, "chunk_len": args.chunk}
+    res["policy"] = args.agent or "mlp 2x64"
     res["machine"] = {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
     res["python"], res["torch"] = platform.python_version(), torch.__version__
     res["single_process"] = single_process(env_fn, policy_fn, args.envs, args.chunk, args.seconds)
@@ -180,7 +192,8 @@ def main() -> None:
     res["overhead"] = overhead(env_fn, args.envs, args.chunk)
     res["machine"]["load_avg_end"] = os.getloadavg()[0]
     base = res["single_process"]["steps_per_s"]
-    print(f"{args.env}, {args.envs} envs/process, chunks of {args.chunk} rows/env, "
+    print(f"{res['policy']} on {args.env}, {args.envs} envs/process, "
+          f"chunks of {args.chunk} rows/env, "
           f"{os.cpu_count()} CPUs, load avg {res['machine']['load_avg_start']:.1f}")  # fmt: skip
     print(f"{'setup':<16}{'env steps/s':>12}{'vs single':>10}")
     print(f"{'single process':<16}{base:>12.0f}{1.0:>10.2f}")
@@ -193,7 +206,8 @@ def main() -> None:
         {k: round(v, 1) for k, v in res["single_process"]["us_per_row"].items()},
     )
     print("per-chunk overhead:", {k: round(v, 1) for k, v in res["overhead"].items()})
-    out = ROOT / "benchmarks" / "results" / "collectors_bench.json"
+    suffix = f"_{args.agent.replace(':', '_')}" if args.agent else ""
+    out = ROOT / "benchmarks" / "results" / f"collectors_bench{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(f"wrote {out}")

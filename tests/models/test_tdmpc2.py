@@ -224,3 +224,17 @@ def test_fast_mish_matches_torch() -> None:
     (g,) = torch.autograd.grad(y.sum(), x)
     (g_ref,) = torch.autograd.grad(ref.sum(), x)
     assert torch.allclose(g, g_ref, atol=1e-6)
+
+
+def test_dict_observations() -> None:
+    space = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (3,)), "b": gym.spaces.Box(-1, 1, (4,))})
+    m = create_world_model("tdmpc2:debug", space, ACT, seed=0)
+    s = m.encode({"a": torch.randn(2, 3), "b": torch.randn(2, 4)})
+    assert s.tensors["latent"].shape == (2, 16)
+    with pytest.raises(SpecError, match="missing"):
+        m.encode({"a": torch.randn(2, 3)})
+    mixed = gym.spaces.Dict(
+        {"img": gym.spaces.Box(0, 255, (64, 64, 3), "uint8"), "b": gym.spaces.Box(-1, 1, (4,))}
+    )
+    with pytest.raises(SpecError, match="either one 64x64 image or vector"):
+        create_world_model("tdmpc2:debug", mixed, ACT)

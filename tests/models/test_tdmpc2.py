@@ -238,3 +238,16 @@ def test_dict_observations() -> None:
     )
     with pytest.raises(SpecError, match="either one 64x64 image or vector"):
         create_world_model("tdmpc2:debug", mixed, ACT)
+
+
+def test_family_readme_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    import worldflux.models.tdmpc2 as pkg
+
+    text = (Path(pkg.__file__).parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "tdmpc2/README.md", "exec"), {})

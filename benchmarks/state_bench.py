@@ -50,10 +50,11 @@ def make_states() -> dict[str, State]:
 
 
 class Timer:
-    """Figures in µs on a shared machine: each operation runs in BLOCKS blocks, each block
-    preceded by a block of memcpys of the State's bytes; a figure is the lowest block median
-    (the least disturbed stretch), and the memcpy baseline is the lowest of all its block
-    medians, which can only make the ratios look worse, never better."""
+    """Figures on a shared machine. Each operation runs in BLOCKS blocks; every block is
+    bracketed by two short blocks of memcpys of the State's bytes (into a warm buffer). A
+    figure is the operation's lowest block median (its least disturbed stretch); its ratio to
+    memcpy is the median over blocks of (block median / the bracketing memcpy medians), so
+    contention from other jobs hits both sides of each ratio alike."""
 
     BLOCKS = 5
 
@@ -62,98 +63,101 @@ class Timer:
         self.src = torch.empty(nbytes, dtype=torch.uint8).random_(0, 255)
         self.dst = torch.empty(nbytes, dtype=torch.uint8)
         self.memcpy: list[float] = []
+        self.us: dict[str, float] = {"bytes": nbytes}
+        self.ratio: dict[str, float] = {}
 
-    def _memcpy(self) -> int:
-        t0 = time.perf_counter_ns()
-        ctypes.memmove(self.dst.data_ptr(), self.src.data_ptr(), self.nbytes)
-        return time.perf_counter_ns() - t0
+    def _memcpy_block(self, n: int) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            ctypes.memmove(self.dst.data_ptr(), self.src.data_ptr(), self.nbytes)
+            times.append(time.perf_counter_ns() - t0)
+        self.memcpy.append(statistics.median(times))
+        return self.memcpy[-1]
 
     def __call__(
-        self, fn: Callable[..., object], repeats: int, setup: Callable[[], object] | None = None
-    ) -> float:
-        """Lowest block median of `fn()` (or `fn(setup())`, setup untimed) in µs."""
+        self,
+        key: str,
+        fn: Callable[..., object],
+        repeats: int,
+        setup: Callable[[], object] | None = None,
+    ) -> None:
+        """Time `fn()` (or `fn(setup())`, setup untimed) into `us[key]` and `ratio[key]`."""
         per_block = max(1, repeats // self.BLOCKS)
-        medians = []
+        medians, ratios = [], []
         for _ in range(self.BLOCKS):
-            copies = [self._memcpy() for _ in range(min(per_block, 50))]
-            self.memcpy.append(statistics.median(copies))
+            before = self._memcpy_block(min(per_block, 20))
             times = []
             for _ in range(per_block):
                 arg = setup() if setup is not None else None
                 t0 = time.perf_counter_ns()
                 fn() if setup is None else fn(arg)
                 times.append(time.perf_counter_ns() - t0)
+            after = self._memcpy_block(min(per_block, 20))
             medians.append(statistics.median(times))
-        return min(medians) / 1000.0
-
-    def memcpy_us(self) -> float:
-        return min(self.memcpy) / 1000.0
+            ratios.append(medians[-1] / ((before + after) / 2))
+        self.us[key] = min(medians) / 1000.0
+        self.ratio[key] = statistics.median(ratios)
 
 
 def bench_state(state: State, repeats: int) -> dict[str, float]:
-    """Every figure for one State, in microseconds (ratios added by the caller)."""
-    nbytes = sum(t.nbytes for t in state.tensors.values())
-    timer = Timer(nbytes)
-    r: dict[str, float] = {"bytes": nbytes}
-    r["copy_"] = timer(lambda: timer.dst.copy_(timer.src), repeats)
+    """Every figure for one State: µs, plus ratios to memcpy."""
+    timer = Timer(sum(t.nbytes for t in state.tensors.values()))
+    timer("copy_", lambda: timer.dst.copy_(timer.src), repeats)
     data = state.serialize()
-    r["serialize"] = timer(state.serialize, repeats)
-    r["serialize_checksum"] = timer(lambda: state.serialize(checksum=True), repeats)
-    r["deserialize"] = timer(lambda: State.deserialize(data), repeats)
-    checked = state.serialize(checksum=True)
-    r["deserialize_checksum"] = timer(lambda: State.deserialize(checked), repeats)
-    r["serialize_crc32"] = timer(lambda: state.serialize(checksum="crc32"), repeats)
-    crc = state.serialize(checksum="crc32")
-    r["deserialize_crc32"] = timer(lambda: State.deserialize(crc), repeats)
-    r["deserialize_cold"] = timer(
-        lambda _: State.deserialize(data), repeats, setup=codec_header._cache.clear
-    )
+    timer("serialize", state.serialize, repeats)
+    timer("deserialize", lambda: State.deserialize(data), repeats)
+    timer("deserialize_cold", lambda _: State.deserialize(data), repeats, codec_header._cache.clear)
     writable = bytearray(data)
-    r["deserialize_zero_copy"] = timer(lambda: State.deserialize(writable, copy=False), repeats)
-    r.update(bench_shm(state, repeats, timer))
-    r["torch_save"] = timer(lambda: torch.save(state.tensors, io.BytesIO()), repeats)
+    timer("deserialize_zero_copy", lambda: State.deserialize(writable, copy=False), repeats)
+    for algo in ("xxh3_64", "crc32"):
+        checked = state.serialize(checksum=algo)
+        timer(f"serialize_{algo}", lambda a=algo: state.serialize(checksum=a), repeats)
+        timer(f"deserialize_{algo}", lambda c=checked: State.deserialize(c), repeats)
+    bench_shm(state, repeats, timer)
+    timer("torch_save", lambda: torch.save(state.tensors, io.BytesIO()), repeats)
     buf = io.BytesIO()
     torch.save(state.tensors, buf)
     raw = buf.getvalue()
-    r["torch_load"] = timer(lambda: torch.load(io.BytesIO(raw), weights_only=True), repeats)
-    r["safetensors_save"] = timer(lambda: st.save(state.tensors), repeats)
-    r["safetensors_load"] = timer(lambda: st.load(data), repeats)
-    r["to_same_device"] = timer(lambda: state.to("cpu"), max(repeats, 2000))
-    r["memcpy"] = timer.memcpy_us()
+    timer("torch_load", lambda: torch.load(io.BytesIO(raw), weights_only=True), repeats)
+    timer("safetensors_save", lambda: st.save(state.tensors), repeats)
+    timer("safetensors_load", lambda: st.load(data), repeats)
+    timer("to_same_device", lambda: state.to("cpu"), max(repeats, 2000))
+    r = dict(timer.us)
+    r["memcpy"] = statistics.median(timer.memcpy) / 1000.0
+    r["serdes_ratio"] = (timer.ratio["serialize"] + timer.ratio["deserialize"]) / 2
+    r["serdes_cold_ratio"] = (timer.ratio["serialize"] + timer.ratio["deserialize_cold"]) / 2
+    r["publish_reused_ratio"] = timer.ratio["publish_reused"]
+    for algo in ("xxh3_64", "crc32"):
+        r[f"serdes_{algo}_ratio"] = (
+            timer.ratio[f"serialize_{algo}"] + timer.ratio[f"deserialize_{algo}"]
+        ) / 2
     return r
 
 
-def bench_shm(state: State, repeats: int, timer: Timer) -> dict[str, float]:
-    """Fresh publish, reused publish, attach (zero-copy) and close."""
-    r: dict[str, float] = {}
+def bench_shm(state: State, repeats: int, timer: Timer) -> None:
+    """Fresh publish, reused publish, attach (zero-copy and copy) and close."""
     descs: list[dict] = []
-    r["publish_fresh"] = timer(lambda: descs.append(state.to_shared_memory(NAMESPACE)), repeats)
+    timer("publish_fresh", lambda: descs.append(state.to_shared_memory(NAMESPACE)), repeats)
     for d in descs:
         shm.unlink_segment(d["name"])
     with shm.SegmentPool(NAMESPACE) as pool:
-        desc = pool.publish(state)
-        r["publish_reused"] = timer(lambda: pool.publish(state), repeats)
+        timer("publish_reused", lambda: pool.publish(state), repeats)
         desc = pool.publish(state)
         attached: list[State] = []
-        r["attach"] = timer(lambda: attached.append(State.from_shared_memory(desc)), repeats)
-        r["close"] = timer(
-            lambda s: s.close_shared_memory(unlink=False), len(attached) - 5, setup=attached.pop
+        timer("attach", lambda: attached.append(State.from_shared_memory(desc)), repeats)
+        timer(
+            "close",
+            lambda s: s.close_shared_memory(unlink=False),
+            len(attached) - 5,
+            setup=attached.pop,
         )
-        r["attach_copy"] = timer(lambda: State.from_shared_memory(desc, copy=True), repeats)
-    return r
-
-
-def ratios(r: dict[str, float]) -> dict[str, float]:
-    return {
-        "serdes_ratio": (r["serialize"] + r["deserialize"]) / (2 * r["memcpy"]),
-        "serdes_cold_ratio": (r["serialize"] + r["deserialize_cold"]) / (2 * r["memcpy"]),
-        "publish_reused_ratio": r["publish_reused"] / r["memcpy"],
-    }
+        timer("attach_copy", lambda: State.from_shared_memory(desc, copy=True), repeats)
 
 
 ROWS = [
     ("bytes", "payload tensor bytes", "{:.0f}"),
-    ("memcpy", "memcpy (ctypes.memmove) µs", "{:.1f}"),
+    ("memcpy", "memcpy (ctypes.memmove), median µs", "{:.1f}"),
     ("copy_", "torch copy_ µs", "{:.1f}"),
     ("serialize", "serialize µs", "{:.1f}"),
     ("deserialize", "deserialize (copy) µs", "{:.1f}"),
@@ -161,10 +165,12 @@ ROWS = [
     ("deserialize_zero_copy", "deserialize (zero-copy) µs", "{:.1f}"),
     ("serdes_ratio", "ser+deser / 2 memcpy", "{:.2f}x"),
     ("serdes_cold_ratio", "ser+deser (cold header) / 2 memcpy", "{:.2f}x"),
-    ("serialize_checksum", "serialize, checksum=True (xxh3_64) µs", "{:.1f}"),
-    ("deserialize_checksum", "deserialize, xxh3_64 verified µs", "{:.1f}"),
+    ("serialize_xxh3_64", "serialize, checksum=True (xxh3_64) µs", "{:.1f}"),
+    ("deserialize_xxh3_64", "deserialize, xxh3_64 verified µs", "{:.1f}"),
+    ("serdes_xxh3_64_ratio", "ser+deser with xxh3_64 / 2 memcpy", "{:.2f}x"),
     ("serialize_crc32", "serialize, checksum='crc32' µs", "{:.1f}"),
     ("deserialize_crc32", "deserialize, crc32 verified µs", "{:.1f}"),
+    ("serdes_crc32_ratio", "ser+deser with crc32 / 2 memcpy", "{:.2f}x"),
     ("publish_fresh", "shm publish, fresh segment µs", "{:.1f}"),
     ("publish_reused", "shm publish, reused segment µs", "{:.1f}"),
     ("publish_reused_ratio", "publish reused / memcpy", "{:.2f}x"),
@@ -198,8 +204,9 @@ def write_docs(md_table: str, machine: str) -> None:
         "Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/state_bench.py` "
         "(results also in `benchmarks/results/state_bench.json`).\n\n"
         f"Machine: {machine}. One thread. The CPUs are shared with other jobs, so every "
-        "figure is the lowest of 5 block medians, and the memcpy baseline (the same bytes, "
-        "into a warm buffer) is the lowest block median over the whole run. Targets: "
+        "µs figure is the lowest of 5 block medians; each ratio is the median over those blocks "
+        "of (block median / median of the memcpys of the same bytes run just before and after "
+        "the block), so contention hits both sides of a ratio alike. Targets: "
         "ser+deser <= 1.2x (large), 2.5x (small), 6x (many) two memcpys; attach <= 30 µs; "
         "publish reused <= 1.2x memcpy; to() same device <= 1 µs. Guide: docs/state.md.\n\n"
         + md_table
@@ -227,8 +234,7 @@ def main() -> None:
         reps = {k: max(5, v // 20) for k, v in reps.items()}
     results = {}
     for name, state in make_states().items():
-        r = bench_state(state, reps[name])
-        results[name] = r | ratios(r)
+        results[name] = bench_state(state, reps[name])
     shm.cleanup_namespace(NAMESPACE, include_live=True)
     md = table(results)
     print(md)

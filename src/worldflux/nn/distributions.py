@@ -31,9 +31,9 @@ def symmetric_mean(probs: Tensor, bins: Tensor) -> Tensor:
     if k % 2 == 0:
         raise ValueError(f"symmetric_mean: expected an odd number of bins, got {k}")
     m = k // 2
-    lo = (probs[..., :m] * bins[:m]).flip(-1)  # reversed so entry i pairs with hi's entry i
-    hi = probs[..., m + 1 :] * bins[m + 1 :]
-    return (lo + hi).sum(-1) + probs[..., m] * bins[m]
+    # b[m - 1 - j] == -b[m + 1 + j], so the mean is sum_j (p[m+1+j] - p[m-1-j]) * b[m+1+j]
+    diff = probs[..., m + 1 :] - probs[..., :m].flip(-1)  # (..., m)
+    return diff @ bins[m + 1 :] + probs[..., m] * bins[m]
 
 
 def unimix_logp(logits: Tensor, mix: float) -> Tensor:
@@ -46,6 +46,23 @@ def unimix_logp(logits: Tensor, mix: float) -> Tensor:
     if mix > 0.0:
         probs = probs * (1.0 - mix) + mix / logits.shape[-1]
     return probs.log()
+
+
+def two_hot_cross_entropy(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+    """Cross-entropy of softmax(logits) against the two-hot encoding of `target` on `bins`.
+
+    (..., K), (...) -> (...). Same value as ``-(two_hot(target, bins) * log_softmax).sum(-1)``,
+    reading the two log-probabilities by index instead of building the (..., K) encoding.
+    """
+    k = bins.shape[0]
+    x = target.detach().clamp(bins[0], bins[-1]).unsqueeze(-1)
+    above = torch.searchsorted(bins, x.contiguous(), right=True).clamp(1, k - 1)
+    below = above - 1
+    lo, hi = bins[below], bins[above]
+    w_hi = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+    logp = F.log_softmax(logits, -1)
+    pair = torch.cat([logp.gather(-1, below), logp.gather(-1, above)], -1)  # (..., 2)
+    return -(pair[..., 0] * (1.0 - w_hi[..., 0]) + pair[..., 1] * w_hi[..., 0])
 
 
 def sample_onehot(log_probs: Tensor) -> Tensor:

@@ -20,8 +20,8 @@ from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.rssm import init_linears_
 from worldflux.nn.blocks import BlockLinear, ChannelNorm, init_linear_
 from worldflux.nn.conv import ConvDown, ConvUp
-from worldflux.nn.distributions import symexp_bins, symmetric_mean
-from worldflux.nn.functional import symexp, symlog, two_hot
+from worldflux.nn.distributions import symexp_bins, symmetric_mean, two_hot_cross_entropy
+from worldflux.nn.functional import symexp, symlog
 from worldflux.nn.mlp import MLP, make_act, make_norm
 
 
@@ -181,7 +181,7 @@ class TwoHotHead(nn.Module):
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy against the two-hot encoding of `target` (...). -> (...)."""
-        return -(two_hot(target.detach(), self.bins) * F.log_softmax(logits, -1)).sum(-1)
+        return two_hot_cross_entropy(logits, target, self.bins)
 
 
 class BinaryHead(nn.Module):

@@ -7,8 +7,9 @@ Everything but collection is the plain `Trainer` (updates, evaluation, checkpoin
   env copy j is replay stream ``i * num_envs + j``); the train-ratio credit grows per row;
 - every `weight_sync_every` updates the agent's modules are published as a new policy version;
 - collectors act with the agent from the first step (there is no uniform-random seed phase in
-  the collectors; `seed_steps` still delays the first update), and an exact resume of the env
-  streams is not possible: a resumed run restarts the collectors' episodes.
+  the collectors; `seed_steps` still delays the first update, and so does waiting until one
+  replay stream holds a full `seq_len` window), and an exact resume of the env streams is not
+  possible: a resumed run restarts the collectors' episodes.
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ class CollectorTrainer(Trainer):
             self.logger.log(self.step, "episode", {**values, "env": stream})
 
     def _learn(self) -> None:
+        # N collectors spread the first rows over N x num_envs streams: wait until one stream
+        # holds a full sequence (the credit earned meanwhile is dropped, not replayed later).
+        counts = getattr(self.replay, "counts", None)
+        if counts is not None and int(np.max(counts)) < self.agent.seq_len:
+            self.credit = 0.0
+            return
         before = self.updates
         super()._learn()
         every = self.pool.config.weight_sync_every

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from worldflux.core.state import State
 from worldflux.distributed.collectors import CollectorConfig, CollectorPool
 from worldflux.distributed.policies import MLPPolicy, RandomPolicy
 from worldflux.distributed.transport import Chunk
@@ -60,6 +61,27 @@ class BrokenEnv(CounterEnv):
         if self.t == 2:
             raise RuntimeError("BrokenEnv: simulated simulator crash")
         return super().step(action)
+
+
+class ConstPolicy(torch.nn.Module):
+    """Acts randomly but reports (as its acting State) the min and max of its big weight.
+
+    The learner publishes versions whose weight is filled with the version number, so every
+    row must show min == max == its policy_version: a torn (half-overwritten) read cannot hide.
+    """
+
+    def __init__(self, size: int = 1 << 18) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(size))
+
+    def act(self, obs, state, explore, is_first):  # noqa: ANN001, ANN201
+        n = int(is_first.shape[0])
+        summary = torch.stack([self.w.min(), self.w.max()]).expand(n, 2)  # (E, 2)
+        action = torch.nn.functional.one_hot(torch.randint(N_ACTIONS, (n,)), N_ACTIONS).float()
+        return action, State({"w": summary.detach().clone()})
+
+    def acting_module(self) -> torch.nn.Module:
+        return self
 
 
 def env_fn(delay: float = 0.0) -> functools.partial:

@@ -42,6 +42,10 @@ def _poll_until(pool: CollectorPool, done, streams=None, copy=True):  # noqa: AN
     return seen
 
 
+def _each_collector_loaded(version: int):  # noqa: ANN202
+    return lambda pool: all(s["loaded_version"] >= version for s in pool.stats()["collectors"])
+
+
 def _each_collector_sent(n: int):  # noqa: ANN202
     return lambda pool: all(s["chunks"] >= n for s in pool.stats()["collectors"])
 
@@ -160,6 +164,37 @@ def test_real_agent_acts_in_collectors_and_takes_weights() -> None:
             assert time.monotonic() < deadline, pool.stats()
             chunks.extend(pool.poll(0.5))
     _assert_actions_follow_versions(chunks, {1: before, 2: AgentPolicy(lambda: learner)})
+
+
+def test_weight_versions_are_never_read_torn() -> None:
+    ns = _ns()
+    cfg = CollectorConfig(
+        num_collectors=2, chunk_len=4, start_method="fork", namespace=ns, weight_slots=2
+    )
+    learner = C.ConstPolicy()
+    with torch.no_grad():
+        learner.w.fill_(1.0)
+    chunks: list = []
+    with CollectorPool(C.env_fn(), C.ConstPolicy, cfg, weights=learner) as pool:
+        for version in range(2, 16):  # faster than the collectors can take them all
+            with torch.no_grad():
+                learner.w.fill_(float(version))
+            assert pool.publish_weights(learner) == version
+            chunks.extend(pool.poll(0.01))
+        chunks.extend(
+            _poll_until(pool, lambda p: p.stats()["collectors"][0]["loaded_version"] == 15)
+        )
+    assert C.shm_entries(ns) == []
+    seen = set()
+    for c in chunks:
+        w, v = c.state.tensors["agent/w"], c.policy_versions.float()
+        # Row t's State comes from the weights that then chose a_t, stored in row t + 1
+        # (a reset row's zero action was chosen by nobody: it gets the current version).
+        chosen = ~c.state.tensors["is_first"][:, 1:]
+        torch.testing.assert_close(w[:, :-1, 0][chosen], v[:, 1:][chosen])
+        torch.testing.assert_close(w[..., 0], w[..., 1])  # min == max: never a mix of versions
+        seen |= {int(x) for x in w[..., 0].unique()}
+    assert 15 in seen and len(seen) >= 2
 
 
 def test_feed_adds_rows_to_a_replay() -> None:

@@ -22,7 +22,7 @@ def symexp_bins(num: int, low: float = -20.0, high: float = 20.0) -> Tensor:
 
 
 def symmetric_mean(probs: Tensor, bins: Tensor) -> Tensor:
-    """sum(probs * bins) over the last dim, summed from both ends inward. (..., K) -> (...).
+    """sum(probs * bins) over the last dim, pairing bins from both ends. (..., K) -> (...).
 
     For bins symmetric around 0 (odd K), a uniform `probs` gives exactly 0: the huge outer
     bins (+-4.9e8 for symexp(20)) cancel pairwise instead of leaving float32 rounding noise.
@@ -48,11 +48,14 @@ def unimix_logp(logits: Tensor, mix: float) -> Tensor:
     return probs.log()
 
 
-def two_hot_cross_entropy(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+def two_hot_cross_entropy(
+    logits: Tensor, target: Tensor, bins: Tensor, log_probs: Tensor | None = None
+) -> Tensor:
     """Cross-entropy of softmax(logits) against the two-hot encoding of `target` on `bins`.
 
     (..., K), (...) -> (...). Same value as ``-(two_hot(target, bins) * log_softmax).sum(-1)``,
     reading the two log-probabilities by index instead of building the (..., K) encoding.
+    `log_probs` (= log_softmax(logits)) may be passed to reuse it across targets.
     """
     k = bins.shape[0]
     x = target.detach().clamp(bins[0], bins[-1]).unsqueeze(-1)
@@ -60,7 +63,7 @@ def two_hot_cross_entropy(logits: Tensor, target: Tensor, bins: Tensor) -> Tenso
     below = above - 1
     lo, hi = bins[below], bins[above]
     w_hi = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
-    logp = F.log_softmax(logits, -1)
+    logp = F.log_softmax(logits, -1) if log_probs is None else log_probs
     pair = torch.cat([logp.gather(-1, below), logp.gather(-1, above)], -1)  # (..., 2)
     return -(pair[..., 0] * (1.0 - w_hi[..., 0]) + pair[..., 1] * w_hi[..., 0])
 

@@ -198,10 +198,11 @@ class DreamerV3ActorCritic(nn.Module):
         traj = self.imagine(wm, start)
         feat = traj["feat"]
         disc = 1.0 if cfg.cont_discount_target else cfg.gamma
+        # Every head reads the whole contiguous (N, H+1, F) block (slicing it first would copy);
+        # step 0's reward and step H's critic loss are unused (weight 0).
         logits = self.critic(feat.detach())  # (N, H+1, K), the critic's only forward pass
         with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
-            rew = wm.reward_head.mean(wm.reward_head(feat[:, 1:]))  # (N, H): arriving rewards
-            rew = F.pad(rew, (1, 0))  # (N, H) -> (N, H+1); index 0 is never read
+            rew = wm.reward_head.mean(wm.reward_head(feat))  # (N, H+1) arriving rewards
             live = torch.sigmoid(wm.continue_head(feat)) * disc
             critic = self.critic if self.dynamics_grad else None
             val = self.critic.mean(critic(feat) if critic is not None else logits.detach())
@@ -209,7 +210,7 @@ class DreamerV3ActorCritic(nn.Module):
         tarval = val.detach()
         with torch.no_grad():
             weight = torch.cumprod(live, 1)[:, :-1] / disc  # (N, H)
-            slow = self.slow_critic.mean(self.slow_critic(feat[:, :-1].detach()))
+            slow = self.slow_critic.mean(self.slow_critic(feat.detach()))  # (N, H+1)
             self.retnorm.update(ret)
             scale = self.retnorm.scale()
         ent = traj["ent"]
@@ -219,10 +220,11 @@ class DreamerV3ActorCritic(nn.Module):
             adv = (ret.detach() - tarval[:, :-1]) / scale
             objective = traj["logp"] * adv
         actor_loss = -(weight * (objective + cfg.actor_entropy * ent)).mean()
-        logits = logits[:, :-1]  # (N, H+1, K) -> (N, H, K)
-        critic_loss = self.critic.loss(logits, ret.detach())
-        critic_loss = critic_loss + cfg.slow_critic_reg * self.critic.loss(logits, slow)
-        critic_loss = (weight * critic_loss).mean()
+        logp = F.log_softmax(logits, -1)
+        target = F.pad(ret.detach(), (0, 1))  # (N, H) -> (N, H+1)
+        ce = self.critic.loss(logits, target, logp)
+        ce = ce + cfg.slow_critic_reg * self.critic.loss(logits, slow, logp)
+        critic_loss = (F.pad(weight, (0, 1)) * ce).sum() / weight.numel()  # mean over N x H
         if replay is not None and cfg.repval_scale > 0:
             boot = ret[:, 0].detach().view(replay.reward.shape)  # (B*T,) -> (B, T)
             critic_loss = critic_loss + cfg.repval_scale * self.replay_loss(replay, boot)

@@ -179,9 +179,10 @@ class TwoHotHead(nn.Module):
         """Predicted value. (..., K) -> (...)."""
         return symmetric_mean(F.softmax(logits, -1), self.bins)
 
-    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Cross-entropy against the two-hot encoding of `target` (...). -> (...)."""
-        return two_hot_cross_entropy(logits, target, self.bins)
+    def loss(self, logits: Tensor, target: Tensor, log_probs: Tensor | None = None) -> Tensor:
+        """Cross-entropy against the two-hot encoding of `target` (...). -> (...).
+        Pass ``log_softmax(logits)`` as `log_probs` to share it between several targets."""
+        return two_hot_cross_entropy(logits, target, self.bins, log_probs)
 
 
 class BinaryHead(nn.Module):

@@ -223,7 +223,7 @@ def test_fast_mish_matches_torch() -> None:
     assert torch.allclose(y, ref, atol=2e-6)
     (g,) = torch.autograd.grad(y.sum(), x)
     (g_ref,) = torch.autograd.grad(ref.sum(), x)
-    assert torch.allclose(g, g_ref, atol=1e-6)
+    assert torch.allclose(g, g_ref, atol=2e-6)  # float32 cancellation for x << 0
 
 
 def test_dict_observations() -> None:

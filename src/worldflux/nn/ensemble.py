@@ -26,22 +26,31 @@ from worldflux.core.exceptions import ConfigError, SpecError
 class _Mish(torch.autograd.Function):
     """Mish in closed form: x * tanh(softplus(x)) = x - 2x / ((e^x + 1)^2 + 1).
 
-    Five element-wise passes, about 3x faster on CPU than ``F.mish``'s forward kernel (measured
-    in CPU time); the backward is ATen's own ``mish_backward``. Matches ``F.mish`` within 2e-6.
-    Overflow is benign: e^x = inf gives exactly x.
+    Plain element-wise passes instead of ``F.mish``'s transcendental kernels: about 3x faster
+    forward and 2x faster forward + backward on CPU (CPU time, 590k elements). With
+    ep1 = e^x + 1 and r = 1 / (ep1^2 + 1): tanh(softplus(x)) = 1 - 2r, x sigmoid(x) =
+    x - x / ep1 and 1 - tanh(softplus(x))^2 = 4 r (1 - r). Matches ``F.mish`` and its gradient
+    within 2e-6 (float32 cancellation for x << 0). Overflow is benign: e^x = inf gives exactly
+    x and a derivative of 1.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(x)
-        d = x.exp().add_(1).square_().add_(1)
-        return torch.addcdiv(x, x, d, value=-2.0)
+        if not ctx.needs_input_grad[0]:
+            d = x.exp().add_(1).square_().add_(1)
+            return torch.addcdiv(x, x, d, value=-2.0)
+        ep1 = x.exp().add_(1)
+        r = ep1.square().add_(1).reciprocal_()
+        ctx.save_for_backward(x, ep1, r)
+        return torch.addcmul(x, x, r, value=-2.0)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.ops.aten.mish_backward(grad, x)
+        x, ep1, r = ctx.saved_tensors
+        x_sig = torch.addcdiv(x, x, ep1, value=-1.0)  # x * sigmoid(x)
+        q = torch.addcmul(r, r, r, value=-1.0)  # r (1 - r)
+        dy = torch.addcmul(1.0 - 2.0 * r, x_sig, q, value=4.0)
+        return grad * dy
 
 
 def mish(x: Tensor) -> Tensor:
@@ -89,10 +98,28 @@ def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
         found.append(pos)
         last = int(pos[-1])
     drop = torch.cat(found)
-    drop = drop[drop < n]
-    out = x * (1.0 / (1.0 - p))
-    out.view(-1).index_fill_(0, drop, 0.0)
+    out = _MaskedScale.apply(x, drop[drop < n], 1.0 / (1.0 - p))
+    assert isinstance(out, Tensor)
     return out
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * scale with the flat positions `drop` zeroed; the gradient is masked the same way."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, drop: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        out = x * scale
+        out.view(-1).index_fill_(0, drop, 0.0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (drop,) = ctx.saved_tensors
+        out = (grad * ctx.scale).contiguous()  # contiguous already unless grad is odd-strided
+        out.view(-1).index_fill_(0, drop, 0.0)
+        return out, None, None
 
 
 class EnsembleMLP(nn.Module):

@@ -349,8 +349,10 @@ class CollectorPool:
         copy j writes stream ``i * envs_per_collector + j``. Returns the rows added.
         """
         added = 0
-        for chunk in self.poll(timeout, copy=True):
-            for rows in chunk.step_batches():
+        for chunk in self.poll(timeout, copy=False):
+            with chunk:  # one copy out of shared memory, then the slot goes back at once
+                rows_list = chunk.step_batches()
+            for rows in rows_list:
                 replay.add(rows, chunk.env_ids)
                 added += len(rows)
         return added

@@ -78,11 +78,13 @@ class CollectorTrainer(Trainer):
     def _env_step(self) -> None:
         t0 = time.perf_counter()
         added = 0
-        for chunk in self.pool.poll(self.poll_timeout_s, copy=True):
-            versions, counts = np.unique(chunk.policy_versions.numpy(), return_counts=True)
+        for chunk in self.pool.poll(self.poll_timeout_s, copy=False):
+            with chunk:  # copy out of shared memory once, then free the slot
+                versions, counts = np.unique(chunk.policy_versions.numpy(), return_counts=True)
+                rows_list = chunk.step_batches()
             for v, c in zip(versions.tolist(), counts.tolist(), strict=True):
                 self.rows_by_version[v] = self.rows_by_version.get(v, 0) + c
-            for rows in chunk.step_batches():
+            for rows in rows_list:
                 self.replay.add(rows, chunk.env_ids)
                 added += len(rows)
                 self._log_episodes(rows, chunk.env_ids)

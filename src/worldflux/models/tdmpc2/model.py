@@ -214,8 +214,9 @@ class TDMPC2(WorldModel):
         """r(z_t, a_t) (B,), z_{t+1}, and continue of z_{t+1} (B,)."""
         z = self._latent(state)
         a = self._action(action, z)
-        nz = self.next_latent(z, a)
-        preds = {"reward": self.to_scalar(self.reward_logits(z, a)), "continue": self._continue(nz)}
+        za = torch.cat([z, a], -1)  # shared by dynamics and reward
+        nz = self.dynamics(za)
+        preds = {"reward": self.to_scalar(self.reward_net(za)), "continue": self._continue(nz)}
         return State({"latent": nz}), preds
 
     # --- planner protocol ---------------------------------------------------------------------

@@ -38,3 +38,23 @@ def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> Non
     assert trainer.episodes > 0  # CartPole episodes under a fresh policy are short
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"worldflux_{ns}")]
     assert (tmp_path / "checkpoints").is_dir()
+
+
+def test_collector_run_resumes_with_collectors(tmp_path: Path) -> None:
+    pytest.importorskip("worldflux.agents.tdmpc2")
+    from worldflux.core.exceptions import ConfigError
+    from worldflux.distributed.trainer import build_collector_trainer, resume_collector_trainer
+
+    trainer_cfg = {
+        "steps": 64, "seed_steps": 16, "updates_per_step": 0.05, "eval_every": 0,
+        "eval_episodes": 1, "checkpoint_every": 0, "progress": False, "tensorboard": False,
+        "replay_capacity": 1000, "num_envs": 1,
+    }  # fmt: skip
+    spec = RunSpec("tdmpc2:debug", "CartPole-v1", trainer_cfg, agent={"act": "policy"})
+    first = build_collector_trainer(spec, tmp_path, 2, start_method="fork", chunk_len=8)
+    done = first.train()["step"]
+    with pytest.raises(ConfigError, match="streams"):
+        resume_collector_trainer(tmp_path, 3, {"steps": done + 32})
+    again = resume_collector_trainer(tmp_path, 2, {"steps": done + 32}, start_method="fork")
+    assert again.step == done and len(again.replay) == len(first.replay)
+    assert again.train()["step"] >= done + 32

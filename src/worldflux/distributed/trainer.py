@@ -154,3 +154,30 @@ def build_collector_trainer(
         num_collectors=num_collectors, envs_per_collector=config.num_envs, **options
     )
     return CollectorTrainer(agent, env_fn, agent_fn, replay, config, run_dir, collectors, info)
+
+
+def resume_collector_trainer(
+    run_dir: str | Path,
+    num_collectors: int,
+    trainer_changes: dict[str, Any] | None = None,
+    **collector_options: Any,
+) -> CollectorTrainer:
+    """`worldflux resume RUN --collectors N`: rebuild the run with collectors, load its checkpoint.
+
+    The replay in the checkpoint must have one stream per collector env copy, i.e. the run was
+    trained with the same ``N x num_envs``; otherwise a `ConfigError` says what it holds.
+    """
+    from worldflux.core.exceptions import ConfigError
+    from worldflux.training.run import load_spec
+
+    spec = load_spec(run_dir)
+    spec.trainer.update(trainer_changes or {})
+    trainer = build_collector_trainer(spec, run_dir, num_collectors, **collector_options)
+    trainer.restore()
+    streams = num_collectors * trainer.config.num_envs
+    if getattr(trainer.replay, "num_envs", streams) != streams:
+        raise ConfigError(
+            f"collectors: the checkpoint's replay has {trainer.replay.num_envs} streams, but "
+            f"{num_collectors} collectors x {trainer.config.num_envs} envs make {streams}"
+        )
+    return trainer

@@ -247,3 +247,18 @@ def test_without_xxhash_falls_back_to_crc32(monkeypatch: pytest.MonkeyPatch) -> 
         State.deserialize(xxh)
     with pytest.raises(StateError, match="checksum must be"):
         s.serialize(checksum=["crc32"])  # type: ignore[arg-type]
+
+
+def test_meta_changes_between_calls_with_one_structure() -> None:
+    s = State({"a": torch.arange(4.0), "b": torch.zeros(2, 2)})
+    for step in range(3):
+        s.meta = {"step": step, "name": "x" * step, "q": '"quoted" \\ {json}'}
+        for checksum in (False, True):
+            data = s.serialize(checksum=checksum)
+            assert bitwise_equal(State.deserialize(data), s)
+            assert State.deserialize(sft.save(sft.load(data))).tensors.keys() == s.tensors.keys()
+
+
+def test_reserved_key_is_refused() -> None:
+    with pytest.raises(StateError, match="reserved"):
+        State({"__metadata__": torch.zeros(1)}).serialize()

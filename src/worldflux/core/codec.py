@@ -19,7 +19,7 @@ import contextlib
 import ctypes
 import json
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,36 +59,52 @@ _memmove = ctypes.memmove
 
 
 _Run = tuple[tuple[tuple[int, int, int], ...], int, int, torch.dtype, tuple[int, ...]]
-# ((tensor index, absolute begin, nbytes) per tensor, begin, nbytes, dtype, shape of the run)
+# ((tensor index, begin, nbytes) per tensor, begin, nbytes, dtype, shape of the run);
+# offsets are relative to the data region
 _CAT_MIN = 12  # runs this long are copied by one torch.cat instead of a memmove per tensor
 
 
 @dataclass(frozen=True)
 class _Template:
-    """The tensor-independent part of a plan, cached per State structure."""
+    """What a State's structure (keys, dtypes, shapes, grads, device) fixes; cached.
 
-    header: bytes  # 8-byte length prefix + padded JSON, checksum digits zeroed
+    The header JSON is `prefix + <meta as a JSON string> + suffix`, so a meta that changes
+    from call to call (a step counter) does not defeat the cache.
+    """
+
+    prefix: bytes  # header JSON up to `"meta":`; the checksum digits (zeroed) are in here
+    suffix: bytes  # header JSON after the meta string
     groups: tuple[_Run, ...]
-    total: int  # payload size in bytes
-    checksum_at: int  # absolute offset of the checksum digits, -1 when integrity is off
+    data_len: int
+    checksum_pos: int  # offset of the checksum digits in the header JSON, -1 when off
     algo: str  # "none", "xxh3_64" or "crc32"
     on_cpu: bool
+    headers: dict[str, bytes] = field(default_factory=dict, compare=False)  # meta -> header
+
+    def header(self, meta_text: str) -> bytes:
+        """8-byte length + JSON padded so the data starts 8-aligned (last few memoized)."""
+        header = self.headers.get(meta_text)
+        if header is None:
+            raw = self.prefix + json.dumps(meta_text).encode() + self.suffix
+            raw += b" " * (-(8 + len(raw)) % 8)
+            header = len(raw).to_bytes(8, "little") + raw
+            if len(self.headers) >= 4:
+                self.headers.clear()
+            self.headers[meta_text] = header
+        return header
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A template plus the tensors it lays out: everything `encode_into` needs."""
+    """A template, the header for this call's meta and the tensors: what `_write` needs."""
 
     template: _Template
+    header: bytes  # 8-byte length + padded JSON, checksum digits zeroed
     values: list[Tensor]  # the State's tensors, in key order
 
     @property
     def total(self) -> int:
-        return self.template.total
-
-    @property
-    def header(self) -> bytes:
-        return self.template.header
+        return len(self.header) + self.template.data_len
 
 
 def _source_device(tensors: dict[str, Tensor]) -> str:
@@ -142,12 +158,13 @@ def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | s
         sig: Any = (tuple(tensors), tuple(map(_structure, tensors.values())))
     except AttributeError:  # not a Tensor: _build_template names the culprit
         sig = None
-    key = (sig, _meta_text(meta), _checksum.resolve_algo(checksum))
+    meta_text = _meta_text(meta)
+    key = (sig, _checksum.resolve_algo(checksum))
     template = _templates.get(key) if sig is not None else None
     if template is None:
-        template = _build_template(tensors, key[1], key[2])
+        template = _build_template(tensors, key[1])
         _remember(_templates, key, template, _TEMPLATES)
-    return Plan(template, list(tensors.values()))
+    return Plan(template, template.header(meta_text), list(tensors.values()))
 
 
 def _remember(cache: dict, key: Any, value: Any, size: int) -> None:
@@ -168,10 +185,10 @@ def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:
     return sorted(range(len(rows)), key=rank)
 
 
-def _groups(rows: list[tuple[str, Tensor, str]], order: list[int], start: int) -> tuple:
+def _groups(rows: list[tuple[str, Tensor, str]], order: list[int]) -> tuple:
     """Runs of the data order sharing dtype and trailing shape, with each tensor's place."""
     groups: list[_Run] = []
-    pos = start
+    pos = 0
     for i in order:
         t = rows[i][1]
         nbytes = t.numel() * t.element_size()
@@ -192,14 +209,14 @@ def _groups(rows: list[tuple[str, Tensor, str]], order: list[int], start: int) -
     return tuple(groups)
 
 
-def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _Template:
+def _build_template(tensors: dict[str, Tensor], algo: str) -> _Template:
     device = _source_device(tensors)
     md: dict[str, str] = {"format": FORMAT, "version": VERSION, "integrity": algo}
     if algo != "none":
         md["checksum"] = _checksum.placeholder(algo)
-    md["meta"] = meta_text
     md["requires_grad"] = json.dumps([k for k, t in tensors.items() if t.requires_grad])
     md["device"] = device
+    md["meta"] = ""  # last: the template is split around its value
     names = _header.DTYPE_NAMES
     rows = []
     for key, t in tensors.items():
@@ -209,6 +226,8 @@ def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _T
                 f"State.serialize: tensors[{key!r}] has dtype {t.dtype}, expected one of "
                 f"{sorted(str(d) for d in names)}"
             )
+        if key == "__metadata__":
+            raise StateError("State.serialize: '__metadata__' is reserved, not a tensor key")
         rows.append((key, t, name))
     order = _data_order(rows)
     spans: list[list[int]] = [[0, 0]] * len(rows)
@@ -221,16 +240,10 @@ def _build_template(tensors: dict[str, Tensor], meta_text: str, algo: str) -> _T
     for (key, t, name), span in zip(rows, spans, strict=True):
         header[key] = {"dtype": name, "shape": list(t.shape), "data_offsets": span}
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-(8 + len(raw)) % 8)
-    start = 8 + len(raw)
-    checksum_at = -1 if algo == "none" else 8 + _checksum.find_checksum(raw, md["checksum"])
+    cut = raw.index(b'"meta":""') + len(b'"meta":')  # __metadata__ comes first in the JSON
+    checksum_pos = -1 if algo == "none" else _checksum.find_checksum(raw, md["checksum"])
     return _Template(
-        len(raw).to_bytes(8, "little") + raw,
-        _groups(rows, order, start),
-        start + pos,
-        checksum_at,
-        algo,
-        device == "cpu",
+        raw[:cut], raw[cut + 2 :], _groups(rows, order), pos, checksum_pos, algo, device == "cpu"
     )
 
 
@@ -288,13 +301,13 @@ def encode_into(p: Plan, buf: Any) -> int:
 
 def _write(p: Plan, addr: int, view: memoryview) -> None:
     """Copy header and tensors to `addr`, then patch in the checksum (`view` covers `addr`)."""
-    tp = p.template
-    _memmove(addr, tp.header, len(tp.header))
+    tp, start = p.template, len(p.header)
+    _memmove(addr, p.header, start)
     for group in tp.groups:
-        _copy_group(p.values, group, addr, tp.on_cpu)
-    if tp.checksum_at >= 0:
-        digits = _checksum.digest(tp.algo, tp.header[8:], view[len(tp.header) : tp.total])
-        _memmove(addr + tp.checksum_at, digits, len(digits))
+        _copy_group(p.values, group, addr + start, tp.on_cpu)
+    if tp.checksum_pos >= 0:
+        digits = _checksum.digest(tp.algo, p.header[8:], view[start : p.total])
+        _memmove(addr + 8 + tp.checksum_pos, digits, len(digits))
 
 
 def encode(

@@ -20,7 +20,7 @@ from worldflux.models.dreamerv3.actor_critic import (
     lambda_returns,
 )
 from worldflux.models.dreamerv3.optim import LaProp
-from worldflux.nn.blocks import BlockLinear
+from worldflux.nn.blocks import BlockLinear, ChannelNorm
 from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean, unimix_logp
 from worldflux.nn.functional import symexp, symlog, two_hot, unimix
 
@@ -218,6 +218,9 @@ def test_block_linear_is_block_diagonal() -> None:
     dense = torch.block_diag(*layer.weight.detach())  # (4 blocks of 2x3) -> (8, 12)
     x = torch.randn(5, 8)
     assert torch.allclose(layer(x), x @ dense + layer.bias, atol=1e-6)
+    norm, img = ChannelNorm(4, "rms"), torch.randn(2, 4, 3, 3)
+    by_hand = img * torch.rsqrt(img.pow(2).mean(1, keepdim=True) + 1e-5)
+    assert torch.allclose(norm(img.contiguous(memory_format=torch.channels_last)), by_hand)
     core_gru = _model().rssm  # the core's group-major path equals the flat formula
     d, s, a = torch.randn(3, 64), torch.zeros(3, 128), torch.rand(3, 3) * 2 - 1  # |a| <= 1
     r = core_gru

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # std of a unit normal truncated to [-2, 2]; dividing by it restores the requested variance
@@ -79,8 +80,10 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if kind == "layer" else None
 
     def forward(self, x: Tensor) -> Tensor:
+        c = (x.shape[1],)
+        nhwc = x.permute(0, 2, 3, 1)  # a free view for channels_last maps
         if self.kind == "layer":
-            x = x - x.mean(1, keepdim=True)
-        x = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + self.eps)
-        w = self.weight.view(1, -1, 1, 1)  # (C,) -> (1, C, 1, 1)
-        return x * w + self.bias.view(1, -1, 1, 1) if self.bias is not None else x * w
+            y = F.layer_norm(nhwc, c, self.weight, self.bias, self.eps)
+        else:
+            y = F.rms_norm(nhwc, c, self.weight, self.eps)
+        return y.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,6 +45,7 @@ class ConvDown(nn.Module):
         self.act = make_act(act)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout on CPU
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = conv(x)
             if not self.strided:
@@ -95,6 +97,7 @@ class ConvUp(nn.Module):
         return conv(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout on CPU
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = self.act(norm(self._upconv(conv, x)))
         return self._upconv(self.out, x)

@@ -164,3 +164,15 @@ def test_batch_lr_and_seed_helpers() -> None:
     assert ddp.shard_seed(0, 3, epoch=1) != ddp.shard_seed(0, 3)
     with pytest.raises(ConfigError, match="metrics"):
         ddp.all_reduce_metrics({"x": torch.zeros(2)}, CPU)
+
+
+def test_checkpoint_refuses_a_world_size_that_does_not_split_the_batch(tmp_path: Path) -> None:
+    model = H.make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=H.LR)
+    ddp.save_checkpoint(tmp_path / "c", CPU, model, opt, step=3, global_batch=6)
+    four = ddp.DistContext(0, 4, 0, "none", torch.device("cpu"))  # as if 4 ranks (no group)
+    with pytest.raises(ConfigError, match="multiple of world_size=4"):
+        ddp.load_checkpoint(tmp_path / "c", four, H.make_model())
+    three = ddp.DistContext(0, 3, 0, "none", torch.device("cpu"))
+    info = ddp.load_checkpoint(tmp_path / "c", three, H.make_model())
+    assert (info["step"], info["per_rank_batch"]) == (3, 2)

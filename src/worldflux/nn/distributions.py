@@ -82,6 +82,8 @@ def sample_onehot(log_probs: Tensor) -> Tensor:
 
 def straight_through(onehot: Tensor, log_probs: Tensor) -> Tensor:
     """Straight-through gradients: the value of `onehot`, the gradient of the probabilities."""
+    if not (torch.is_grad_enabled() and log_probs.requires_grad):
+        return onehot  # no graph to attach: skip the two extra passes
     probs = log_probs.exp()
     return onehot + (probs - probs.detach())  # exactly `onehot`: p - p is 0 in floating point
 

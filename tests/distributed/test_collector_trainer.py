@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> Non
     assert trainer.episodes > 0  # CartPole episodes under a fresh policy are short
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"worldflux_{ns}")]
     assert (tmp_path / "checkpoints").is_dir()
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lags = [x for x in logged if x.get("kind") == "collectors"]
+    assert lags and all(x["version_lag"] >= 0 for x in lags), logged[:3]
 
 
 def test_collector_run_resumes_with_collectors(tmp_path: Path) -> None:

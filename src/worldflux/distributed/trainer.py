@@ -62,6 +62,7 @@ class CollectorTrainer(Trainer):
         self.pool = CollectorPool(env_fn, policy_fn, collectors, weights=self.sync_module)
         self.poll_timeout_s = poll_timeout_s
         self.rows_by_version: dict[int, int] = {}  # rows received per acting policy version
+        self._lag_sum, self._lag_rows = 0.0, 0  # versions behind the latest, since last log
         self._ret = np.zeros(streams)
         self._len = np.zeros(streams, np.int64)
 
@@ -84,6 +85,8 @@ class CollectorTrainer(Trainer):
                 rows_list = chunk.step_batches()
             for v, c in zip(versions.tolist(), counts.tolist(), strict=True):
                 self.rows_by_version[v] = self.rows_by_version.get(v, 0) + c
+                self._lag_sum += (self.pool.version - v) * c
+                self._lag_rows += c
             for rows in rows_list:
                 self.replay.add(rows, chunk.env_ids)
                 added += len(rows)
@@ -103,6 +106,22 @@ class CollectorTrainer(Trainer):
             stream = int(env_ids[i])
             values = {"return": float(self._ret[stream]), "length": int(self._len[stream])}
             self.logger.log(self.step, "episode", {**values, "env": stream})
+
+    def _log_profile(self) -> None:
+        """Also log how stale the collected rows are and how often collectors restarted."""
+        super()._log_profile()
+        assert self.logger is not None
+        stats = self.pool.stats()
+        self.logger.log(
+            self.step,
+            "collectors",
+            {
+                "policy_version": stats["version"],
+                "version_lag": self._lag_sum / max(1, self._lag_rows),
+                "restarts": sum(c["restarts"] for c in stats["collectors"]),
+            },
+        )
+        self._lag_sum, self._lag_rows = 0.0, 0
 
     def _learn(self) -> None:
         # N collectors spread the first rows over N x num_envs streams: wait until one stream

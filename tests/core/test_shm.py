@@ -144,7 +144,7 @@ def test_corrupted_segment_is_a_state_error() -> None:
         State.from_shared_memory(desc)
     checked = s.to_shared_memory(NS, checksum=True)
     with open("/dev/shm/" + checked["name"][1:], "r+b") as f:
-        f.seek(checked["size"] - 1)
+        f.seek(8 + checked["size"] - 1)  # the payload's last byte
         f.write(b"\xff")
     with pytest.raises(StateError, match="checksum"):
         State.from_shared_memory(checked)

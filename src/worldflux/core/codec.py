@@ -287,9 +287,9 @@ def _copy_group(values: list[Tensor], run: _Run, addr: int, on_cpu: bool) -> Non
             _raw_view(addr + b, n).view(t.dtype).view(t.shape).copy_(t.detach())
 
 
-def encode_into(p: Plan, buf: Any) -> int:
-    """Write plan `p` at the start of the writable buffer `buf`; returns bytes written."""
-    arr = np.frombuffer(buf, dtype=np.uint8)
+def encode_into(p: Plan, buf: Any, offset: int = 0) -> int:
+    """Write plan `p` into the writable buffer `buf` at `offset`; returns bytes written."""
+    arr = np.frombuffer(buf, dtype=np.uint8, offset=offset)
     if arr.size < p.total or not arr.flags.writeable:
         raise StateError(
             f"encode_into: buf must be a writable buffer of at least {p.total} bytes, "

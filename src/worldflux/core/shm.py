@@ -2,9 +2,11 @@
 
 Segment ``/worldflux_<namespace>_<pid>_<n>_<nonce>`` (creator pid first, for `cleanup_namespace`)::
 
-    [0:size)                 the v1 payload, byte for byte what `State.serialize` returns
-    [size:capacity-8)        slack (a reused segment may be larger than its payload)
-    [capacity-8:capacity)    u64 generation, bumped by every publish into the segment
+    [0:8)                    u64 generation, bumped by every publish into the segment
+    [8:8+size)               the v1 payload, byte for byte what `State.serialize` returns
+    [8+size:capacity)        slack (a reused segment may be larger than its payload)
+
+(The generation shares the header's page, so an attach touches a single page.)
 
 Segments are opened with ``shm_open`` and mapped with `mmap` directly: no
 `multiprocessing.shared_memory`, so nothing is registered with the resource tracker and a
@@ -20,9 +22,8 @@ import mmap
 import os
 import re
 import secrets
-from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ _NAME = re.compile(
     r"/worldflux_([A-Za-z0-9][A-Za-z0-9.-]{0,63})_([0-9]{1,10})_[0-9]{1,20}_[0-9a-f]{8}"
 )
 _KEYS = frozenset(("format", "name", "size", "capacity", "header_len", "generation"))
-_TAIL = 8  # generation counter at the end of the segment
+_GEN = 8  # bytes of the generation counter in front of the payload
 _counter = count()
 
 
@@ -102,9 +103,9 @@ def _descriptor(name: str, p: codec.Plan, capacity: int, generation: int) -> dic
     }
 
 
-def _write(mm: mmap.mmap, p: codec.Plan, capacity: int, generation: int) -> None:
-    codec.encode_into(p, mm)
-    mm[capacity - _TAIL : capacity] = generation.to_bytes(_TAIL, "little")
+def _write(mm: mmap.mmap, p: codec.Plan, generation: int) -> None:
+    codec.encode_into(p, mm, offset=_GEN)
+    mm[:_GEN] = generation.to_bytes(_GEN, "little")
 
 
 def publish(
@@ -113,10 +114,10 @@ def publish(
     """Write a State into a fresh segment and return its descriptor (the segment persists)."""
     check_namespace(namespace)
     p = codec.plan(tensors, meta, checksum=checksum)
-    capacity = p.total + _TAIL
+    capacity = _GEN + p.total
     name, mm = _create(namespace, capacity)
     try:
-        _write(mm, p, capacity, 0)
+        _write(mm, p, 0)
     except BaseException:
         mm.close()
         unlink_segment(name)
@@ -136,14 +137,14 @@ class _Segment:
         self._mm: mmap.mmap | None = None
 
     def publish(self, p: codec.Plan) -> dict[str, Any]:
-        if self._mm is None or p.total + _TAIL > self.capacity:
+        if self._mm is None or _GEN + p.total > self.capacity:
             self.close(unlink=True)
-            capacity = (int((p.total + _TAIL) * self.headroom) + 7) & ~7  # 8-aligned
+            capacity = (int((_GEN + p.total) * self.headroom) + 7) & ~7  # 8-aligned
             self.name, self._mm = _create(self.namespace, capacity)
             self.capacity, self.generation = capacity, 0
         assert self.name is not None
         self.generation += 1
-        _write(self._mm, p, self.capacity, self.generation)
+        _write(self._mm, p, self.generation)
         return _descriptor(self.name, p, self.capacity, self.generation)
 
     def close(self, unlink: bool) -> None:
@@ -203,8 +204,7 @@ class SegmentPool:
         self.close(unlink=True)
 
 
-@dataclass(frozen=True)
-class _Desc:
+class _Desc(NamedTuple):
     name: str
     size: int
     capacity: int
@@ -214,7 +214,7 @@ class _Desc:
 
 def check_descriptor(descriptor: Any, namespace: str | None = None) -> _Desc:
     """Validate a descriptor's shape and name before touching any segment."""
-    if not isinstance(descriptor, dict) or set(descriptor) != _KEYS:
+    if not isinstance(descriptor, dict) or descriptor.keys() != _KEYS:
         raise StateFormatError(
             f"descriptor must be a dict with keys {sorted(_KEYS)}, got {descriptor!r:.200}"
         )
@@ -231,7 +231,7 @@ def check_descriptor(descriptor: Any, namespace: str | None = None) -> _Desc:
     if not all(type(v) is int and 0 <= v < 2**63 for v in nums):
         raise StateFormatError(f"descriptor sizes must be non-negative ints, got {nums}")
     size, capacity, header_len, _ = nums
-    if not 8 + header_len <= size <= capacity - _TAIL:
+    if not 8 + header_len <= size <= capacity - _GEN:
         raise StateFormatError(
             f"descriptor sizes disagree: header_len={header_len}, size={size}, capacity={capacity}"
         )
@@ -279,13 +279,13 @@ def _map(d: _Desc) -> mmap.mmap:
 
 
 def _check_segment(mm: mmap.mmap, d: _Desc) -> None:
-    generation = int.from_bytes(mm[d.capacity - _TAIL : d.capacity], "little")
+    generation = int.from_bytes(mm[:_GEN], "little")
     if generation != d.generation:
         raise StateFormatError(
             f"stale descriptor: segment {d.name} holds generation {generation}, "
             f"descriptor names {d.generation}"
         )
-    if int.from_bytes(mm[:8], "little") != d.header_len:
+    if int.from_bytes(mm[_GEN : _GEN + 8], "little") != d.header_len:
         raise StateFormatError(f"descriptor header_len {d.header_len} disagrees with {d.name}")
 
 
@@ -297,7 +297,7 @@ def attach(
     mm = _map(d)
     try:
         _check_segment(mm, d)
-        arr = np.frombuffer(mm, dtype=np.uint8, count=d.size)
+        arr = np.frombuffer(mm, dtype=np.uint8, count=d.size, offset=_GEN)
         layout = parse_header(arr.data)
         if copy:
             tensors = codec.copy_out(layout, arr.ctypes.data)

@@ -195,6 +195,28 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(results: dict[str, dict[str, float]]) -> str:
+    """One line per target of the issue: the figure reached and whether it is met."""
+    lines = []
+    for name, limit in TARGETS.items():
+        x = results[name]["serdes_ratio"]
+        lines.append(f"ser+deser {name}: {x:.2f}x two memcpys (target <= {limit}x)")
+    for name, r in results.items():
+        lines.append(f"attach {name}: {r['attach']:.1f} µs (target <= 30 µs)")
+    for name, r in results.items():
+        x = r["publish_reused_ratio"]
+        lines.append(f"publish into a reused segment, {name}: {x:.2f}x memcpy (target <= 1.2x)")
+    for name, r in results.items():
+        lines.append(f"to() same device, {name}: {r['to_same_device']:.2f} µs (target <= 1 µs)")
+    out = []
+    for line in lines:
+        value, target = line.rsplit("(target <= ", 1)
+        reached = float(value.split(": ")[1].split()[0].rstrip("x"))
+        limit = float(target.split()[0].rstrip("x)"))
+        out.append(f"- {line}: {'met' if reached <= limit else 'NOT met'}")
+    return "\n".join(out)
+
+
 def write_docs(md_table: str, machine: str) -> None:
     """Replace (or append) the '## State' section of docs/benchmarks.md."""
     path = ROOT / "docs" / "benchmarks.md"
@@ -236,7 +258,7 @@ def main() -> None:
     for name, state in make_states().items():
         results[name] = bench_state(state, reps[name])
     shm.cleanup_namespace(NAMESPACE, include_live=True)
-    md = table(results)
+    md = table(results) + "\n\n" + verdicts(results)
     print(md)
     load = os.getloadavg()[0]
     machine = (

@@ -36,10 +36,11 @@ def guarded_step(
     Returns (stepped, grad_norm). On a non-finite value the gradients are cleared and the
     parameters and optimizer state stay untouched.
     """
+    params = list(params)
     optimizer.zero_grad(set_to_none=True)
     if not bool(torch.isfinite(loss)):
         return False, float("nan")
-    loss.backward()
+    loss.backward(inputs=params)  # gradients only for the parameters this optimizer owns
     params = [p for p in params if p.grad is not None]
     if max_grad_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -115,6 +115,7 @@ class Trainer:
             self.save()
         finally:
             self.logger.close()
+            self.logger = None
         return {
             "step": self.step,
             "updates": self.updates,
@@ -174,7 +175,7 @@ class Trainer:
             self.profile["update"] += time.perf_counter() - t1
             self.updates += 1
             self._check_finite(metrics)
-            if self._crossed(self.updates - 1, max(1, self._updates_per_log())):
+            if self.updates % self._updates_per_log() == 0:
                 assert self.logger is not None
                 self.logger.log(self.step, "train", {**metrics, "updates": self.updates})
 

@@ -1,0 +1,104 @@
+"""Learning curves: train a model on a task for a step budget over seeds, write JSON curves.
+
+    OMP_NUM_THREADS=1 python benchmarks/learn.py tdmpc2:1m Pendulum-v1 --steps 15000 \
+        --seeds 0 1 2 --set agent.act=policy updates_per_step=0.5
+
+Each seed is a normal run directory under ``benchmarks/results/logs/<name>/seed<k>`` (metrics,
+checkpoints; git-ignored). The curve JSON ``benchmarks/results/learn_<name>.json`` holds the
+settings and, per seed, the evaluation points (env step, mean return over the eval episodes).
+``--collect`` rebuilds the JSON from whatever the run directories hold (partial runs included),
+and ``--seed`` runs a single seed (to start seeds as separate background processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_name(model: str, env: str) -> str:
+    return f"{model.replace(':', '-')}_{env.replace('/', '-').replace(':', '-')}"
+
+
+def train_seed(model: str, env: str, steps: int, seed: int, overrides: list[str]) -> Path:
+    from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
+
+    run_dir = RESULTS / "logs" / run_name(model, env) / f"seed{seed}"
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        trainer = resume_trainer(run_dir, progress=False)  # continue an interrupted run
+    else:
+        items = [*overrides, f"steps={steps}", f"seed={seed}", "progress=false"]
+        trainer = build_trainer(parse_overrides(model, env, items), run_dir)
+    start = time.time()
+    trainer.train()
+    print(f"seed {seed}: {trainer.step} steps in {time.time() - start:.0f}s", flush=True)
+    return run_dir
+
+
+def collect(model: str, env: str, steps: int, overrides: list[str]) -> Path:
+    """Write the curve JSON from the run directories of every seed found."""
+    from worldflux.training.logging import read_metrics
+
+    root = RESULTS / "logs" / run_name(model, env)
+    seeds: dict[str, Any] = {}
+    for seed_dir in sorted(root.glob("seed*")):
+        evals = read_metrics(seed_dir, "eval")
+        profile = read_metrics(seed_dir, "profile")
+        points: dict[int, float] = {}
+        for r in evals:  # a resumed run may repeat a step: keep the last record
+            points[int(r["step"])] = float(r["return_mean"])
+        seeds[seed_dir.name] = {
+            "steps": sorted(points),
+            "returns": [points[s] for s in sorted(points)],
+            "profile": profile[-1] if profile else None,
+        }
+    settings_file = root / "seed0" / "run.json"
+    doc = {
+        "model": model,
+        "env": env,
+        "step_budget": steps,
+        "overrides": overrides,
+        "run_spec": json.loads(settings_file.read_text()) if settings_file.is_file() else None,
+        "metric": "mean return over the evaluation episodes (explore=False, real env returns)",
+        "seeds": seeds,
+        "complete": all(s["steps"] and s["steps"][-1] >= steps for s in seeds.values()),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    out = RESULTS / f"learn_{run_name(model, env)}.json"
+    out.write_text(json.dumps(doc, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="family:preset")
+    parser.add_argument("env", help="environment id")
+    parser.add_argument("--steps", type=int, required=True, help="env-step budget per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--collect", action="store_true", help="only rebuild the JSON")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run overrides (trainer fields, agent.x, env.x, model fields)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if not args.collect:
+        for seed in args.seeds:
+            train_seed(args.model, args.env, args.steps, seed, args.overrides)
+    print(collect(args.model, args.env, args.steps, args.overrides))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,124 @@
+"""JEPA agent: plans with CEM toward a goal in representation space; learns offline or online.
+
+The goal is an observation (e.g. `TwoRoomEnv.goal_observation()`) given with `set_goal`; its
+embedding is the planner's target. Acting filters the observation into the JEPA State (the
+predictor's history of reps) and returns the first action of the best CEM plan.
+
+Learning: the JEPA loss (teacher-forced + autoregressive latent prediction + anti-collapse
+regulariser) with Adam at ``config.lr``, a guarded step, then the EMA target update if used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from worldflux.agents.base import Agent, guarded_step
+from worldflux.core.batch import Batch
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.model import Metrics
+from worldflux.core.spec import Obs
+from worldflux.core.state import State
+from worldflux.models.jepa import JEPA
+from worldflux.models.jepa.planning import GoalPlanner
+from worldflux.planners import CEM
+
+
+class JEPAAgent(Agent):
+    """JEPA + CEM goal planning (see the module docstring)."""
+
+    model: JEPA
+    within_episode = True
+
+    def __init__(
+        self,
+        model: JEPA,
+        seed: int = 0,
+        batch_size: int = 32,
+        seq_len: int = 8,
+        horizon: int = 8,
+        samples: int = 256,
+        elites: int = 32,
+        iterations: int = 5,
+        action_repeat: int = 1,
+    ) -> None:
+        if not isinstance(model, JEPA):
+            raise ConfigError(f"model: expected a JEPA world model, got {type(model).__name__}")
+        for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if not isinstance(value, int) or value < 2:
+                raise ConfigError(f"{name}: expected an int >= 2, got {value!r}")
+        del seed  # weights are seeded by create_world_model; CEM noise by torch's RNG
+        self.model = model
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.default_train_ratio = float(self.replayed_per_update)  # 1 update per env step
+        cem = CEM(model.action_spec.dim, horizon, samples, elites, iterations)
+        self.planner = GoalPlanner(model, cem, action_repeat=action_repeat)
+        self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
+        self.goal_rep: Tensor | None = None
+        self._prev_action: Tensor | None = None  # (N, A) the last planned actions
+
+    @torch.no_grad()
+    def set_goal(self, goal_obs: Obs) -> None:
+        """Embed goal observations (N, *obs_shape) as the planner's target; resets warm starts."""
+        self.model.eval()
+        self.goal_rep = self.model.embed(goal_obs)
+        self.planner.reset()
+
+    def act(
+        self,
+        obs: dict[str, Tensor],
+        state: State | None,
+        explore: bool,
+        is_first: Tensor | None = None,
+    ) -> tuple[Tensor, State | None]:
+        """Filter `obs` into the State, then plan toward the goal. -> (N, A)."""
+        if self.goal_rep is None:
+            raise SpecError("act: no goal; call JEPAAgent.set_goal(goal_obs) before acting")
+        model = self.model
+        o = obs if model.obs_spec.is_dict else obs["obs"]
+        fresh = model.encode(o)
+        if state is None or is_first is None:
+            state = fresh
+        else:
+            if self._prev_action is None:
+                raise SpecError("act: a continuing State needs the previous action")
+            nxt = model.update(state, self._prev_action, o)
+            mask = is_first.to(model.device)
+            state = State({k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))),
+                                          fresh.tensors[k], v)
+                           for k, v in nxt.tensors.items()})  # fmt: skip
+            self.planner.reset(mask.bool())
+        if self.goal_rep.shape[0] != state.batch_size:
+            raise SpecError(
+                f"act: goal batch {self.goal_rep.shape[0]} != obs batch {state.batch_size}"
+            )
+        action = self.planner.plan(state, self.goal_rep, eval_mode=not explore)
+        self._prev_action = action
+        return action, state
+
+    def learn(self, batch: Batch) -> Metrics:
+        """One JEPA loss step (guarded), then the EMA target update."""
+        model = self.model
+        model.train()
+        loss, metrics = model.loss(batch)
+        ok, norm = guarded_step(loss, self.opt, model.parameters(), model.config.grad_clip)
+        if ok:
+            model.update_target()
+        out: Metrics = {k: float(v) for k, v in metrics.items()}
+        out.update(grad_norm=norm, nonfinite=float(not ok))
+        return out
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": self.opt}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"goal_rep": self.goal_rep, "prev_action": self._prev_action}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.goal_rep = state.get("goal_rep")
+        self._prev_action = state.get("prev_action")

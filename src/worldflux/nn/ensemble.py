@@ -26,31 +26,24 @@ from worldflux.core.exceptions import ConfigError, SpecError
 class _Mish(torch.autograd.Function):
     """Mish in closed form: x * tanh(softplus(x)) = x - 2x / ((e^x + 1)^2 + 1).
 
-    Plain element-wise passes instead of ``F.mish``'s transcendental kernels: about 3x faster
-    forward and 2x faster forward + backward on CPU (CPU time, 590k elements). With
-    ep1 = e^x + 1 and r = 1 / (ep1^2 + 1): tanh(softplus(x)) = 1 - 2r, x sigmoid(x) =
-    x - x / ep1 and 1 - tanh(softplus(x))^2 = 4 r (1 - r). Matches ``F.mish`` and its gradient
-    within 2e-6 (float32 cancellation for x << 0). Overflow is benign: e^x = inf gives exactly
-    x and a derivative of 1.
+    Five plain element-wise passes instead of ``F.mish``'s transcendental kernel: 3.4x faster
+    on a cache-resident tensor, and what planning (no gradient) runs on. With a gradient the
+    backward is ATen's ``mish_backward`` and only x is saved: a closed-form backward measured
+    2x faster in isolation but no faster inside a training step (memory bound, three saved
+    tensors). Matches ``F.mish`` within 2e-6; e^x = inf gives exactly x.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        if not ctx.needs_input_grad[0]:
-            d = x.exp().add_(1).square_().add_(1)
-            return torch.addcdiv(x, x, d, value=-2.0)
-        ep1 = x.exp().add_(1)
-        r = ep1.square().add_(1).reciprocal_()
-        ctx.save_for_backward(x, ep1, r)
-        return torch.addcmul(x, x, r, value=-2.0)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x)
+        d = x.exp().add_(1).square_().add_(1)
+        return torch.addcdiv(x, x, d, value=-2.0)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        x, ep1, r = ctx.saved_tensors
-        x_sig = torch.addcdiv(x, x, ep1, value=-1.0)  # x * sigmoid(x)
-        q = torch.addcmul(r, r, r, value=-1.0)  # r (1 - r)
-        dy = torch.addcmul(1.0 - 2.0 * r, x_sig, q, value=4.0)
-        return grad * dy
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.mish_backward(grad, x)
 
 
 def mish(x: Tensor) -> Tensor:

@@ -181,9 +181,8 @@ def demo(
     steps: Annotated[int, typer.Option(help="env steps")] = 3000,
 ) -> None:
     """A short visible run (TD-MPC2 on Pendulum, a few minutes on 2 cores), then a video."""
-    from worldflux.training.evaluate import collect_sequence
-    from worldflux.training.run import build_trainer, default_run_dir, parse_overrides
-    from worldflux.training.video import imagination_video
+    from worldflux.training.evaluate import evaluate
+    from worldflux.training.run import build_trainer, default_run_dir, env_factory, parse_overrides
 
     _threads(1)
     settings = [s for s in DEMO_SETTINGS if not s.startswith("steps=")] + [f"steps={steps}"]
@@ -193,12 +192,26 @@ def demo(
         trainer = build_trainer(spec, run_dir or default_run_dir(spec))
         result = trainer.train()
         _report(result, trainer)
-        batch = collect_sequence(trainer.agent, trainer.env_fn(0), 0, 60)
-        video = trainer.run_dir / "videos" / "imagination.gif"
-        info = imagination_video(trainer.agent.model, batch, video, context=5)
-        typer.echo(f"video:       {info['path']}  (real vs open-loop predicted observations)")
+        spec.env_kwargs = {**spec.env_kwargs, "render_mode": "rgb_array"}
+        video = trainer.run_dir / "videos" / "eval.gif"
+        ev = evaluate(trainer.agent, env_factory(spec), 1, 0, video=video)
+        typer.echo(
+            f"video:       {video}  (one evaluation episode, return {ev['return_mean']:.1f})"
+        )
+        if "obs" in trainer.agent.model.heads:
+            _imagination(trainer)
     except WorldFluxError as err:
         _fail(err)
+
+
+def _imagination(trainer: Any) -> None:
+    from worldflux.training.evaluate import collect_sequence
+    from worldflux.training.video import imagination_video
+
+    batch = collect_sequence(trainer.agent, trainer.env_fn(0), 0, 60)
+    path = trainer.run_dir / "videos" / "imagination.gif"
+    imagination_video(trainer.agent.model, batch, path, context=5)
+    typer.echo(f"imagination: {path}  (real vs open-loop predicted observations)")
 
 
 def main() -> None:

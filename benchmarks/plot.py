@@ -1,0 +1,95 @@
+"""Plot learning curves (``benchmarks/results/learn_*.json``) as PNGs with random baselines.
+
+    python benchmarks/plot.py            # every curve file -> benchmarks/results/learn_*.png
+
+Each plot shows every seed (thin), the mean over seeds at shared steps (thick), the issue's
+target (dashed) and the return of a uniformly random policy over 10 episodes (dotted), measured
+here with the same env wrappers and cached in ``benchmarks/results/random_baselines.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {  # (model family, env) -> (return target, env-step budget), from the issue
+    ("tdmpc2", "Pendulum-v1"): (-250.0, 15_000),
+    ("dreamerv3", "CartPole-v1"): (400.0, 50_000),
+    ("dreamerv3", "Pendulum-v1"): (-300.0, 30_000),
+}
+
+
+def random_baseline(env_id: str, episodes: int = 10, seed: int = 0) -> float:
+    """Mean return of uniform random actions over `episodes` episodes (cached)."""
+    cache_file = RESULTS / "random_baselines.json"
+    cache: dict[str, Any] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    if env_id in cache:
+        return float(cache[env_id]["return_mean"])
+    from worldflux.core.spec import ActionSpec
+    from worldflux.envs import make_env
+    from worldflux.training.runner import random_actions
+
+    env = make_env(env_id)
+    spec = ActionSpec.from_space(env.action_space)
+    rng = np.random.default_rng(seed)
+    returns = []
+    for ep in range(episodes):
+        row, total = env.reset(seed=seed + ep), 0.0
+        while not row.is_last:
+            row = env.step(random_actions(spec, 1, rng)[0])
+            total += row.reward
+        returns.append(total)
+    cache[env_id] = {"return_mean": float(np.mean(returns)), "episodes": episodes, "seed": seed}
+    cache_file.write_text(json.dumps(cache, indent=1))
+    return float(np.mean(returns))
+
+
+def plot(curve_file: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(curve_file.read_text())
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    shared: set[int] | None = None
+    for name, seed in doc["seeds"].items():
+        if seed["steps"]:
+            ax.plot(seed["steps"], seed["returns"], lw=0.8, alpha=0.6, label=name)
+            shared = set(seed["steps"]) if shared is None else shared & set(seed["steps"])
+    if shared:
+        steps = sorted(shared)
+        mean = [np.mean([s["returns"][s["steps"].index(t)] for s in doc["seeds"].values()])
+                for t in steps]  # fmt: skip
+        ax.plot(steps, mean, lw=2.2, color="black", label=f"mean of {len(doc['seeds'])} seeds")
+    family = doc["model"].partition(":")[0]
+    target = TARGETS.get((family, doc["env"]))
+    if target is not None:
+        ax.axhline(target[0], ls="--", color="green", label=f"target {target[0]:g}")
+    ax.axhline(random_baseline(doc["env"]), ls=":", color="red", label="random policy")
+    status = "complete" if doc.get("complete") else "PARTIAL (budget not reached)"
+    ax.set_title(f"{doc['model']} on {doc['env']} ({status})", fontsize=9)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval return (mean of 10 episodes)")
+    ax.set_xlim(0, doc["step_budget"])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = curve_file.with_suffix(".png")
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    files = [Path(a) for a in argv] or sorted(RESULTS.glob("learn_*.json"))
+    for f in files:
+        print(plot(f))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

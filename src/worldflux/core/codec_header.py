@@ -339,7 +339,12 @@ def parse_header(mv: memoryview) -> Layout:
     raw = mv[8 : 8 + hlen].tobytes()
     layout = _cache.get((raw, total))
     if layout is None:
-        layout = _build(raw, total)
+        try:
+            layout = _build(raw, total)
+        except (StateError, MemoryError):
+            raise
+        except Exception as err:  # last resort: every known case has an explicit check
+            raise StateFormatError(f"payload: malformed header ({type(err).__name__})") from err
         if len(raw) <= _CACHE_MAX_HEADER:
             if len(_cache) >= _CACHE_SIZE:
                 with contextlib.suppress(RuntimeError, StopIteration):

@@ -19,6 +19,7 @@ from worldflux.models.dreamerv3.actor_critic import (
     ReplayContext,
     lambda_returns,
 )
+from worldflux.models.dreamerv3.networks import shared_input_mlps
 from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.nn.blocks import BlockLinear, ChannelNorm
 from worldflux.nn.distributions import sample_onehot, symexp_bins, symmetric_mean, unimix_logp
@@ -231,6 +232,14 @@ def test_block_linear_is_block_diagonal() -> None:
     cand = torch.tanh(torch.sigmoid(reset) * cand)
     upd = torch.sigmoid(upd - 1)
     assert torch.allclose(r.core(d, s, a), upd * cand + (1 - upd) * d, atol=1e-5)
+
+
+def test_shared_input_mlps_equal_separate_heads() -> None:
+    model = _model()
+    feat = torch.randn(4, 3, model.feat_dim)
+    nets = (model.reward_head.net, model.continue_head.net, model.actor_critic.critic.net)
+    for fused, net in zip(shared_input_mlps(feat, nets), nets, strict=True):
+        assert torch.allclose(fused, net(feat), atol=1e-6)
 
 
 def test_free_bits_clip_each_term() -> None:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from worldflux.core.spec import ActionSpec
 from worldflux.core.state import State
 from worldflux.models.dreamerv3.config import DreamerV3Config
-from worldflux.models.dreamerv3.networks import TwoHotHead
+from worldflux.models.dreamerv3.networks import BinaryHead, TwoHotHead, shared_input_mlps
 from worldflux.models.dreamerv3.rssm import init_linears_
 from worldflux.nn.blocks import init_linear_
 from worldflux.nn.distributions import categorical_entropy, sample_onehot, unimix_logp
@@ -202,15 +202,16 @@ class DreamerV3ActorCritic(nn.Module):
         # step 0's reward and step H's critic loss are unused (weight 0).
         logits = self.critic(feat.detach())  # (N, H+1, K), the critic's only forward pass
         with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
-            rew = wm.reward_head.mean(wm.reward_head(feat))  # (N, H+1) arriving rewards
-            live = torch.sigmoid(wm.continue_head(feat)) * disc
+            rew_logits, con_logit, slow_logits = self._heads(wm, feat)
+            rew = wm.reward_head.mean(rew_logits)  # (N, H+1) arriving rewards
+            live = torch.sigmoid(con_logit) * disc
             critic = self.critic if self.dynamics_grad else None
             val = self.critic.mean(critic(feat) if critic is not None else logits.detach())
             ret = lambda_returns(rew, live, val, cfg.lam)  # (N, H)
         tarval = val.detach()
         with torch.no_grad():
             weight = torch.cumprod(live, 1)[:, :-1] / disc  # (N, H)
-            slow = self.slow_critic.mean(self.slow_critic(feat.detach()))  # (N, H+1)
+            slow = self.slow_critic.mean(slow_logits.detach())  # (N, H+1)
             self.retnorm.update(ret)
             scale = self.retnorm.scale()
         ent = traj["ent"]
@@ -237,6 +238,15 @@ class DreamerV3ActorCritic(nn.Module):
             "ac/weight": weight.mean(),
         }
         return actor_loss, critic_loss, metrics
+
+    def _heads(self, wm: DreamerV3, feat: Tensor) -> list[Tensor]:
+        """Reward logits, continue logit, slow-critic logits on `feat` (N, H+1, F); with the
+        model's own heads their first layers share one matmul."""
+        if isinstance(wm.reward_head, TwoHotHead) and isinstance(wm.continue_head, BinaryHead):
+            nets = (wm.reward_head.net, wm.continue_head.net, self.slow_critic.net)
+            rew, con, slow = shared_input_mlps(feat, nets)
+            return [rew, con.squeeze(-1), slow]
+        return [wm.reward_head(feat), wm.continue_head(feat), self.slow_critic(feat)]
 
     def replay_loss(self, replay: ReplayContext, boot: Tensor) -> Tensor:
         """Critic loss on the replayed sequence (official ``repl_loss``): lambda-returns over the

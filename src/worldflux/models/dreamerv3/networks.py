@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -159,6 +162,30 @@ class Decoder(nn.Module):
                 err = (img - target).pow(2).flatten(1).sum(-1)  # (N, C, H, W) -> (N,)
                 total = total + err.view(lead)
         return total
+
+
+def shared_input_mlps(x: Tensor, mlps: Sequence[MLP]) -> list[Tensor]:
+    """Run several `MLP`s on the same input (..., F), their first layers as ONE matmul.
+
+    Same outputs as ``[m(x) for m in mlps]``; reading a large `x` once instead of once per head
+    matters when the heads are narrow (memory-bound on CPU).
+    """
+    blocks = [cast(nn.Sequential, m.trunk[0]) for m in mlps]
+    if any(len(b) != 3 for b in blocks):
+        raise ValueError("shared_input_mlps: expects first blocks (Linear, Norm, Act), no dropout")
+    firsts = [cast(nn.Linear, b[0]) for b in blocks]
+    weight = torch.cat([f.weight for f in firsts])  # (sum of widths, F)
+    bias = None
+    if any(f.bias is not None for f in firsts):
+        bias = torch.cat(
+            [f.bias if f.bias is not None else f.weight.new_zeros(f.out_features) for f in firsts]
+        )
+    hidden = F.linear(x, weight, bias).split([f.out_features for f in firsts], -1)
+    outs = []
+    for m, b, h in zip(mlps, blocks, hidden, strict=True):
+        h = b[2](b[1](h))  # norm, act of the first block
+        outs.append(m.head(cast(nn.Sequential, m.trunk)[1:](h)))
+    return outs
 
 
 class TwoHotHead(nn.Module):

@@ -12,6 +12,8 @@ Shapes: N a flat batch, B x T a sequence batch, D = deter, S = stoch, C = classe
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor, nn
 
@@ -25,8 +27,10 @@ from worldflux.nn.distributions import (
 )
 from worldflux.nn.mlp import MLP, make_act, make_norm
 
+M = TypeVar("M", bound=nn.Module)
 
-def init_linears_(module: nn.Module) -> nn.Module:
+
+def init_linears_(module: M) -> M:
     """Fan-in truncated-normal init for every nn.Linear inside `module`; returns it."""
     for m in module.modules():
         if isinstance(m, nn.Linear):

@@ -1,0 +1,102 @@
+"""Trainer config validation, runtime setup, env snapshots, logging and video writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.envs import make_env
+from worldflux.training.config import TrainerConfig, setup_runtime
+from worldflux.training.logging import Logger, read_metrics
+from worldflux.training.run import parse_overrides
+from worldflux.training.runner import EnvRunner, capture_env, restore_env
+from worldflux.training.video import image_frames, write_video
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("steps", 0, "steps: expected an int >= 1, got 0"),
+     ("seed_steps", -1, "seed_steps: expected an int >= 0"),
+     ("train_ratio", 0.0, "train_ratio: expected a number > 0"),
+     ("device", "gpu7", "device: expected 'cpu' or 'cuda"),
+     ("threads", 0, "threads: expected an int >= 1")],
+)  # fmt: skip
+def test_config_errors_name_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainerConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_unknown_trainer_field_and_cuda_request() -> None:
+    with pytest.raises(ConfigError, match=r"unknown fields \['stepz'\]"):
+        TrainerConfig.from_dict({"stepz": 3})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            setup_runtime(1, "cuda")
+    assert setup_runtime(1, "cpu") == torch.device("cpu")
+    assert torch.get_num_threads() == 1
+
+
+def test_overrides_are_sorted_by_prefix() -> None:
+    spec = parse_overrides("tdmpc2:debug", "Pendulum-v1",
+                           ["steps=10", "agent.act=policy", "env.action_repeat=2", "lr=0.001",
+                            "model.horizon=5", "name=abc"])  # fmt: skip
+    assert spec.trainer == {"steps": 10}
+    assert spec.agent == {"act": "policy"} and spec.env_kwargs == {"action_repeat": 2}
+    assert spec.model_overrides == {"lr": 0.001, "horizon": 5, "name": "abc"}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides("tdmpc2:debug", "Pendulum-v1", ["steps"])
+
+
+def test_env_snapshot_restores_the_future() -> None:
+    env = make_env("Pendulum-v1")
+    env.reset(seed=5)
+    for _ in range(7):
+        env.step(np.array([0.3], np.float32))
+    snap = capture_env(env)
+    a = [env.step(np.array([0.1], np.float32)).obs for _ in range(5)]
+    other = make_env("Pendulum-v1")
+    other.reset(seed=99)
+    restore_env(other, snap)
+    b = [other.step(np.array([0.1], np.float32)).obs for _ in range(5)]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+
+
+def test_runner_resets_finished_episodes_and_reports_them() -> None:
+    runner = EnvRunner(lambda i: make_env("CartPole-v1"), 2, seed=0)
+    assert [i for i, row in runner.rows] == [0, 1] and runner.is_first.all()
+    finished = []
+    for _ in range(200):
+        finished += runner.step(np.tile(np.array([[1.0, 0.0]], np.float32), (2, 1)))
+    assert finished and all(length == ret for _, ret, length in finished)
+    ends = [row for _, row in runner.rows if row.is_first]
+    assert all(row.reward == 0.0 for row in ends)
+    with pytest.raises(SpecError, match="num_envs"):
+        EnvRunner(lambda i: make_env("CartPole-v1"), 0, seed=0)
+
+
+def test_logger_writes_jsonl(tmp_path: Path) -> None:
+    log = Logger(tmp_path, 100, tensorboard=False, progress=False)
+    log.log(5, "episode", {"return": 3.0, "vec": torch.zeros(3), "t": torch.tensor(2.0)})
+    log.log(6, "train", {"loss": float("nan")})
+    log.close()
+    records = read_metrics(tmp_path)
+    assert records[0]["return"] == 3.0 and records[0]["t"] == 2.0 and "vec" not in records[0]
+    assert records[1]["loss"] == "nan" and log.last_return == 3.0
+    assert read_metrics(tmp_path, "train")[0]["step"] == 6
+
+
+def test_video_writing(tmp_path: Path) -> None:
+    real = torch.randint(0, 255, (6, 8, 8, 3), dtype=torch.uint8)
+    pred = torch.rand(4, 3, 8, 8)  # decoder output: CHW floats in [0, 1]
+    frames = image_frames(real, pred, context=2, channels_last=True)
+    assert len(frames) == 6 and frames[0].shape == (8, 24, 3)
+    assert (frames[0][:, 16:] == 0).all()  # no error within the context
+    for suffix in (".gif", ".mp4"):
+        path = write_video(tmp_path / f"v{suffix}", frames, fps=5)
+        assert path.stat().st_size > 100
+    with pytest.raises(SpecError, match=r"\.gif or \.mp4"):
+        write_video(tmp_path / "v.avi", frames)

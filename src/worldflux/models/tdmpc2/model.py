@@ -117,7 +117,7 @@ class TDMPC2(WorldModel):
         elif detach:
             params = [p.detach() for p in self.qs.param_list()]
         members = None
-        if reduce in ("avg", "min"):
+        if reduce in ("avg", "min") and self.config.num_q > 2:  # with 2 members: both
             members = torch.randperm(self.config.num_q, device=z.device)[:2]
         training = False if target else dropout
         q = self.to_scalar(self.qs(torch.cat([z, a], -1), params, members, training))

@@ -221,11 +221,7 @@ class DreamerV3ActorCritic(nn.Module):
             adv = (ret.detach() - tarval[:, :-1]) / scale
             objective = traj["logp"] * adv
         actor_loss = -(weight * (objective + cfg.actor_entropy * ent)).mean()
-        logp = F.log_softmax(logits, -1)
-        target = F.pad(ret.detach(), (0, 1))  # (N, H) -> (N, H+1)
-        ce = self.critic.loss(logits, target, logp)
-        ce = ce + cfg.slow_critic_reg * self.critic.loss(logits, slow, logp)
-        critic_loss = (F.pad(weight, (0, 1)) * ce).sum() / weight.numel()  # mean over N x H
+        critic_loss = self._critic_loss(logits, ret.detach(), slow, weight)
         if replay is not None and cfg.repval_scale > 0:
             boot = ret[:, 0].detach().view(replay.reward.shape)  # (B*T,) -> (B, T)
             critic_loss = critic_loss + cfg.repval_scale * self.replay_loss(replay, boot)
@@ -238,6 +234,15 @@ class DreamerV3ActorCritic(nn.Module):
             "ac/weight": weight.mean(),
         }
         return actor_loss, critic_loss, metrics
+
+    def _critic_loss(self, logits: Tensor, ret: Tensor, slow: Tensor, weight: Tensor) -> Tensor:
+        """Weighted two-hot CE toward the returns `ret` (N, H) plus the slow-critic regulariser
+        toward `slow` (N, H+1); `logits` (N, H+1, K) cover step H too, which is weighted 0."""
+        logp = F.log_softmax(logits, -1)
+        target = F.pad(ret, (0, 1))  # (N, H) -> (N, H+1)
+        ce = self.critic.loss(logits, target, logp)
+        ce = ce + self.cfg.slow_critic_reg * self.critic.loss(logits, slow, logp)
+        return (F.pad(weight, (0, 1)) * ce).sum() / weight.numel()  # mean over N x H
 
     def _heads(self, wm: DreamerV3, feat: Tensor) -> list[Tensor]:
         """Reward logits, continue logit, slow-critic logits on `feat` (N, H+1, F); with the

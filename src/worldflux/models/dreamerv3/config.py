@@ -116,6 +116,9 @@ class DreamerV3Config:
             v = getattr(self, name)
             if v < 0:
                 raise ConfigError(f"DreamerV3Config.{name}: expected a value >= 0, got {v}")
+        self._check_choices()
+
+    def _check_choices(self) -> None:
         for name in ("wm_lr", "wm_eps", "wm_grad_clip", "ac_lr", "ac_eps", "ac_grad_clip"):
             if getattr(self, name) <= 0:
                 raise ConfigError(

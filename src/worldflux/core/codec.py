@@ -20,7 +20,7 @@ import ctypes
 import json
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -94,8 +94,7 @@ class _Template:
         return header
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):  # a NamedTuple: built on every serialize, and cheap to build
     """A template, the header for this call's meta and the tensors: what `_write` needs."""
 
     template: _Template

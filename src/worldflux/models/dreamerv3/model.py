@@ -139,13 +139,15 @@ class DreamerV3(WorldModel):
     # --- training -----------------------------------------------------------------------------
 
     def observe(self, batch: Batch) -> dict[str, Tensor]:
-        """Posterior pass over `batch`: RSSM outputs (B, T, ...) and tokens (B, T, E)."""
+        """Posterior pass over `batch`: `RSSM.observe` outputs, each (B, T, ...)."""
+        return self._observe(batch)[0]
+
+    def _observe(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Validated posterior pass: (RSSM outputs, the observations as a dict)."""
         batch.validate()
         obs = self.obs_spec.as_dict(batch.obs, 2, "batch.obs")
         action = self.action_spec.to_model(batch.action, 2, "batch.action")
-        out = self.rssm.observe(self.encoder(obs), action, batch.is_first)
-        out["obs"] = obs  # type: ignore[assignment]
-        return out
+        return self.rssm.observe(self.encoder(obs), action, batch.is_first), obs
 
     def world_model_loss(self, batch: Batch) -> tuple[Tensor, Metrics, State]:
         """-> scalar loss, detached metrics, posterior State (B, T, ...) (graph attached).
@@ -154,7 +156,7 @@ class DreamerV3(WorldModel):
         times gamma if ``cont_discount_target``) + beta_dyn * dyn + beta_rep * rep (free bits).
         """
         cfg = self.config
-        post = self.observe(batch)
+        post, obs = self._observe(batch)
         deter, stoch = post["deter"], post["stoch"].flatten(-2)  # (B, T, S, C) -> (B, T, S*C)
         feat = torch.cat([deter, stoch], -1)
         cont = (~batch.is_terminal).to(feat.dtype)
@@ -162,7 +164,7 @@ class DreamerV3(WorldModel):
             cont = cont * cfg.gamma
         kl = self.rssm.kl_losses(post["post_logp"], post["prior_logp"])
         losses = {
-            "rec": self.decoder.loss(deter, stoch, post["obs"]),  # type: ignore[arg-type]
+            "rec": self.decoder.loss(deter, stoch, obs),
             "rew": self.reward_head.loss(self.reward_head(feat), batch.reward.to(feat.dtype)),
             "con": self.continue_head.loss(self.continue_head(feat), cont),
             "dyn": kl["dyn"],

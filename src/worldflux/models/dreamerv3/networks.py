@@ -69,7 +69,8 @@ class Encoder(nn.Module):
             self.out_dim += cfg.cnn_depths[-1] * h * w
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
-        lead = next(iter(obs.values())).shape[: -len(self.spec.fields[next(iter(obs))].shape)]
+        key = next(iter(self.spec.fields))
+        lead = obs[key].shape[: obs[key].dim() - len(self.spec.fields[key].shape)]  # batch dims
         outs = []
         if self.mlp is not None:
             vec = torch.cat([obs[k].reshape(*lead, -1) for k in self.vec_keys], -1)

@@ -73,3 +73,15 @@ def test_bad_input_raises(dataset_dir: Path, tmp_path: Path) -> None:
         OfflineDataset(tmp_path)
     with pytest.raises(ConfigError, match="noise"):
         RecordConfig(noise=-1.0)
+
+
+def test_straight_episodes_add_wall_contact(tmp_path: Path) -> None:
+    env = TwoRoomEnv()
+    contact_x = 0.5 - env.wall_width / 2 - env.agent_radius  # left face, agent touching it
+    counts = []
+    for prob in (0.0, 1.0):
+        cfg = RecordConfig(episodes=10, episode_length=30, straight_prob=prob, seed=1)
+        data = OfflineDataset(record_tworoom(tmp_path / str(prob), cfg))
+        x = np.asarray(data.positions[:, 0], np.float64)
+        counts.append(int(np.sum(np.abs(np.abs(x - 0.5) - (0.5 - contact_x)) < 1e-3)))
+    assert counts[1] > 2 * counts[0], counts

@@ -42,6 +42,7 @@ class RecordConfig:
     episode_length: int = 64  # steps per episode (frames = episode_length + 1)
     noise: float = 0.5  # std of Gaussian noise added to the expert action
     random_prob: float = 0.2  # chance per step of a uniformly random action instead
+    straight_prob: float = 0.5  # chance per goal of heading straight at it, sliding along walls
     seed: int = 0  # seeds starts, goals and noise
 
     def __post_init__(self) -> None:
@@ -51,8 +52,9 @@ class RecordConfig:
             raise ConfigError(f"episode_length: expected >= 1, got {self.episode_length}")
         if self.noise < 0:
             raise ConfigError(f"noise: expected >= 0, got {self.noise}")
-        if not 0.0 <= self.random_prob <= 1.0:
-            raise ConfigError(f"random_prob: expected in [0, 1], got {self.random_prob}")
+        for name in ("random_prob", "straight_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: expected in [0, 1], got {getattr(self, name)}")
 
 
 def record_tworoom(
@@ -61,7 +63,9 @@ def record_tworoom(
     """Record noisy-expert episodes of `TwoRoomEnv` into the folder `path`; returns it.
 
     Starts and goals are uniform over both rooms; a new goal is drawn whenever one is reached, so
-    episodes keep moving and cross the door often. Existing dataset files are overwritten.
+    episodes keep moving and cross the door often. With `straight_prob` the policy heads straight
+    at a goal, ignoring the door, so the data also shows the agent pressing against and sliding
+    along the wall (a planner must know the wall blocks). Existing dataset files are overwritten.
     """
     env_kwargs = dict(env_kwargs or {})
     env = TwoRoomEnv(**{**env_kwargs, "start_room": "any", "goal_room": "any"})
@@ -82,14 +86,17 @@ def record_tworoom(
         base = ep * steps
         frames[base], positions[base] = env.render(), env.pos
         flags[base, 0] = True
+        straight = bool(rng.random() < config.straight_prob)
         for t in range(1, steps):
-            a = _noisy_expert(env, rng, config)
+            straight = straight and rng.random() >= 0.05  # stuck phases last ~20 steps
+            a = _noisy_expert(env, rng, config, straight)
             env.pos = env.move(env.pos, a)
             i = base + t
             frames[i], actions[i], positions[i] = env.render(), a, env.pos
             if np.linalg.norm(env.pos - env.goal) <= env.success_radius:
                 rewards[i] = 1.0
                 env.goal = env.sample_free(rng, "any")
+                straight = bool(rng.random() < config.straight_prob)
         flags[base + steps - 1, 2] = True
     frames.flush()
     del frames
@@ -108,10 +115,16 @@ def record_tworoom(
     return out
 
 
-def _noisy_expert(env: TwoRoomEnv, rng: np.random.Generator, config: RecordConfig) -> np.ndarray:
+def _noisy_expert(
+    env: TwoRoomEnv, rng: np.random.Generator, config: RecordConfig, straight: bool
+) -> np.ndarray:
     if rng.random() < config.random_prob:
         return rng.uniform(-1.0, 1.0, 2).astype(np.float32)
-    a = expert_action(env, env.pos, env.goal) + rng.normal(0.0, config.noise, 2)
+    if straight:  # ignore the door: walk at the goal and slide along the wall
+        clean = np.clip((env.goal - env.pos) / env.max_step, -1.0, 1.0)
+    else:
+        clean = expert_action(env, env.pos, env.goal)
+    a = clean + rng.normal(0.0, config.noise, 2)
     return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 

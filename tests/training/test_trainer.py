@@ -61,6 +61,9 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     full_result = full.train()
     half = make_trainer(tmp_path / "split")
     half.train(stop_at=200)
+    half.config = TrainerConfig(**{**half.config.to_dict(), "checkpoint_every": 100_000})
+    half.train(stop_at=260)  # progress past the checkpoint that is lost on "crash"
+    (tmp_path / "split" / "checkpoints" / "step_0000000260").rename(tmp_path / "lost")
     del half
     resumed = make_trainer(tmp_path / "split")
     resumed.restore()

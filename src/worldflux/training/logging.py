@@ -120,3 +120,23 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str,
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> int:
+    """Drop records after env step `step` (logged after the checkpoint a run resumes from).
+
+    Returns how many records were dropped; the file is replaced atomically.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(keep) == len(lines):
+        return 0
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    tmp.replace(path)
+    return len(lines) - len(keep)

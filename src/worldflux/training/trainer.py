@@ -30,7 +30,7 @@ from worldflux.training.checkpoint import (
 )
 from worldflux.training.config import TrainerConfig, setup_runtime
 from worldflux.training.evaluate import evaluate
-from worldflux.training.logging import Logger
+from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.runner import EnvFn, EnvRunner, random_actions
 
 
@@ -273,6 +273,7 @@ class Trainer:
             self.replay = type(self.replay).load(path / "replay")
         self.replay.set_state(tree["replay_rng"])
         restore_rng(tree["rng"])
+        truncate_metrics(self.run_dir, self.step)
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = tree["trainer_rng"]
 

@@ -251,3 +251,17 @@ def test_family_readme_example_runs() -> None:
     assert blocks
     for block in blocks:
         exec(compile(block, "tdmpc2/README.md", "exec"), {})
+
+
+def test_two_of_many_q_members() -> None:
+    m = debug(num_q=4).eval()
+    s = m.encode(torch.randn(3, 7))
+    a = torch.rand(3, 3) * 2 - 1
+    for p in m.qs.parameters():  # break the zero init so members differ
+        torch.nn.init.normal_(p, std=0.3)
+    all_q = m.q(s, a, reduce="all")  # (4, 3)
+    for reduce, fn in (("avg", lambda q: q.mean(0)), ("min", lambda q: q.min(0).values)):
+        out = m.q(s, a, reduce=reduce)
+        pairs = [fn(all_q[[i, j]]) for i in range(4) for j in range(i + 1, 4)]
+        assert any(torch.allclose(out, p, atol=1e-6) for p in pairs), reduce
+    assert torch.allclose(m.q(s, a, reduce="mean"), all_q.mean(0), atol=1e-6)

@@ -59,6 +59,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--ckpt-dir", default="/tmp/worldflux_tworoom_ckpt", help="weights go here")
     p.add_argument("--eval-only", action="store_true", help="load weights from --ckpt-dir")
     p.add_argument("--baselines-only", action="store_true", help="random, expert, oracle only")
+    p.add_argument("--replot", action="store_true", help="redraw <out>.png from <out>.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "jepa_tworoom"), help="output path prefix")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
@@ -251,6 +252,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("training step")
         ax.legend()
     axes[0].set_yscale("log")
+    axes[1].set_yscale("log")  # the ablation's collapse is a shrinking scale
     ax = axes[3]
     for run in result["runs"]:
         pts = run["success_over_training"]
@@ -262,7 +264,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
         oracle = result["oracle_planner"]["success_rate"]
         ax.axhline(oracle, color="purple", ls="-.", label="CEM on true dynamics")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"goal-reaching success ({result['args']['budget']}-step budget)")
+    a = result["args"]
+    ax.set_title(f"goal-reaching success ({a['budget']}-step budget)")
+    ax.text(
+        0.02,
+        0.5,
+        f"mid-training: {a['mid_episodes']} episodes\nlast point: {a['eval_episodes']} episodes",
+        transform=ax.transAxes,
+        fontsize=8,
+    )
     ax.set_xlabel("training step")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -272,6 +282,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     args = parse()
     torch.set_num_threads(1)
+    if args.replot:
+        out = Path(args.out)
+        plot(json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".png"))
+        return
     env = make_env()
     data_dir = Path(args.data + ("_quick" if args.quick else ""))
     rec = RecordConfig(episodes=args.episodes, episode_length=args.episode_length, seed=args.seed)

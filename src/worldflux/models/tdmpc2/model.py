@@ -195,9 +195,13 @@ class TDMPC2(WorldModel):
         wanted = self.check_heads(heads)
         z = self._latent(state)
         out: dict[str, Tensor] = {}
-        a = self.policy(z, eval_mode=True)[0] if action is None else self._action(action, z)
-        if "action" in wanted:
-            out["action"] = self.policy(z, eval_mode=True)[1]["mean"]
+        mean = None
+        if action is None or "action" in wanted:
+            mean = self.policy(z, eval_mode=True)[1]["mean"]  # deterministic policy action
+        a = mean if action is None else self._action(action, z)
+        assert a is not None
+        if "action" in wanted and mean is not None:
+            out["action"] = mean
         if "reward" in wanted:
             out["reward"] = self.to_scalar(self.reward_logits(z, a))
         if "q" in wanted:

@@ -36,6 +36,7 @@ from worldflux.models.dreamerv3.networks import BinaryHead, TwoHotHead, shared_i
 from worldflux.models.dreamerv3.rssm import init_linears_
 from worldflux.nn.blocks import init_linear_
 from worldflux.nn.distributions import categorical_entropy, sample_onehot, unimix_logp
+from worldflux.nn.functional import two_hot
 from worldflux.nn.mlp import MLP
 
 if TYPE_CHECKING:
@@ -238,11 +239,14 @@ class DreamerV3ActorCritic(nn.Module):
     def _critic_loss(self, logits: Tensor, ret: Tensor, slow: Tensor, weight: Tensor) -> Tensor:
         """Weighted two-hot CE toward the returns `ret` (N, H) plus the slow-critic regulariser
         toward `slow` (N, H+1); `logits` (N, H+1, K) cover step H too, which is weighted 0."""
-        logp = F.log_softmax(logits, -1)
-        target = F.pad(ret, (0, 1))  # (N, H) -> (N, H+1)
-        ce = self.critic.loss(logits, target, logp)
-        ce = ce + self.cfg.slow_critic_reg * self.critic.loss(logits, slow, logp)
-        return (F.pad(weight, (0, 1)) * ce).sum() / weight.numel()  # mean over N x H
+        bins = self.critic.bins
+        with (
+            torch.no_grad()
+        ):  # one target distribution: weight * (twohot(ret) + reg * twohot(slow))
+            dist = two_hot(F.pad(ret, (0, 1)), bins)  # (N, H+1, K); step H gets weight 0 below
+            dist.add_(two_hot(slow, bins), alpha=self.cfg.slow_critic_reg)
+            dist.mul_(F.pad(weight, (0, 1)).unsqueeze(-1))
+        return -(dist * F.log_softmax(logits, -1)).sum() / weight.numel()  # mean over N x H
 
     def _heads(self, wm: DreamerV3, feat: Tensor) -> list[Tensor]:
         """Reward logits, continue logit, slow-critic logits on `feat` (N, H+1, F); with the

@@ -240,9 +240,8 @@ class DreamerV3ActorCritic(nn.Module):
         """Weighted two-hot CE toward the returns `ret` (N, H) plus the slow-critic regulariser
         toward `slow` (N, H+1); `logits` (N, H+1, K) cover step H too, which is weighted 0."""
         bins = self.critic.bins
-        with (
-            torch.no_grad()
-        ):  # one target distribution: weight * (twohot(ret) + reg * twohot(slow))
+        # one target distribution for both terms: weight * (twohot(ret) + reg * twohot(slow))
+        with torch.no_grad():
             dist = two_hot(F.pad(ret, (0, 1)), bins)  # (N, H+1, K); step H gets weight 0 below
             dist.add_(two_hot(slow, bins), alpha=self.cfg.slow_critic_reg)
             dist.mul_(F.pad(weight, (0, 1)).unsqueeze(-1))

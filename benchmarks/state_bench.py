@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import safetensors.torch as st  # noqa: E402
 import torch  # noqa: E402
 
-from worldflux.core import codec_header, shm  # noqa: E402
+from worldflux.core import payload, shm  # noqa: E402
 from worldflux.core.state import State  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def bench_state(state: State, repeats: int) -> dict[str, float]:
     data = state.serialize()
     timer("serialize", state.serialize, repeats)
     timer("deserialize", lambda: State.deserialize(data), repeats)
-    timer("deserialize_cold", lambda _: State.deserialize(data), repeats, codec_header._cache.clear)
+    timer("deserialize_cold", lambda _: State.deserialize(data), repeats, payload.clear_caches)
     writable = bytearray(data)
     timer("deserialize_zero_copy", lambda: State.deserialize(writable, copy=False), repeats)
     for algo in ("xxh3_64", "crc32"):

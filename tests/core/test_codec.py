@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from _state_strategies import ALL_DTYPES, random_tensor, states
 from hypothesis import given, settings
 
-from worldflux.core import codec_header
+from worldflux.core import payload
 from worldflux.core.exceptions import ChecksumError, StateError, StateFormatError
 from worldflux.core.state import State
 
@@ -96,7 +97,7 @@ def test_requires_grad_meta_device_recorded() -> None:
     assert back.tensors["x"].requires_grad and back.tensors["x"].is_leaf
     assert not back.tensors["i"].requires_grad
     assert back.meta == {"step": 3, "tags": ["a"]}
-    assert codec_header.parse_header(memoryview(data)).metadata["device"] == "cpu"
+    assert payload.parse_header(memoryview(data)).metadata["device"] == "cpu"
 
 
 def test_zero_copy_views_alias_the_buffer() -> None:
@@ -239,7 +240,7 @@ def test_without_xxhash_falls_back_to_crc32(monkeypatch: pytest.MonkeyPatch) -> 
     xxh = s.serialize(checksum="xxh3_64")
     monkeypatch.setattr(checksum, "xxhash", None)
     data = s.serialize(checksum=True)
-    assert codec_header.parse_header(memoryview(data)).algo == "crc32"
+    assert payload.parse_header(memoryview(data)).algo == "crc32"
     assert State.deserialize(data).equal(s)
     with pytest.raises(StateError, match="needs `pip install xxhash`"):
         s.serialize(checksum="xxh3_64")
@@ -262,3 +263,49 @@ def test_meta_changes_between_calls_with_one_structure() -> None:
 def test_reserved_key_is_refused() -> None:
     with pytest.raises(StateError, match="reserved"):
         State({"__metadata__": torch.zeros(1)}).serialize()
+
+
+def test_changing_meta_revalidates_only_the_meta_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload.clear_caches()
+    s = State({"a": torch.arange(3.0)}, {"step": 0})
+    first = s.serialize(checksum=True)
+    assert State.deserialize(first).meta == {"step": 0}
+    for meta in ({"step": 12345}, {"step": 1, "note": 'a "quoted" }{ text'}, {}):
+        s.meta = meta
+        data = s.serialize(checksum=True)
+        assert State.deserialize(data).equal(s)  # data_start and checksum moved: still right
+        assert (
+            payload.parse_header(memoryview(data)).metadata["meta"]
+            == json.dumps(meta, separators=(",", ":"))
+            or meta == {}
+        )
+    with pytest.raises(StateError, match="nests deeper"):
+        State({"a": torch.zeros(1)}, {"deep": json.loads("[" * 70 + "]" * 70)}).serialize()
+    plain = State({"a": torch.arange(3.0)}, {"step": 0}).serialize()
+    assert State.deserialize(plain).meta == {"step": 0}  # remembers the skeleton
+    deep = json.dumps(json.dumps({"deep": json.loads("[" * 70 + "]" * 70)})).encode()
+    cases = [
+        (deep, "nests deeper"),
+        (b'"\x01"', "not (a )?valid JSON"),  # raw control character
+        (b'"{\\"a\\": 1, \\"a\\": 2}"', "duplicate"),
+        (b'"\\ud800 \\q"', "not a valid JSON string"),  # invalid escape
+        (b'"[1]"', "meta must be a JSON object"),
+    ]
+    for literal, match in cases:
+        with pytest.raises(StateError, match=match):
+            State.deserialize(with_meta_literal(plain, literal))
+    monkeypatch.setattr(payload, "build_layout", None)  # from here on: skeleton cache only
+    assert State.deserialize(with_meta_literal(plain, b'"{\\"k\\": [1]}"')).meta == {"k": [1]}
+    s.meta = {"step": 99}
+    assert State.deserialize(s.serialize(checksum=True)).equal(s)
+
+
+def with_meta_literal(data: bytes, literal: bytes) -> bytes:
+    """`data` with its meta JSON string replaced by `literal` (header re-padded)."""
+    n = int.from_bytes(data[:8], "little")
+    raw = data[8 : 8 + n].rstrip(b" ")
+    begin = raw.find(b'"meta":"') + len(b'"meta":')
+    end = re.compile(rb'"(?:[^"\\]|\\.)*"').match(raw, begin).end()
+    raw = raw[:begin] + literal + raw[end:]
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n :]

@@ -11,7 +11,7 @@ import tracemalloc
 import pytest
 import torch
 
-from worldflux.core import codec_header
+from worldflux.core import payload as payload_mod
 from worldflux.core.exceptions import ChecksumError, StateError, StateFormatError
 from worldflux.core.state import State
 
@@ -214,7 +214,7 @@ def test_header_length_out_of_range(length: int) -> None:
 
 
 def test_header_size_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec_header, "MAX_HEADER", 64)
+    monkeypatch.setattr(payload_mod, "MAX_HEADER", 64)
     big = {"__metadata__": {"pad": "x" * 100}}
     with pytest.raises(StateFormatError, match="header length"):
         State.deserialize(payload(big))
@@ -257,3 +257,38 @@ def test_checksum_error_subclass() -> None:
     data[-2] ^= 0x10
     with pytest.raises(ChecksumError):
         State.deserialize(data)
+
+
+def _outcome(data: bytes) -> object:
+    try:
+        s = State.deserialize(data)
+    except StateError:
+        return "error"
+    return s
+
+
+def test_cached_and_fresh_parses_agree() -> None:
+    """Differential: the layout caches (exact and skeleton) never accept what a cold parse
+    refuses, nor return anything different, on mutations that favour the cached strings."""
+    rng = random.Random(7)
+    pool = seeds()
+    tokens = (b'"meta":"', b'"checksum":"')
+    for _ in range(3000):
+        base = rng.choice(pool)
+        State.deserialize(base)  # prime the caches with the valid original
+        buf = bytearray(base)
+        at = base.find(rng.choice(tokens))
+        if at >= 0 and rng.random() < 0.8:  # mutate inside (or just after) the cached string
+            i = min(len(buf) - 1, at + rng.randrange(len(tokens[0]) - 1, 40))
+            buf[i : i + 1] = rng.choice([b'"', b"\\", b"{", b"}", b" ", b"0", b"a", b"\x01", b""])
+            buf[:8] = struct.pack("<Q", int.from_bytes(base[:8], "little") + len(buf) - len(base))
+        else:
+            buf = bytearray(mutate(rng, base, pool))
+        data = bytes(buf)
+        cached = _outcome(data)
+        payload_mod.clear_caches()
+        fresh = _outcome(data)
+        if isinstance(fresh, State):
+            assert isinstance(cached, State) and cached.equal(fresh), data
+        else:
+            assert cached == "error", data

@@ -28,8 +28,9 @@ from torch import Tensor
 
 from worldflux.core import checksum as _checksum
 from worldflux.core import codec_header as _header
-from worldflux.core.codec_header import Entry, Layout, parse_header
+from worldflux.core.codec_header import Entry, Layout
 from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
+from worldflux.core.payload import parse_header
 
 __all__ = [
     "FORMAT",
@@ -136,6 +137,8 @@ def _meta_text(meta: Any) -> str:
         text = json.dumps(meta, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as err:
         raise StateError(f"State.serialize: meta is not JSON-serializable: {err}") from None
+    if text.count("[") + text.count("{") > _header.MAX_META_DEPTH:
+        _header.check_depth(text, _header.MAX_META_DEPTH, "State.serialize: meta")
     if json.loads(text) != meta:
         raise StateError(
             "State.serialize: meta does not survive a JSON round trip unchanged "

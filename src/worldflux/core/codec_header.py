@@ -1,13 +1,11 @@
-"""Hardened parser of the v1 (safetensors) header, plus the dtype table and checksums.
+"""Hardened validation of the v1 (safetensors) header JSON, plus the dtype table.
 
-`parse_header` treats its input as hostile: every check happens before any tensor memory is
-allocated, and only `StateError` subclasses leave it. Validated layouts are cached by their
-exact header bytes and payload size, so a stream of same-shaped States parses its JSON once.
+`build_layout` treats its input as hostile: every check happens before any tensor memory is
+allocated, and only `StateError` subclasses leave it. Entry point: `payload.parse_header`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -17,15 +15,12 @@ from typing import Any
 import torch
 
 from worldflux.core.checksum import ALGOS as _ALGOS
-from worldflux.core.checksum import find_checksum, verify
+from worldflux.core.checksum import find_checksum
 from worldflux.core.exceptions import StateError, StateFormatError
 
-MAX_HEADER = 100_000_000  # bytes; safetensors uses the same cap
 MAX_DIMS = 64  # more dimensions than torch handles
 MAX_META_DEPTH = 64  # nesting allowed inside the user's meta JSON
 _FAST_BRACKETS = 256  # below this many brackets JSON cannot nest deep enough to matter
-_CACHE_SIZE = 64  # layouts remembered
-_CACHE_MAX_HEADER = 65536  # larger headers are parsed every time
 
 FORMAT = "worldflux.state"
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
@@ -147,7 +142,7 @@ def _reject_constant(name: str) -> Any:
     raise StateFormatError(f"payload: JSON constant {name} is not allowed")
 
 
-def _check_depth(text: str, max_depth: int, what: str) -> None:
+def check_depth(text: str, max_depth: int, what: str) -> None:
     """Raise unless JSON `text` nests at most `max_depth` deep (strings ignored)."""
     skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
     for _ in range(max_depth):
@@ -166,7 +161,7 @@ def loads(text: str, max_depth: int, what: str, strict_depth: bool = True) -> An
     """
     fast = max_depth if strict_depth else _FAST_BRACKETS
     if text.count("[") + text.count("{") > fast:
-        _check_depth(text, max_depth, what)
+        check_depth(text, max_depth, what)
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
     except StateError:
@@ -277,7 +272,8 @@ def _tags(md: dict[str, str], raw: bytes) -> tuple[str, str, int]:
     return algo, meta_text, pos
 
 
-def _build(raw: bytes, total: int) -> Layout:
+def build_layout(raw: bytes, total: int) -> Layout:
+    """Validate header JSON `raw` of a payload of `total` bytes (no checksum check here)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -318,38 +314,3 @@ def _build(raw: bytes, total: int) -> Layout:
         _group(by_offset),
         in_order,
     )
-
-
-_cache: dict[tuple[bytes, int], Layout] = {}
-
-
-def parse_header(mv: memoryview) -> Layout:
-    """Validate the payload in `mv` (a flat byte view) and return its layout; StateError only."""
-    total = len(mv)
-    if total < 8:
-        raise StateFormatError(
-            f"payload: expected at least 8 bytes (u64 header length), got {total}"
-        )
-    hlen = int.from_bytes(mv[:8], "little")
-    if not 2 <= hlen <= min(MAX_HEADER, total - 8):
-        raise StateFormatError(
-            f"payload: header length {hlen} must be in [2, {min(MAX_HEADER, total - 8)}] "
-            f"for a payload of {total} bytes"
-        )
-    raw = mv[8 : 8 + hlen].tobytes()
-    layout = _cache.get((raw, total))
-    if layout is None:
-        try:
-            layout = _build(raw, total)
-        except (StateError, MemoryError):
-            raise
-        except Exception as err:  # last resort: every known case has an explicit check
-            raise StateFormatError(f"payload: malformed header ({type(err).__name__})") from err
-        if len(raw) <= _CACHE_MAX_HEADER:
-            if len(_cache) >= _CACHE_SIZE:
-                with contextlib.suppress(RuntimeError, StopIteration):
-                    _cache.pop(next(iter(_cache)), None)
-            _cache[(raw, total)] = layout
-    if layout.checksum_pos >= 0:
-        verify(layout.algo, layout.checksum_pos, raw, mv[layout.data_start :])
-    return layout

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from worldflux.core import codec
-from worldflux.core.codec_header import parse_header
 from worldflux.core.exceptions import SharedMemoryError, StateFormatError
+from worldflux.core.payload import parse_header
 
 try:  # CPython's own binding of shm_open/shm_unlink (what multiprocessing uses underneath)
     import _posixshmem

@@ -64,6 +64,51 @@ def measure(model: str, env: str, overrides: list[str], steps: int, seed_steps: 
     }
 
 
+def measure_jepa(preset: str = "jepa:small", updates: int = 20, actions: int = 20) -> dict:
+    """JEPA trains offline: time dataset sampling + one update, and one CEM planning step."""
+    import numpy as np
+
+    from worldflux.agents import make_agent
+    from worldflux.data.offline import OfflineDataset, RecordConfig, record_tworoom
+    from worldflux.envs import GymEnv
+    from worldflux.envs.tworoom import TwoRoomEnv
+
+    env = GymEnv(TwoRoomEnv())
+    agent: Any = make_agent(preset, env.observation_space, env.action_space, seed=0)
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = OfflineDataset(record_tworoom(tmp, RecordConfig(episodes=8, episode_length=32)))
+        rng = np.random.default_rng(0)
+        t_sample = t_update = 0.0
+        for _ in range(updates):
+            t0 = time.perf_counter()
+            batch = data.sample(agent.batch_size, agent.seq_len, rng)
+            t1 = time.perf_counter()
+            agent.learn(batch)
+            t_sample, t_update = t_sample + t1 - t0, t_update + time.perf_counter() - t1
+    row = env.reset(seed=0)
+    agent.set_goal(torch.from_numpy(env.env.unwrapped.goal_observation()[None]))
+    t_act = t_env = 0.0
+    state = None
+    for i in range(actions):
+        t0 = time.perf_counter()
+        action, state = agent.act({"obs": torch.from_numpy(row.obs[None])}, state, False,
+                                  torch.tensor([i == 0]))  # fmt: skip
+        t1 = time.perf_counter()
+        row = env.step(action[0].numpy())
+        t_act, t_env = t_act + t1 - t0, t_env + time.perf_counter() - t1
+        if row.is_last:
+            row, state = env.reset(), None
+    return {
+        "model": preset, "env": "TwoRoom (offline dataset + CEM planning)",
+        "batch": [agent.batch_size, agent.seq_len],
+        "offline_updates_per_s": updates / (t_sample + t_update),
+        "per_update_s": {"sample": t_sample / updates, "update": t_update / updates},
+        "per_env_step_s": {"env": t_env / actions, "act": t_act / actions},
+        "load_average": [load0, os.getloadavg()[0]],
+    }  # fmt: skip
+
+
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     only = set(argv)
@@ -78,6 +123,16 @@ def main(argv: list[str]) -> None:
         results[label] = r
         split = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in r["per_env_step_s"].items())
         print(f"{label}: {r['env_steps_per_s']:.2f} env steps/s ({split})", flush=True)
+        out_file.write_text(json.dumps(results, indent=1))
+    if not only or "jepa" in only:
+        r = measure_jepa()
+        r["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results["jepa:small, offline updates (batch 32x8) + CEM goal planning"] = r
+        print(
+            f"jepa: {r['offline_updates_per_s']:.2f} updates/s, act "
+            f"{r['per_env_step_s']['act'] * 1e3:.0f} ms/step",
+            flush=True,
+        )
         out_file.write_text(json.dumps(results, indent=1))
 
 

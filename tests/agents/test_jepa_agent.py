@@ -38,3 +38,15 @@ def test_offline_training_and_goal_acting(tmp_path: Path) -> None:
     assert action.shape == (1, 2) and bool((action.abs() <= 1).all())
     action2, _ = agent.act(obs, state, explore=True, is_first=torch.tensor([False]))
     assert action2.shape == (1, 2)
+
+
+def test_evaluate_gives_the_env_goal_to_the_planner() -> None:
+    from worldflux.training.evaluate import evaluate
+
+    env = GymEnv(TwoRoomEnv(max_steps=4))
+    agent = make_agent("jepa:debug", env.observation_space, env.action_space, seed=0,
+                       agent_options={"samples": 16, "elites": 4, "iterations": 2,
+                                      "horizon": 2})  # fmt: skip
+    result = evaluate(agent, lambda i: GymEnv(TwoRoomEnv(max_steps=4)), episodes=2, seed=0)
+    assert len(result["returns"]) == 2 and all(1 <= n <= 4 for n in result["lengths"])
+    assert agent.goal_rep is not None and agent.goal_rep.shape[0] == 1

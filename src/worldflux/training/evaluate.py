@@ -80,6 +80,7 @@ def _episode(
 ) -> tuple[float, int]:
     spec = ObsSpec.from_space(env.observation_space)
     row = env.reset(seed=seed)
+    _set_goal(agent, env, device)
     state = None
     total, length, first = 0.0, 0, True
     while length < max_steps:
@@ -97,6 +98,21 @@ def _episode(
         if row.is_last:
             break
     return total, length
+
+
+def _set_goal(agent: Agent, env: Any, device: torch.device) -> None:
+    """Goal-conditioned agents (JEPA) get the env's goal observation after each reset."""
+    set_goal = getattr(agent, "set_goal", None)
+    if set_goal is None:
+        return
+    layer = env
+    while not hasattr(layer, "goal_observation") and hasattr(layer, "env"):
+        layer = layer.env
+    if not hasattr(layer, "goal_observation"):
+        raise ConfigError(
+            f"evaluate: {type(agent).__name__} needs a goal, but the env has no goal_observation()"
+        )
+    set_goal(torch.from_numpy(np.asarray(layer.goal_observation())[None]).to(device))
 
 
 @torch.no_grad()

@@ -142,6 +142,9 @@ def _reject_constant(name: str) -> Any:
     raise StateFormatError(f"payload: JSON constant {name} is not allowed")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+
+
 def check_depth(text: str, max_depth: int, what: str) -> None:
     """Raise unless JSON `text` nests at most `max_depth` deep (strings ignored)."""
     skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
@@ -163,7 +166,7 @@ def loads(text: str, max_depth: int, what: str, strict_depth: bool = True) -> An
     if text.count("[") + text.count("{") > fast:
         check_depth(text, max_depth, what)
     try:
-        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except StateError:
         raise
     except (ValueError, RecursionError) as err:

@@ -14,7 +14,6 @@ every other token, and so every other check, unchanged; the new strings are chec
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 from typing import Any
@@ -122,12 +121,22 @@ def _with_strings(known: Layout, raw: bytes, ck: Span, meta: Span) -> Layout:
         except (ValueError, RecursionError) as err:
             raise StateFormatError(f"payload: meta is not a valid JSON string ({err})") from None
         if known.metadata.get("format") == FORMAT:
-            if not isinstance(loads(value, MAX_META_DEPTH, "payload meta"), dict):
+            if value != "{}" and not isinstance(loads(value, MAX_META_DEPTH, "payload meta"), dict):
                 raise StateFormatError("payload: meta must be a JSON object")
             meta_text = value
         metadata["meta"] = value
-    return dataclasses.replace(
-        known, data_start=8 + len(raw), meta_text=meta_text, metadata=metadata, checksum_pos=pos
+    return Layout(
+        names=known.names,
+        by_offset=known.by_offset,
+        data_start=8 + len(raw),
+        data_len=known.data_len,
+        meta_text=meta_text,
+        requires_grad=known.requires_grad,
+        metadata=metadata,
+        algo=known.algo,
+        checksum_pos=pos,
+        groups=known.groups,
+        in_data_order=known.in_data_order,
     )
 
 

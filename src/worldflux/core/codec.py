@@ -15,7 +15,6 @@ header (with the checksum digits zeroed) followed by the data.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import operator
@@ -30,7 +29,7 @@ from worldflux.core import checksum as _checksum
 from worldflux.core import codec_header as _header
 from worldflux.core.codec_header import Entry, Layout
 from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
-from worldflux.core.payload import parse_header
+from worldflux.core.payload import parse_header, remember
 
 __all__ = [
     "FORMAT",
@@ -165,16 +164,8 @@ def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | s
     template = _templates.get(key) if sig is not None else None
     if template is None:
         template = _build_template(tensors, key[1])
-        _remember(_templates, key, template, _TEMPLATES)
+        remember(_templates, key, template, _TEMPLATES)
     return Plan(template, template.header(meta_text), list(tensors.values()))
-
-
-def _remember(cache: dict, key: Any, value: Any, size: int) -> None:
-    """Insert into a small FIFO cache (safe if another thread evicts concurrently)."""
-    if len(cache) >= size:
-        with contextlib.suppress(RuntimeError, StopIteration):
-            cache.pop(next(iter(cache)), None)
-    cache[key] = value
 
 
 def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:

@@ -57,7 +57,7 @@ def parse_header(mv: memoryview) -> Layout:
     if layout is None:
         layout = _layout(raw, total)
         if len(raw) <= _CACHE_MAX_HEADER:
-            _remember(_exact, (raw, total), layout)
+            remember(_exact, (raw, total), layout)
     if layout.checksum_pos >= 0:
         verify(layout.algo, layout.checksum_pos, raw, mv[layout.data_start :])
     return layout
@@ -87,7 +87,7 @@ def _layout(raw: bytes, total: int) -> Layout:
     except Exception as err:  # last resort: every known case has an explicit check
         raise StateFormatError(f"payload: malformed header ({type(err).__name__})") from err
     if key is not None:
-        _remember(_skeletons, key, layout)
+        remember(_skeletons, key, layout)
     return layout
 
 
@@ -140,9 +140,9 @@ def _with_strings(known: Layout, raw: bytes, ck: Span, meta: Span) -> Layout:
     )
 
 
-def _remember(cache: dict, key: Any, value: Any) -> None:
+def remember(cache: dict, key: Any, value: Any, size: int = _CACHE_SIZE) -> None:
     """Insert into a small FIFO cache (safe if another thread evicts concurrently)."""
-    if len(cache) >= _CACHE_SIZE:
+    if len(cache) >= size:
         with contextlib.suppress(RuntimeError, StopIteration):
             cache.pop(next(iter(cache)), None)
     cache[key] = value

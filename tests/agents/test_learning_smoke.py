@@ -64,3 +64,17 @@ def test_untrained_agent_is_near_random(model: str, tmp_path: Path) -> None:
     """The smoke tests can fail: without updates the agents do not solve the task."""
     result = run(model, tmp_path, {}, steps=50, seed_steps=50, updates_per_step=0.01)
     assert result["return_mean"] < 7.0
+
+
+def test_tdmpc2_mppi_agent_switches_between_batches_of_envs() -> None:
+    """Training with 2 envs and evaluating with 1 must not trip over the planner's warm start."""
+    import torch
+
+    env = make_match_env()
+    agent = make_agent("tdmpc2:debug", env.observation_space, env.action_space, seed=0)
+    obs2 = {"obs": torch.eye(2)}
+    a, _ = agent.act(obs2, None, True, torch.tensor([True, True]))
+    a, _ = agent.act(obs2, None, True, torch.tensor([False, True]))
+    b, _ = agent.act({"obs": torch.eye(2)[:1]}, None, False, torch.tensor([True]))
+    c, _ = agent.act(obs2, None, True, torch.tensor([False, False]))
+    assert a.shape == (2, 2) and b.shape == (1, 2) and c.shape == (2, 2)

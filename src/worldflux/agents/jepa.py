@@ -89,7 +89,7 @@ class JEPAAgent(Agent):
             state = State({k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))),
                                           fresh.tensors[k], v)
                            for k, v in nxt.tensors.items()})  # fmt: skip
-            self.planner.reset(mask.bool())
+            self.planner.reset(mask.bool() if mask.shape[0] == self.goal_rep.shape[0] else None)
         if self.goal_rep.shape[0] != state.batch_size:
             raise SpecError(
                 f"act: goal batch {self.goal_rep.shape[0]} != obs batch {state.batch_size}"

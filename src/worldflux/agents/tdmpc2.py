@@ -64,7 +64,10 @@ class TDMPC2Agent(Agent):
         latent = model.encode(obs if model.obs_spec.is_dict else obs["obs"])
         if self.act_mode == "policy":
             return model.pi(latent, eval_mode=not explore), None
-        if is_first is not None and self.planner._prev is not None:
+        prev = self.planner._prev
+        if prev is not None and prev.shape[0] != latent.batch_size:
+            self.planner.reset()  # another batch of envs (e.g. evaluation): no warm start
+        elif is_first is not None and prev is not None:
             self.planner.reset(is_first.bool())
         return self.planner.plan(model, latent, eval_mode=not explore), None
 

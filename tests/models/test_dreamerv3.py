@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from worldflux.core.batch import Batch
-from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.exceptions import ConfigError, SpecError, StateError
 from worldflux.core.registry import count_parameters, create_world_model
 from worldflux.core.state import State
 from worldflux.models.dreamerv3 import PRESETS, DreamerV3, DreamerV3Config
@@ -153,6 +153,8 @@ def test_bad_inputs_raise_spec_errors() -> None:
         img.encode(torch.rand(2, 64, 64, 3))
     with pytest.raises(SpecError, match="batch.action"):
         model.loss(_batch(A=4))
+    with pytest.raises(StateError, match="missing"):
+        model.transition(State({"z": torch.zeros(2, 3)}), torch.randint(0, 3, (2,)))
 
 
 def test_bad_config_raises_config_error() -> None:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.core.batch import Batch
+from worldflux.core.exceptions import StateError
 from worldflux.core.model import Metrics, Policy, WorldModel
 from worldflux.core.spec import ActionSpec, Obs, ObsSpec
 from worldflux.core.state import State
@@ -230,6 +231,12 @@ class DreamerV3(WorldModel):
 
     def _carry(self, state: State) -> tuple[Tensor, Tensor]:
         """deter (..., D) and flat stoch (..., S*C) of `state`."""
+        missing = [k for k in ("deter", "stoch") if k not in state.tensors]
+        if missing:
+            raise StateError(
+                f"state: a DreamerV3 State needs keys ['deter', 'stoch'], missing {missing}; "
+                f"got {sorted(state.tensors)}"
+            )
         return state.tensors["deter"], state.tensors["stoch"].flatten(-2)
 
     def _state(self, deter: Tensor, stoch: Tensor, prior: Tensor, post: Any = None) -> State:

@@ -201,9 +201,17 @@ def main() -> None:
     )
     results = []
     for section in SECTIONS:
-        base_wall, base_cpu = matmul_gflops()  # the baseline, re-measured next to each section
-        print(f"matmul 1024^3 fp32: {base_wall:.1f} GFLOP/s wall, {base_cpu:.1f} GFLOP/s cpu")
-        for r in section(args):
+        # the baseline is measured right before and right after each section and averaged, so a
+        # change in the other jobs' load during the section shows up on both sides of a ratio
+        before = matmul_gflops()
+        section_results = section(args)
+        after = matmul_gflops()
+        base_wall, base_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+        print(
+            f"matmul 1024^3 fp32 (before / after): {before[0]:.1f} / {after[0]:.1f} GFLOP/s wall, "
+            f"{before[1]:.1f} / {after[1]:.1f} GFLOP/s cpu"
+        )
+        for r in section_results:
             print(_report(r, base_wall, base_cpu), flush=True)
             results.append(r)
     if args.json:

@@ -252,7 +252,7 @@ def write_docs(md_table: str, machine: str) -> None:
     )
     pattern = re.compile(r"## State\n.*?(?=\n## |\Z)", re.S)
     text = (
-        pattern.sub(lambda _: section.rstrip("\n"), text)
+        pattern.sub(lambda _: section.rstrip("\n") + "\n", text)
         if pattern.search(text)
         else (text.rstrip("\n") + "\n\n" + section)
     )

@@ -148,9 +148,10 @@ class _Segment:
         return _descriptor(self.name, p, self.capacity, self.generation)
 
     def close(self, unlink: bool) -> None:
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            with contextlib.suppress(BufferError):  # a live export: GC unmaps it later
+                mm.close()
         if unlink and self.name is not None:
             unlink_segment(self.name)
         self.name = None

@@ -215,6 +215,8 @@ def _imagination(trainer: Any) -> None:
 def main() -> None:
     """Console entry point (``worldflux``)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Rendering rgb_array frames (videos) needs no display; keeps SDL from complaining headless.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     app(prog_name="worldflux")
 
 

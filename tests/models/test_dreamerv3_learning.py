@@ -103,3 +103,45 @@ def test_actor_critic_learns_optimal_action_in_imagination() -> None:
     assert bool((probs[:, 1] > 0.9).all()), probs
     # the critic has learned that the start state is worth several rewards of 1
     assert value0 == 0.0 and value > 3.0, value
+
+
+class _ContinuousWorld(_BanditWorld):
+    """Reward on arriving = 1 - (a - 0.5)^2 summed over action dims; deter remembers a."""
+
+    def __init__(self, deter: int, dims: int) -> None:
+        super().__init__(torch.zeros(dims), deter, 0)
+        self.dims = dims
+        self.reward_head = _QuadraticReward(dims)
+
+
+class _QuadraticReward(_TwoHotStub):
+    def __init__(self, dims: int) -> None:
+        super().__init__(torch.zeros(dims))
+
+    def __call__(self, feat: Tensor) -> Tensor:
+        a = feat[..., : self.R.shape[0]]
+        r = 1.0 - (a - 0.5).pow(2).sum(-1)
+        return torch.log(two_hot(r, self.bins) + 1e-12)
+
+
+def test_dynamics_backprop_actor_finds_continuous_optimum() -> None:
+    torch.manual_seed(0)
+    base = PRESETS["debug"]
+    cfg = type(base)(**{**base.__dict__, "ac_lr": 3e-3, "actor_grad_cont": "dynamics"})
+    feat_dim = cfg.deter + cfg.stoch * cfg.classes
+    ac = DreamerV3ActorCritic(cfg, feat_dim, ActionSpec(2, False))
+    assert ac.dynamics_grad
+    world = _ContinuousWorld(cfg.deter, 2)
+    deter = torch.zeros(32, cfg.deter)
+    deter[:, 3] = 1.0
+    start = State({"deter": deter, "stoch": torch.zeros(32, cfg.stoch, cfg.classes)})
+    opt_a = torch.optim.Adam(ac.actor.parameters(), lr=cfg.ac_lr, eps=cfg.ac_eps)
+    opt_c = torch.optim.Adam(ac.critic.parameters(), lr=cfg.ac_lr, eps=cfg.ac_eps)
+    feat = torch.nn.functional.pad(deter[:4], (0, feat_dim - cfg.deter))
+    with torch.no_grad():
+        assert float(ac.actor.mode(feat).abs().max()) < 0.1  # starts near 0, not at 0.5
+    for _ in range(60):
+        ac.train_step(world, start, opt_a, opt_c)  # type: ignore[arg-type]
+    with torch.no_grad():
+        mean = ac.actor.mode(feat)
+    assert torch.allclose(mean, torch.full_like(mean, 0.5), atol=0.1), mean

@@ -85,10 +85,42 @@ def plot(curve_file: Path) -> Path:
     return out
 
 
+def table_row(curve_file: Path) -> str:
+    """A markdown row: settings, progress, last eval per seed, first step at the target."""
+    doc = json.loads(curve_file.read_text())
+    family = doc["model"].partition(":")[0]
+    target = TARGETS.get((family, doc["env"]), (float("nan"), doc["step_budget"]))[0]
+    sign = 1.0  # every target here is "return >= target"
+    seeds = doc["seeds"]
+    last = [(s["steps"][-1], s["returns"][-1]) for s in seeds.values() if s["steps"]]
+    reached = []
+    for s in seeds.values():
+        hit = [t for t, r in zip(s["steps"], s["returns"], strict=True) if sign * r >= target]
+        reached.append(str(hit[0]) if hit else "-")
+    steps = min((t for t, _ in last), default=0)
+    lasts = ", ".join(f"{r:.0f}" for _, r in last) or "-"
+    mean = f"{np.mean([r for _, r in last]):.0f}" if last else "-"
+    return (
+        f"| {doc['model']} | {doc['env']} | {' '.join(doc['overrides'])} | {len(seeds)} | "
+        f"{steps:,} / {doc['step_budget']:,} | {lasts} | {mean} | {target:g} | "
+        f"{', '.join(reached)} | {random_baseline(doc['env']):.0f} |"
+    )
+
+
+TABLE_HEAD = (
+    "| model | env | settings | seeds | env steps done / budget | last eval return per seed "
+    "| mean | target | first eval step >= target, per seed | random policy |\n"
+    "|---|---|---|---:|---:|---|---:|---:|---|---:|"
+)
+
+
 def main(argv: list[str]) -> None:
-    files = [Path(a) for a in argv] or sorted(RESULTS.glob("learn_*.json"))
+    table = "--table" in argv
+    files = [Path(a) for a in argv if a != "--table"] or sorted(RESULTS.glob("learn_*.json"))
+    if table:
+        print(TABLE_HEAD)
     for f in files:
-        print(plot(f))
+        print(table_row(f) if table else plot(f))
 
 
 if __name__ == "__main__":

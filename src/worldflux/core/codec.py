@@ -336,7 +336,7 @@ def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
                 parts = flat.view(len(g.entries), *g.entries[0].shape).unbind(0)
             else:
                 parts = flat.view(g.shape).split(g.sizes)
-            out.update(zip([e.name for e in g.entries], parts, strict=True))
+            out.update(zip(g.names, parts, strict=True))
         else:
             t = typed.get(g.dtype)
             if t is None:  # the whole region as `dtype` (trailing odd bytes cut off)

@@ -79,6 +79,7 @@ class Group:
     shape: tuple[int, ...]  # the run as one tensor: (sum of dim 0, *rest), or (k,) for 0-d
     sizes: tuple[int, ...] | None  # dim-0 sizes (None for a 0-d run)
     equal: bool  # every entry has the same shape (one unbind splits the run)
+    names: tuple[str, ...]  # the entries' names
 
 
 def _group(by_offset: list[Entry]) -> tuple[Group, ...]:
@@ -104,7 +105,10 @@ def _group(by_offset: list[Entry]) -> tuple[Group, ...]:
         else:
             shape, sizes = (len(run),), None
         equal = all(e.shape == first.shape for e in run)
-        groups.append(Group(tuple(run), first.begin, run[-1].end, first.dtype, shape, sizes, equal))
+        names = tuple(e.name for e in run)
+        groups.append(
+            Group(tuple(run), first.begin, run[-1].end, first.dtype, shape, sizes, equal, names)
+        )
     return tuple(groups)
 
 

@@ -87,6 +87,25 @@ def test_is_first_resets_carry_inside_loss() -> None:
     assert not torch.allclose(post["deter"][0, 3], fresh[0], atol=1e-3)
 
 
+def test_sequence_pass_equals_step_by_step_filtering() -> None:
+    model = _model()
+    batch = _batch(B=3, T=5)
+    batch.is_first[2, 2] = True
+    torch.manual_seed(3)
+    post = model.observe(batch)
+    torch.manual_seed(3)
+    deter, stoch = model.rssm.initial(3)
+    tokens = model.encoder({"obs": batch.obs})
+    for t in range(5):
+        keep = (~batch.is_first[:, t]).float().unsqueeze(-1)
+        deter, stoch, logp = model.rssm.obs_step(
+            deter * keep, stoch * keep, batch.action[:, t] * keep, tokens[:, t]
+        )
+        assert torch.allclose(post["deter"][:, t], deter, atol=1e-5)
+        assert torch.allclose(post["post_logp"][:, t], logp, atol=1e-5)
+        assert torch.equal(post["stoch"][:, t].flatten(1), stoch)
+
+
 def test_truncation_is_not_termination() -> None:
     model = _model()
     batch = _batch()

@@ -75,19 +75,30 @@ class RSSM(nn.Module):
         deter = torch.zeros(batch_size, cfg.deter, device=device)
         return deter, torch.zeros(batch_size, cfg.stoch * cfg.classes, device=device)
 
-    def core(self, deter: Tensor, stoch: Tensor, action: Tensor) -> Tensor:
+    def embed_action(self, action: Tensor) -> Tensor:
+        """Action branch of the core: a / max(1, |a|) -> Linear -> Norm -> act. (.., A) -> (.., Hd)
+
+        Depends on the action only, so `observe` runs it for the whole sequence at once.
+        """
+        action = action / action.detach().abs().clamp(min=1.0)
+        return self.act(self.input_norms[2](self.inputs[2](action)))
+
+    def core(
+        self, deter: Tensor, stoch: Tensor, action: Tensor, action_emb: Tensor | None = None
+    ) -> Tensor:
         """Block-GRU step. deter (N, D), stoch (N, S*C), action (N, A) -> deter (N, D).
 
-        The block layers run group-major, (G, N, D/G), so each is one batched matmul.
+        `action_emb` (N, Hd), if given, is `embed_action(action)` computed beforehand. The block
+        layers run group-major, (G, N, D/G), so each is one batched matmul.
         """
         N, D, G = deter.shape[0], self.cfg.deter, self.cfg.blocks
-        action = action / action.detach().abs().clamp(min=1.0)
         xs = [
             self.act(norm(lin(x)))
             for lin, norm, x in zip(
-                self.inputs, self.input_norms, (deter, stoch, action), strict=True
+                self.inputs[:2], self.input_norms[:2], (deter, stoch), strict=True
             )
         ]
+        xs.append(self.embed_action(action) if action_emb is None else action_emb)
         d_g = deter.view(N, G, D // G).transpose(0, 1)  # (N, D) -> (G, N, D/G) view
         x_g = self.hid_x(torch.cat(xs, -1)).view(N, G, D // G).transpose(0, 1)
         x = self.hid_deter.grouped(d_g.contiguous(), add=x_g)  # (G, N, D/G)
@@ -149,11 +160,12 @@ class RSSM(nn.Module):
         deter, stoch = start if start is not None else self.initial(B, tokens.device)
         keep = (~is_first).to(tokens.dtype).unsqueeze(-1)  # (B, T) -> (B, T, 1)
         actions = actions * keep
+        emb = self.embed_action(actions)  # all steps at once: (B, T, A) -> (B, T, Hd)
         tok = self.post_tok(tokens)  # all steps at once: (B, T, E) -> (B, T, Hd)
         deters, stochs, logps = [], [], []
         for t in range(T):
             deter, stoch = deter * keep[:, t], stoch * keep[:, t]
-            deter = self.core(deter, stoch, actions[:, t])
+            deter = self.core(deter, stoch, actions[:, t], emb[:, t])
             logp = self.post_logp(deter, tok[:, t])
             stoch = self.sample(logp)
             deters.append(deter)

@@ -100,3 +100,38 @@ def test_video_writing(tmp_path: Path) -> None:
         assert path.stat().st_size > 100
     with pytest.raises(SpecError, match=r"\.gif or \.mp4"):
         write_video(tmp_path / "v.avi", frames)
+
+
+def test_imagination_video_for_image_observations(tmp_path: Path) -> None:
+    from gymnasium import spaces
+
+    from worldflux import create_world_model
+    from worldflux.core.batch import Batch
+    from worldflux.training.video import imagination_video
+
+    obs_space = spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    model = create_world_model("dreamerv3:debug", obs_space, spaces.Discrete(2), seed=0)
+    T = 6
+    batch = Batch(
+        obs=torch.randint(0, 255, (1, T, 64, 64, 3), dtype=torch.uint8),
+        action=torch.nn.functional.one_hot(torch.randint(0, 2, (1, T)), 2).float(),
+        reward=torch.zeros(1, T),
+        is_first=torch.tensor([[True] + [False] * (T - 1)]),
+        is_terminal=torch.zeros(1, T, dtype=torch.bool),
+        is_last=torch.zeros(1, T, dtype=torch.bool),
+    )
+    info = imagination_video(model, batch, tmp_path / "imag.gif", context=2)
+    assert info["frames"] == T and len(info["open_loop_error"]) == T - 2
+    assert all(0.0 <= e <= 1.0 for e in info["open_loop_error"])
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(tmp_path / "imag.gif")
+    assert frames[0].shape[:2] == (64, 192)
+
+
+def test_tensorboard_scalars_are_written(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    log = Logger(tmp_path, 10, tensorboard=True, progress=False)
+    log.log(1, "train", {"loss": 0.5})
+    log.close()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

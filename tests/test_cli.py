@@ -55,6 +55,10 @@ def test_imagine_writes_a_video(tmp_path: Path) -> None:
     result = runner.invoke(app, ["imagine", str(run), "--out", str(out), "--length", "12"])
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.stat().st_size > 1000
+    video = tmp_path / "eval.mp4"
+    result = runner.invoke(app, ["eval", str(run), "--episodes", "1", "--video", str(video)])
+    assert result.exit_code == 0, result.output
+    assert video.is_file() and video.stat().st_size > 1000
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:

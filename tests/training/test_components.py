@@ -135,3 +135,9 @@ def test_tensorboard_scalars_are_written(tmp_path: Path) -> None:
     log.log(1, "train", {"loss": 0.5})
     log.close()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_cpu_with_cuda_present_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.warns(UserWarning, match="CUDA is available but device='cpu'"):
+        setup_runtime(1, "cpu")

@@ -50,3 +50,24 @@ def test_evaluate_gives_the_env_goal_to_the_planner() -> None:
     result = evaluate(agent, lambda i: GymEnv(TwoRoomEnv(max_steps=4)), episodes=2, seed=0)
     assert len(result["returns"]) == 2 and all(1 <= n <= 4 for n in result["lengths"])
     assert agent.goal_rep is not None and agent.goal_rep.shape[0] == 1
+
+
+def test_offline_mode_resumes_exactly(tmp_path: Path) -> None:
+    from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
+
+    data = record_tworoom(tmp_path / "data", RecordConfig(episodes=3, episode_length=12))
+    items = [f"dataset={data}", "steps=6", "eval_every=3", "eval_episodes=1", "log_every=1",
+             "checkpoint_every=0", "progress=false", "tensorboard=false", "env.max_steps=3",
+             "agent.batch_size=4", "agent.seq_len=4", "agent.samples=16", "agent.elites=4",
+             "agent.iterations=2", "agent.horizon=2"]  # fmt: skip
+    spec = parse_overrides("jepa:debug", "worldflux/TwoRoom-v0", items)
+    full = build_trainer(spec, tmp_path / "full")
+    summary = full.train()
+    assert summary["updates"] == 6 and summary["eval"] is not None
+    split = build_trainer(spec, tmp_path / "split")
+    split.train(stop_at=3)
+    resumed = resume_trainer(tmp_path / "split")
+    assert resumed.step == 3
+    resumed.train()
+    for k, v in full.agent.model.state_dict().items():
+        assert torch.equal(v, resumed.agent.model.state_dict()[k]), k

@@ -32,6 +32,7 @@ class TrainerConfig:
     threads: int = 1  # torch.set_num_threads (1 avoids OpenMP oversubscription on small CPUs)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; never chosen implicitly
     replay_capacity: int = 1_000_000  # steps the replay keeps
+    dataset: str | None = None  # offline mode: an OfflineDataset folder; `steps` counts updates
     tensorboard: bool = True  # also write TensorBoard scalars when tensorboard is installed
     progress: bool = True  # show the rich live progress line
 

@@ -1,5 +1,6 @@
 """`Trainer`: the online loop (act, step envs, store rows, replay updates, evaluate, checkpoint)
-and the offline loop (updates from a fixed dataset).
+and the offline loop (updates from a fixed dataset: `TrainerConfig.dataset`; `steps` then counts
+updates, sampled with the trainer's seeded generator, and evaluation still uses the real env).
 
 Train ratio: replayed env steps per env step, the unit DreamerV3 uses. One update replays
 ``batch_size * seq_len`` steps, so updates per env step = ``train_ratio / (batch_size * seq_len)``.
@@ -82,6 +83,7 @@ class Trainer:
         self.act_state: State | None = None
         self.profile = {"env": 0.0, "act": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0}
         self.logger: Logger | None = None
+        self.dataset: Any = None  # offline mode's OfflineDataset, opened on first use
 
     @property
     def updates_per_step(self) -> float:
@@ -103,8 +105,11 @@ class Trainer:
         try:
             while self.step < end:
                 prev = self.step
-                self._env_step()
-                self._learn()
+                if self.config.dataset is None:
+                    self._env_step()
+                    self._learn()
+                else:
+                    self._offline_update()
                 if self._crossed(prev, self.config.eval_every):
                     last_eval = self.run_eval()
                 if self._crossed(prev, self.config.log_every):
@@ -124,6 +129,26 @@ class Trainer:
             "eval": last_eval,
             "run_dir": str(self.run_dir),
         }
+
+    def _offline_update(self) -> None:
+        """Offline mode: one update on a dataset batch; the step counter counts updates."""
+        if self.dataset is None:
+            from worldflux.data.offline import OfflineDataset
+
+            self.dataset = OfflineDataset(self.config.dataset)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        batch = self.dataset.sample(self.agent.batch_size, self.agent.seq_len, self.rng)
+        batch = batch.to(self.device)
+        t1 = time.perf_counter()
+        metrics = self.agent.learn(batch)
+        self.profile["sample"] += t1 - t0
+        self.profile["update"] += time.perf_counter() - t1
+        self.step += 1
+        self.updates += 1
+        self._check_finite(metrics)
+        if self._crossed(self.step - 1, self.config.log_every):
+            assert self.logger is not None
+            self.logger.log(self.step, "train", {**metrics, "updates": self.updates})
 
     def _crossed(self, prev: int, every: int) -> bool:
         return every > 0 and prev // every != self.step // every

@@ -263,6 +263,7 @@ class Trainer:
             "runner": self.runner.state_dict(),
             "rng": capture_rng(),
             "trainer_rng": self.rng.bit_generator.state,
+            "profile": dict(self.profile),
             "replay_saved": self.config.save_replay,
             "replay_rng": self.replay.get_state(),
         }
@@ -286,6 +287,7 @@ class Trainer:
         self.step, self.updates, self.credit = c["step"], c["updates"], c["credit"]
         self.episodes, self.nonfinite_total = c["episodes"], c["nonfinite_total"]
         self.nonfinite_streak = c["nonfinite_streak"]
+        self.profile.update(tree.get("profile", {}))
         self.agent.load_state_dict(tree["agent"])
         act = tree["act_state"]
         self.act_state = (

@@ -397,3 +397,31 @@ def test_train_step_with_laprop() -> None:
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_resume_from_safetensors_continues_identically() -> None:
+    import copy
+
+    from safetensors.torch import load, save
+
+    a = _model(act=CONT)
+    opt_a = a.make_optimizers()
+    batch = Batch(torch.randn(2, 5, 5), torch.rand(2, 5, 2) * 2 - 1, torch.randn(2, 5),
+                  *(_batch().is_first, _batch().is_terminal, _batch().is_last))  # fmt: skip
+    a.train_step(batch, opt_a)
+    blob = save({k: v.contiguous() for k, v in a.state_dict().items()})
+    opt_states = {
+        k: copy.deepcopy(getattr(opt_a, k).state_dict()) for k in ("wm", "actor", "critic")
+    }
+    rng = torch.get_rng_state()
+    a.train_step(batch, opt_a)
+    b = create_world_model("dreamerv3:debug", VEC, CONT, seed=1)
+    assert isinstance(b, DreamerV3)
+    opt_b = b.make_optimizers()
+    b.load_state_dict(load(blob))
+    for k, state in opt_states.items():
+        getattr(opt_b, k).load_state_dict(state)
+    torch.set_rng_state(rng)
+    b.train_step(batch, opt_b)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name  # weights, slow critic and return-normaliser buffers

@@ -53,6 +53,30 @@ def guarded_step(
     return True, float(norm)
 
 
+class NonFiniteGuard:
+    """Skips optimizer steps whose gradients hold NaN/Inf, for updates run by a model's own
+    ``train_step``: a step pre-hook drops every gradient, so the optimizer leaves the parameters
+    and its state untouched. `skipped` counts skipped steps since the last `reset`.
+    """
+
+    def __init__(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+        self.skipped = 0
+        for opt in optimizers:
+            opt.register_step_pre_hook(self._hook)
+
+    def _hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            return
+        for p in params:
+            p.grad = None
+        self.skipped += 1
+
+    def reset(self) -> None:
+        self.skipped = 0
+
+
 class Agent(ABC):
     """Base class of agents (see the module docstring for the contract)."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from worldflux.agents.base import Agent, guarded_step
+from worldflux.agents.base import Agent, NonFiniteGuard
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError
 from worldflux.core.model import Metrics
@@ -52,6 +52,7 @@ class DreamerAgent(Agent):
         self.batch_size, self.seq_len = batch_size, seq_len
         self.default_train_ratio = float(train_ratio)
         self.opt = model.make_optimizers()
+        self.guard = NonFiniteGuard([self.opt.wm, self.opt.actor, self.opt.critic])
 
     def act(
         self,
@@ -90,28 +91,20 @@ class DreamerAgent(Agent):
         return action, State(new)
 
     def learn(self, batch: Batch) -> Metrics:
-        """World-model step, then actor and critic steps from the detached posteriors."""
-        model, cfg = self.model, self.model.config
+        """The model's own update (world model, then actor-critic in imagination from the
+        detached posteriors); NaN/Inf gradients skip the affected optimizer step, and the
+        model's buffers (return normaliser) are rolled back when that happens."""
+        model = self.model
         model.train()
-        loss, metrics, post = model.world_model_loss(batch)
-        ok, norm = guarded_step(loss, self.opt.wm, model.world_model_parameters(), cfg.wm_grad_clip)
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        self.guard.reset()
+        metrics = model.train_step(batch, self.opt)
         out: Metrics = {k: float(v) for k, v in metrics.items()}
-        out.update({"loss/total": float(loss.detach()), "wm/grad_norm": norm})
-        if not ok:
-            out["nonfinite"] = 1.0
-            return out
-        start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)
-        ac = model.actor_critic
-        actor_loss, critic_loss, ac_metrics = ac.imagine_loss(model, start)
-        a_ok, a_norm = guarded_step(actor_loss, self.opt.actor, ac.actor.parameters(),
-                                    cfg.ac_grad_clip)  # fmt: skip
-        c_ok, c_norm = guarded_step(critic_loss, self.opt.critic, ac.critic.parameters(),
-                                    cfg.ac_grad_clip)  # fmt: skip
-        ac.update_slow_critic()
-        out.update({k: float(v) for k, v in ac_metrics.items()})
-        out.update({"ac/actor_loss": float(actor_loss.detach()), "ac/actor_grad_norm": a_norm,
-                    "ac/critic_loss": float(critic_loss.detach()), "ac/critic_grad_norm": c_norm,
-                    "nonfinite": float(not (a_ok and c_ok))})  # fmt: skip
+        if self.guard.skipped:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+        out["nonfinite"] = float(self.guard.skipped > 0)
         return out
 
     def modules(self) -> dict[str, nn.Module]:

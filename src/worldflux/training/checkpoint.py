@@ -187,7 +187,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointError(f"checkpoint: {path / TREE_FILE} format {got!r}, expected 1")
-    tensors = load_file(str(path / TENSORS_FILE))
+    # Fresh (aligned, writable) copies: compute on tensors backed by the file's buffer can take
+    # other kernel paths and differ in the last bits, which would break exact resume.
+    tensors = {k: v.clone() for k, v in load_file(str(path / TENSORS_FILE)).items()}
     tree = unpack(doc["tree"], tensors)
     if not isinstance(tree, dict):
         raise CheckpointError(f"checkpoint: {path} does not hold a dict tree")

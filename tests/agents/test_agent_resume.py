@@ -1,0 +1,66 @@
+"""Exact resume with the real agents (planner warm starts, RSSM act state, target nets, optimizers)
+and the non-finite guard on a model-owned update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
+
+CASES = {
+    "tdmpc2:debug": ["agent.batch_size=8"],  # MPPI acting with warm starts
+    "dreamerv3:debug": ["agent.batch_size=4", "agent.seq_len=8"],
+}
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+def test_resume_is_exact_for_real_agents(model: str, tmp_path: Path) -> None:
+    items = [*CASES[model], "steps=80", "seed_steps=30", "num_envs=2", "updates_per_step=0.25",
+             "eval_every=0", "checkpoint_every=0", "progress=false", "tensorboard=false",
+             "replay_capacity=1000"]  # fmt: skip
+    spec = parse_overrides(model, "Pendulum-v1", items)
+    full = build_trainer(spec, tmp_path / "full")
+    full.train()
+    half = build_trainer(spec, tmp_path / "split")
+    half.train(stop_at=50)
+    del half
+    resumed = resume_trainer(tmp_path / "split")
+    resumed.train()
+    assert resumed.updates == full.updates > 0
+    a, b = full.agent.state_dict(), resumed.agent.state_dict()
+    for k, v in a["modules"]["model"].items():
+        assert torch.equal(v, b["modules"]["model"][k]), k
+    ra, rb = full.runner.obs, resumed.runner.obs
+    assert all((x["obs"] == y["obs"]).all() for x, y in zip(ra, rb, strict=True))
+
+
+def test_dreamer_nonfinite_update_is_skipped() -> None:
+    from bandit import make_match_env
+
+    from worldflux.agents import make_agent
+    from worldflux.data.replay import Replay
+    from worldflux.training.runner import EnvRunner, random_actions
+
+    env = make_match_env()
+    agent = make_agent("dreamerv3:debug", env.observation_space, env.action_space, seed=0,
+                       agent_options={"batch_size": 2, "seq_len": 4})  # fmt: skip
+    replay = Replay(100, env.observation_space, env.action_space, seed=0)
+    runner = EnvRunner(make_match_env, 1, seed=0)
+    rng = __import__("numpy").random.default_rng(0)
+    for _ in range(20):
+        for i, row in runner.rows:
+            replay.add(row, i)
+        runner.step(random_actions(runner.action_spec, 1, rng))
+    batch = replay.sample(2, 4)
+    batch.reward[0, 1] = float("nan")
+    wm = {k: v.clone() for k, v in agent.model.state_dict().items() if not k.startswith("actor")}
+    metrics = agent.learn(batch)
+    assert metrics["nonfinite"] == 1.0
+    for k, v in wm.items():
+        assert torch.equal(v, agent.model.state_dict()[k]), k
+    assert not agent.opt.wm.state  # Adam never stepped: no moments, no step count
+    batch.reward[0, 1] = 0.0
+    assert agent.learn(batch)["nonfinite"] == 0.0 and agent.opt.wm.state

@@ -36,6 +36,7 @@ from worldflux.models.jepa.planning import GoalPlanner  # noqa: E402
 from worldflux.planners import CEM  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+Result = dict[str, float | None]  # success_rate, mean_steps_success (None: no success), ...
 
 
 def parse() -> argparse.Namespace:
@@ -85,7 +86,7 @@ def eval_episodes(n: int, seed: int) -> list[TwoRoomEnv]:
     return envs
 
 
-def run_policy(envs: list[TwoRoomEnv], budget: int, act: Any) -> dict[str, float]:
+def run_policy(envs: list[TwoRoomEnv], budget: int, act: Any) -> Result:
     """Step all `envs` for up to `budget` steps with `act(envs, obs (B,H,W,3), done) -> (B, 2)`."""
     done = np.zeros(len(envs), bool)
     steps = np.full(len(envs), budget)
@@ -103,12 +104,12 @@ def run_policy(envs: list[TwoRoomEnv], budget: int, act: Any) -> dict[str, float
     final = [float(np.linalg.norm(e.pos - e.goal)) for e in envs]
     return {
         "success_rate": float(done.mean()),
-        "mean_steps_success": float(steps[done].mean()) if done.any() else float("nan"),
+        "mean_steps_success": float(steps[done].mean()) if done.any() else None,
         "mean_final_distance": float(np.mean(final)),
     }
 
 
-def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> dict[str, float]:
+def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> Result:
     """Goal reaching with receding-horizon CEM on `model`'s latent predictor."""
     model.eval()
     envs = eval_episodes(n, seed)
@@ -150,7 +151,7 @@ class OracleModel:
         return State({"rep": torch.from_numpy(pos).float()})
 
 
-def eval_oracle(args: argparse.Namespace, n: int, seed: int) -> dict[str, float]:
+def eval_oracle(args: argparse.Namespace, n: int, seed: int) -> Result:
     """The same CEM planner on the true dynamics and true positions: the planner's ceiling."""
     envs = eval_episodes(n, seed)
     gen = torch.Generator().manual_seed(seed)
@@ -168,14 +169,14 @@ def eval_oracle(args: argparse.Namespace, n: int, seed: int) -> dict[str, float]
     return run_policy(envs, args.budget, act)
 
 
-def eval_random(n: int, seed: int, budget: int) -> dict[str, float]:
+def eval_random(n: int, seed: int, budget: int) -> Result:
     rng = np.random.default_rng(seed)
     return run_policy(
         eval_episodes(n, seed), budget, lambda e, o, d: rng.uniform(-1, 1, (len(e), 2))
     )
 
 
-def eval_expert(n: int, seed: int, budget: int) -> dict[str, float]:
+def eval_expert(n: int, seed: int, budget: int) -> Result:
     return run_policy(
         eval_episodes(n, seed),
         budget,
@@ -201,7 +202,7 @@ def train_variant(
     opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
     stream = data.iterate(args.batch, args.seq, seed=args.seed)
     log: list[dict[str, float]] = []
-    mids: list[dict[str, float]] = []
+    mids: list[Result] = []
     t0 = time.time()
     for step in range(1, args.steps + 1):
         loss, metrics = model.loss(next(stream))

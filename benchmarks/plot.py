@@ -97,20 +97,28 @@ def table_row(curve_file: Path) -> str:
     for s in seeds.values():
         hit = [t for t, r in zip(s["steps"], s["returns"], strict=True) if sign * r >= target]
         reached.append(str(hit[0]) if hit else "-")
+    shared = sorted(set.intersection(*(set(s["steps"]) for s in seeds.values()))) if seeds else []
+    mean_hit = [
+        t
+        for t in shared
+        if np.mean([s["returns"][s["steps"].index(t)] for s in seeds.values()]) >= target
+    ]
     steps = min((t for t, _ in last), default=0)
     lasts = ", ".join(f"{r:.0f}" for _, r in last) or "-"
     mean = f"{np.mean([r for _, r in last]):.0f}" if last else "-"
     return (
         f"| {doc['model']} | {doc['env']} | {' '.join(doc['overrides'])} | {len(seeds)} | "
         f"{steps:,} / {doc['step_budget']:,} | {lasts} | {mean} | {target:g} | "
-        f"{', '.join(reached)} | {random_baseline(doc['env']):.0f} |"
+        f"{', '.join(reached)} | {mean_hit[0] if mean_hit else '-'} | "
+        f"{random_baseline(doc['env']):.0f} |"
     )
 
 
 TABLE_HEAD = (
     "| model | env | settings | seeds | env steps done / budget | last eval return per seed "
-    "| mean | target | first eval step >= target, per seed | random policy |\n"
-    "|---|---|---|---:|---:|---|---:|---:|---|---:|"
+    "| mean | target | first eval step >= target, per seed | ... for the seed mean "
+    "| random policy |\n"
+    "|---|---|---|---:|---:|---|---:|---:|---|---:|---:|"
 )
 
 

@@ -309,3 +309,27 @@ def with_meta_literal(data: bytes, literal: bytes) -> bytes:
     raw = raw[:begin] + literal + raw[end:]
     raw += b" " * (-(8 + len(raw)) % 8)
     return len(raw).to_bytes(8, "little") + raw + data[8 + n :]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # sparse CSR, nested: beta/prototype
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: torch.eye(2).to_sparse(), "sparse_coo"),
+        (lambda: torch.eye(2).to_sparse_csr(), "sparse_csr"),
+        (lambda: torch.zeros(2, device="meta"), "meta"),
+        (lambda: torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]), "nested"),
+    ],
+)
+def test_unsupported_layouts_are_refused(make, kind: str) -> None:
+    s = State({"bad": make()})
+    with pytest.raises(StateError, match=rf"tensors\['bad'\] must be a dense .*{kind} tensor"):
+        s.serialize()
+
+
+def test_strided_memoryview_and_non_bool_copy_are_state_errors() -> None:
+    data = State({"a": torch.ones(3)}).serialize()
+    with pytest.raises(StateError, match="must be contiguous bytes"):
+        State.deserialize(memoryview(data)[::2])
+    with pytest.raises(StateError, match="copy must be a bool, got 'no'"):
+        State.deserialize(data, copy="no")  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import struct
 import tracemalloc
 
@@ -45,9 +46,10 @@ def seeds() -> list[bytes]:
 
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
-    """One random corruption: bit flips, byte writes, truncation, extension or a splice."""
+    """One random corruption: bit flips, byte writes, truncation, extension, a splice, header
+    edits, or a shape with a zero dim hiding huge ones (prod(dims) is 0 whatever they are)."""
     buf = bytearray(data)
-    kind = rng.randrange(7)
+    kind = rng.randrange(8)
     if kind == 0:
         for _ in range(rng.randint(1, 3)):
             i = rng.randrange(len(buf))
@@ -67,12 +69,22 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
         buf[:8] = struct.pack(
             "<Q", rng.choice([0, 1, 2, len(buf), 2**63, 2**64 - 1, rng.randrange(len(buf))])
         )
-    else:  # insert or delete a run inside the header
+    elif kind == 6:  # insert or delete a run inside the header
         i = rng.randrange(8, len(buf))
         if rng.random() < 0.5:
             del buf[i : i + rng.randint(1, 8)]
         else:
             buf[i:i] = rng.choice([b"{", b"[", b'"', b",", b"]", b"}", b"0", b" ", b"\\"])
+    else:  # rewrite one shape as zero + huge dims, keeping the header length right
+        hlen = int.from_bytes(buf[:8], "little")
+        shapes = list(re.finditer(rb'"shape":\[[0-9,]*\]', bytes(buf[8 : 8 + hlen])))
+        if shapes:
+            dims = [rng.choice([1, 3, 2**31, 2**40, 2**62, 2**63 - 1]) for _ in range(3)]
+            dims[rng.randrange(3)] = 0
+            new = b'"shape":' + json.dumps(dims[rng.randrange(2) :]).replace(" ", "").encode()
+            b, e = rng.choice(shapes).span()
+            buf[8 + b : 8 + e] = new
+            buf[:8] = struct.pack("<Q", hlen + len(new) - (e - b))
     return bytes(buf)
 
 
@@ -110,6 +122,7 @@ def test_every_truncation_fails() -> None:
 
 
 ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+ZERO = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}  # a zero-size tensor
 
 
 @pytest.mark.parametrize(
@@ -128,7 +141,10 @@ ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         ({"a": ENTRY | {"shape": [2.0]}}, bytes(8), "int in"),
         ({"a": ENTRY | {"shape": [True, 2]}}, bytes(8), "int in"),
         ({"a": ENTRY | {"shape": [2**64]}}, bytes(8), "int in"),
-        ({"a": ENTRY | {"shape": [2**31] * 3}}, bytes(8), "needs"),
+        ({"a": ENTRY | {"shape": [2**31] * 3}}, bytes(8), "too large"),
+        ({"a": ZERO | {"shape": [0, 2**40, 2**40]}}, b"", "too large"),
+        ({"a": ZERO | {"shape": [2**40, 2**40, 0]}}, b"", "too large"),
+        ({"a": ZERO | {"shape": [2**62, 2, 0]}}, b"", "too large"),
         ({"a": ENTRY | {"shape": [1] * 65}}, bytes(8), "<= 64 ints"),
         ({"a": ENTRY | {"shape": "2"}}, bytes(8), "list of"),
         ({"a": ENTRY | {"shape": [3]}}, bytes(8), "needs 12 bytes"),
@@ -167,6 +183,27 @@ ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 def test_malformed_headers(header: str | bytes | dict, data: bytes, match: str) -> None:
     with pytest.raises(StateError, match=match):
         State.deserialize(payload(header, data))
+
+
+def test_zero_size_entries_with_huge_dims_stay_apart() -> None:
+    """Ten [2**62, 0] tensors are valid, but one merged run would overflow torch's int64."""
+    header = {f"k{i}": ZERO | {"shape": [2**62, 0]} for i in range(10)}
+    header["z"] = ZERO | {"shape": [0, 2**62 - 1]}
+    for data in (payload(header), bytearray(payload(header))):
+        s = State.deserialize(data, copy=isinstance(data, bytes))
+        assert list(s.tensors) == [*(f"k{i}" for i in range(10)), "z"]
+        assert all(t.shape == (2**62, 0) for k, t in s.tensors.items() if k != "z")
+        assert s.tensors["z"].shape == (0, 2**62 - 1)
+
+
+def test_zero_dim_mutations_only_state_error_escapes() -> None:
+    """Mutations of a seed with a zero-size tensor ("e", [0, 2]) that the shape rewrite turns
+    into zero + huge dims: only StateError escapes."""
+    rng = random.Random(5)
+    seed = seeds()[2]
+    for _ in range(2000):
+        with contextlib.suppress(StateError):
+            State.deserialize(mutate(rng, seed, [seed]))
 
 
 def worldflux_md(**overrides: str) -> dict:

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from worldflux.core import shm
+from worldflux.core import codec, shm
 from worldflux.core.exceptions import SharedMemoryError, StateError, StateFormatError
 from worldflux.core.state import State
 
@@ -253,3 +253,73 @@ def test_consumer_exit_prints_no_resource_tracker_warning(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert "resource_tracker" not in out.stderr and "leaked" not in out.stderr
     assert shm.list_segments(NS) == [desc["name"]]
+
+
+def test_unsupported_tensors_publish_nothing() -> None:
+    before = own_segments()
+    for bad in (torch.eye(2).to_sparse(), torch.zeros(2, device="meta")):
+        with pytest.raises(StateError, match=r"tensors\['a'\] must be a dense"):
+            State({"a": bad}).to_shared_memory(NS)
+    assert own_segments() == before
+
+
+def test_failed_publish_removes_its_segment_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object) -> None:
+        raise RuntimeError("copy failed")
+
+    monkeypatch.setattr(codec, "_copy_group", boom)  # fails while the segment is exported
+    before = own_segments()
+    with pytest.raises(SharedMemoryError, match="RuntimeError: copy failed.*segment was removed"):
+        make().to_shared_memory(NS)
+    assert own_segments() == before
+
+
+def test_close_removes_every_published_segment() -> None:
+    before = own_segments()
+    s = make()
+    names = {s.to_shared_memory(NS)["name"] for _ in range(3)}
+    assert len(names) == 3 and len(own_segments()) == len(before) + 3
+    s.close_shared_memory()
+    assert own_segments() == before
+
+
+def _raw_segment(data: bytes) -> dict:
+    """A segment holding hand-made payload bytes, and its descriptor."""
+    name, mm = shm._create(NS, 8 + len(data))
+    mm[8:] = data
+    mm.close()
+    header_len = int.from_bytes(data[:8], "little")
+    return {
+        "format": shm.DESCRIPTOR_FORMAT,
+        "name": name,
+        "size": len(data),
+        "capacity": 8 + len(data),
+        "header_len": header_len,
+        "generation": 0,
+    }
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_zero_size_tensors_with_huge_dims_through_shared_memory(copy: bool) -> None:
+    zero = {"dtype": "F32", "data_offsets": [0, 0]}
+    for shape in ([0, 2**40, 2**40], [2**40, 2**40, 0]):
+        header = json.dumps({"a": zero | {"shape": shape}}).encode()
+        desc = _raw_segment(len(header).to_bytes(8, "little") + header)
+        with pytest.raises(StateFormatError, match="too large"):
+            State.from_shared_memory(desc, copy=copy)
+    header = json.dumps({f"k{i}": zero | {"shape": [2**62, 0]} for i in range(10)}).encode()
+    s = State.from_shared_memory(_raw_segment(len(header).to_bytes(8, "little") + header), copy)
+    assert [t.shape for t in s.tensors.values()] == [(2**62, 0)] * 10
+
+
+def test_pool_and_attach_argument_errors() -> None:
+    with pytest.raises(SharedMemoryError, match="headroom must be a number"):
+        shm.SegmentPool(NS, headroom="x")  # type: ignore[arg-type]
+    with pytest.raises(StateError, match="checksum must be"):
+        shm.SegmentPool(NS, checksum="md5")
+    with shm.SegmentPool(NS) as pool:
+        with pytest.raises(SharedMemoryError, match="state must be a State, got str"):
+            pool.publish("x")
+        desc = pool.publish(make())
+        with pytest.raises(SharedMemoryError, match="copy must be a bool, got 'no'"):
+            State.from_shared_memory(desc, copy="no")  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,7 +54,7 @@ def test_zero_d_and_batch_mismatch() -> None:
 def test_non_str_keys_and_non_tensors() -> None:
     with pytest.raises(StateError, match="keys must be str"):
         State({1: torch.zeros(2)}).validate()  # type: ignore[dict-item]
-    with pytest.raises(StateError, match="not a Tensor"):
+    with pytest.raises(StateError, match="must be a Tensor"):
         State({"a": [1, 2]}).validate()  # type: ignore[dict-item]
     with pytest.raises(StateError, match="tensors must be a dict"):
         State([torch.zeros(1)])  # type: ignore[arg-type]
@@ -156,3 +158,87 @@ def test_deepcopy_and_copy() -> None:
     s = make()
     c = copy.deepcopy(s)
     assert c.equal(s) and c.tensors["deter"].data_ptr() != s.tensors["deter"].data_ptr()
+
+
+def test_construction_checks_keys_and_values() -> None:
+    with pytest.raises(StateError, match=r"State: tensors\['a'\] must be a Tensor, got list"):
+        State({"ok": torch.zeros(2), "a": [1]})  # type: ignore[dict-item]
+    with pytest.raises(StateError, match="State: tensor keys must be str, got 1"):
+        State({"a": torch.zeros(2), 1: torch.zeros(2)})  # type: ignore[dict-item]
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert State({"p": p}).tensors["p"] is p  # Tensor subclasses are fine
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.batch_size,
+        lambda s: s.device,
+        lambda s: s.to("cpu"),
+        lambda s: s.to("meta"),
+        lambda s: s.detach(),
+        lambda s: s.clone(),
+        lambda s: s.equal(s),
+        lambda s: s.allclose(s),
+        lambda s: s.validate(),
+        lambda s: s[0:1],
+        lambda s: State.cat([s, s]),
+    ],
+)
+def test_methods_refuse_a_non_tensor_put_in_later(call) -> None:
+    s = make()
+    s.tensors["stoch"] = np.zeros((4, 3, 3))  # type: ignore[assignment]
+    with pytest.raises(StateError, match=r"tensors\['stoch'\] must be a Tensor, got ndarray"):
+        call(s)
+
+
+@pytest.mark.parametrize(
+    "index",
+    [np.int64(1), np.array(1), torch.tensor(1), True, np.True_, torch.tensor(True), -1],
+)
+def test_int_like_indices_are_refused(index: object) -> None:
+    with pytest.raises(StateShapeError, match="int index would drop the batch dimension"):
+        make()[index]
+
+
+def test_none_index_is_refused_and_1d_indices_keep_the_batch_dim() -> None:
+    s = make(4)
+    with pytest.raises(StateShapeError, match=r"State\[None\]: None would add a dimension"):
+        s[None]
+    assert s[torch.tensor([1])].batch_size == 1
+    assert s[np.array([1, 2])].batch_size == 2
+    assert s[-1:].batch_size == 1
+
+
+def test_cat_and_stack_validate_inputs_and_dtypes() -> None:
+    bad = State({"a": torch.zeros(2, 1), "b": torch.zeros(3)})
+    for op in (State.cat, State.stack):
+        with pytest.raises(StateShapeError, match=r"states\[0\] is invalid: .*'b' has batch 3"):
+            op([bad, bad])
+    f32, f64 = State({"a": torch.zeros(2)}), State({"a": torch.zeros(2, dtype=torch.float64)})
+    with pytest.raises(StateError, match=r"'a' must share one dtype, got torch.float32 in "):
+        State.cat([f32, f32, f64])
+    assert State.cat([State(), State()]).tensors == {}
+
+
+def test_small_misuses_raise_state_errors() -> None:
+    s = make()
+    with pytest.raises(StateError, match="State.get: key must be a str, got list"):
+        s.get([])  # type: ignore[arg-type]
+    with pytest.raises(StateError, match="rtol must be a real number >= 0, got 'x'"):
+        s.allclose(s, rtol="x")  # type: ignore[arg-type]
+    with pytest.raises(StateError, match="atol must be a real number >= 0, got -1"):
+        s.allclose(s, atol=-1)
+    meta = State({"a": torch.zeros(2, device="meta")})
+    with pytest.raises(StateError, match="State.equal: cannot compare tensors 'a' on meta"):
+        meta.equal(State({"a": torch.zeros(2, device="meta")}))
+    with pytest.raises(StateError, match="State.clone: meta must be deep-copyable"):
+        State({"a": torch.zeros(2)}, {"lock": threading.Lock()}).clone()
+    with pytest.raises(StateError, match="State.to: cannot move the tensors to device cpu"):
+        meta.to("cpu")  # a meta tensor has no data to copy
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without usable CUDA")
+def test_to_an_unavailable_device_is_a_state_error() -> None:
+    with pytest.raises(StateError, match="State.to: cannot move the tensors to device cuda"):
+        make().to("cuda")

@@ -123,6 +123,12 @@ def _source_device(tensors: dict[str, Tensor]) -> str:
                 f"State.serialize: tensors[{key!r}] is on {t.device}, expected {device} "
                 "(all tensors of a State share one device)"
             )
+        if t.is_nested or t.layout != torch.strided or t.is_meta:
+            kind = "nested" if t.is_nested else "meta" if t.is_meta else str(t.layout)
+            raise StateError(
+                f"State.serialize: tensors[{key!r}] must be a dense (strided) tensor with "
+                f"data, got a {kind} tensor"
+            )
     return "cpu" if device is None else str(device)
 
 
@@ -157,7 +163,7 @@ def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | s
         raise StateError(f"State.serialize: tensors must be a dict, got {type(tensors).__name__}")
     try:  # the structure, read at C speed: keys, then (dtype, shape, grad, device) per tensor
         sig: Any = (tuple(tensors), tuple(map(_structure, tensors.values())))
-    except AttributeError:  # not a Tensor: _build_template names the culprit
+    except (AttributeError, RuntimeError):  # not a Tensor, or nested: _build_template says
         sig = None
     meta_text = _meta_text(meta)
     key = (sig, _checksum.resolve_algo(checksum))
@@ -352,14 +358,16 @@ def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
 
 def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str, Any], Layout]:
     """Parse and validate a payload; tensors are fresh (`copy=True`) or views into `buf`."""
+    if type(copy) is not bool:
+        raise StateError(f"State.deserialize: copy must be a bool, got {copy!r:.50}")
     if copy and type(buf) is bytes:  # the common case, without a numpy detour
         layout = parse_header(memoryview(buf))
         return copy_out(layout, _PyBytes_AsString(buf)), layout.meta(), layout
     try:
         arr = np.frombuffer(buf, dtype=np.uint8)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, BufferError) as err:  # BufferError: a strided memoryview
         raise StateError(
-            f"State.deserialize: data must be bytes, bytearray or memoryview, got "
+            f"State.deserialize: data must be contiguous bytes, bytearray or memoryview, got "
             f"{type(buf).__name__} ({err})"
         ) from None
     layout = parse_header(arr.data)

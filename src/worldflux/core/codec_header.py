@@ -20,6 +20,7 @@ from worldflux.core.exceptions import StateError, StateFormatError
 
 MAX_DIMS = 64  # more dimensions than torch handles
 MAX_META_DEPTH = 64  # nesting allowed inside the user's meta JSON
+MAX_EXTENT = 2**63  # bound on the product of a shape's dims, zeros counted as 1 (torch's int64)
 _FAST_BRACKETS = 256  # below this many brackets JSON cannot nest deep enough to matter
 
 FORMAT = "worldflux.state"
@@ -82,20 +83,34 @@ class Group:
     names: tuple[str, ...]  # the entries' names
 
 
+def extent(shape: tuple[int, ...]) -> int:
+    """Product of the dims with zeros counted as 1: what torch's size/stride arithmetic reaches."""
+    return math.prod(max(d, 1) for d in shape)
+
+
 def _group(by_offset: list[Entry]) -> tuple[Group, ...]:
-    """Merge consecutive entries of one dtype and trailing shape (or consecutive 0-d ones)."""
+    """Merge consecutive entries of one dtype and trailing shape (or consecutive 0-d ones).
+
+    A run's summed extent stays below `MAX_EXTENT`, so its merged shape (and its
+    `(k, *shape)` view) fits torch's int64 even when zero-size entries carry huge dims.
+    """
     runs: list[list[Entry]] = []
+    weight = 0  # summed extent of the current run
     for e in by_offset:
         last = runs[-1][-1] if runs else None
+        size = extent(e.shape)
         if (
             last is not None
             and last.dtype == e.dtype
             and len(last.shape) == len(e.shape)
             and (not e.shape or last.shape[1:] == e.shape[1:])
+            and weight + size < MAX_EXTENT
         ):
             runs[-1].append(e)
+            weight += size
         else:
             runs.append([e])
+            weight = size
     groups = []
     for run in runs:
         first = run[0]
@@ -217,9 +232,14 @@ def _entry(name: str, spec: Any, data_len: int) -> Entry:
             f"payload: entry {name!r} data_offsets [{begin}, {end}] outside the data region "
             f"of {data_len} bytes"
         )
+    if extent(dims) >= MAX_EXTENT:  # a zero dim hides the others from prod(dims)
+        raise StateFormatError(
+            f"payload: entry {name!r} shape {list(dims)} is too large: the product of its "
+            f"dimensions (zeros counted as 1) must be < 2**63, got {extent(dims)}"
+        )
     itemsize = dtype.itemsize
     numel = math.prod(dims)
-    if numel >= 2**63 or numel * itemsize != end - begin:
+    if numel * itemsize != end - begin:
         raise StateFormatError(
             f"payload: entry {name!r} shape {list(dims)} of {spec['dtype']} needs "
             f"{numel * itemsize} bytes, data_offsets give {end - begin}"

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldflux.core import checksum as _checksum
 from worldflux.core import codec
-from worldflux.core.exceptions import SharedMemoryError, StateFormatError
+from worldflux.core.exceptions import SharedMemoryError, StateError, StateFormatError
 from worldflux.core.payload import parse_header
 
 try:  # CPython's own binding of shm_open/shm_unlink (what multiprocessing uses underneath)
@@ -118,10 +119,16 @@ def publish(
     name, mm = _create(namespace, capacity)
     try:
         _write(mm, p, 0)
-    except BaseException:
-        mm.close()
-        unlink_segment(name)
-        raise
+    except BaseException as err:
+        unlink_segment(name)  # first: a live export (in the traceback) makes close() refuse
+        with contextlib.suppress(BufferError):
+            mm.close()
+        if isinstance(err, StateError) or not isinstance(err, Exception):
+            raise
+        raise SharedMemoryError(
+            f"to_shared_memory: writing the State into segment {name} failed "
+            f"({type(err).__name__}: {err}); the segment was removed"
+        ) from err
     mm.close()
     return _descriptor(name, p, capacity, 0)
 
@@ -178,8 +185,11 @@ class SegmentPool:
         check_namespace(namespace)
         if type(slots) is not int or slots < 1:
             raise SharedMemoryError(f"SegmentPool: slots must be an int >= 1, got {slots!r}")
-        if not 1.0 <= headroom <= 16.0:
-            raise SharedMemoryError(f"SegmentPool: headroom must be in [1, 16], got {headroom!r}")
+        if type(headroom) not in (int, float) or not 1.0 <= headroom <= 16.0:
+            raise SharedMemoryError(
+                f"SegmentPool: headroom must be a number in [1, 16], got {headroom!r:.50}"
+            )
+        _checksum.resolve_algo(checksum)  # refuse a bad checksum now, not at the first publish
         self.namespace = namespace
         self.checksum = checksum
         self._slots = [_Segment(namespace, headroom) for _ in range(slots)]
@@ -190,8 +200,12 @@ class SegmentPool:
             raise SharedMemoryError(
                 f"SegmentPool.publish: slot must be an int in [0, {len(self._slots)}), got {slot!r}"
             )
-        p = codec.plan(state.tensors, state.meta, checksum=self.checksum)
-        return self._slots[slot].publish(p)
+        tensors, meta = getattr(state, "tensors", None), getattr(state, "meta", None)
+        if not isinstance(tensors, dict) or not isinstance(meta, dict):
+            raise SharedMemoryError(
+                f"SegmentPool.publish: state must be a State, got {type(state).__name__}"
+            )
+        return self._slots[slot].publish(codec.plan(tensors, meta, checksum=self.checksum))
 
     def close(self, unlink: bool = True) -> None:
         """Drop every mapping and (by default) remove the segments; attached views stay valid."""
@@ -294,6 +308,8 @@ def attach(
     descriptor: Any, copy: bool = False, namespace: str | None = None
 ) -> tuple[dict[str, Tensor], dict[str, Any], Attachment | None]:
     """Map a published State: views into the segment, or (`copy=True`) fresh tensors."""
+    if type(copy) is not bool:
+        raise SharedMemoryError(f"from_shared_memory: copy must be a bool, got {copy!r:.50}")
     d = check_descriptor(descriptor, namespace)
     mm = _map(d)
     try:

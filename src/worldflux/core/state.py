@@ -7,6 +7,8 @@ Bytes and shared memory: `worldflux.core.codec` (format v1, safetensors-compatib
 from __future__ import annotations
 
 import copy
+import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,22 +54,40 @@ class State:
     tensors: dict[str, Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     _attachment: shm.Attachment | None = field(default=None, init=False, repr=False)
-    _published: str | None = field(default=None, init=False, repr=False)  # segment name
+    _published: list[str] | None = field(default=None, init=False, repr=False)  # segments
 
     def __post_init__(self) -> None:
         if not isinstance(self.tensors, dict):
             raise StateError(f"State: tensors must be a dict, got {type(self.tensors).__name__}")
         if not isinstance(self.meta, dict):
             raise StateError(f"State: meta must be a dict, got {type(self.meta).__name__}")
+        for key, t in self.tensors.items():
+            if type(key) is not str or type(t) is not Tensor:  # exact types: the fast test
+                self._check_items("State")  # subclasses (Parameter) pass; the rest raise
+                break
+
+    def _check_items(self, where: str) -> None:
+        """Raise `StateError` at the first key that is not a str or value that is no Tensor."""
+        for key, t in self.tensors.items():
+            if not isinstance(key, str):
+                raise StateError(f"{where}: tensor keys must be str, got {key!r:.50}")
+            if not isinstance(t, Tensor):
+                raise StateError(
+                    f"{where}: tensors[{key!r}] must be a Tensor, got {type(t).__name__}"
+                )
 
     def get(self, key: str, default: Tensor | None = None) -> Tensor | None:
         """The tensor under `key`, or `default` when absent."""
-        return self.tensors.get(key, default)
+        try:
+            return self.tensors.get(key, default)
+        except TypeError:  # unhashable
+            raise StateError(f"State.get: key must be a str, got {type(key).__name__}") from None
 
     @property
     def batch_size(self) -> int:
         """Size of the leading dimension shared by every tensor."""
         self._check_nonempty("batch_size")
+        self._check_items("State.batch_size")
         sizes = set()
         for key, t in self.tensors.items():
             if t.dim() == 0:
@@ -81,6 +101,7 @@ class State:
     def device(self) -> torch.device:
         """Device of the tensors (all must share one)."""
         self._check_nonempty("device")
+        self._check_items("State.device")
         devices = {t.device for t in self.tensors.values()}
         if len(devices) != 1:
             raise StateDeviceError(f"State.device: tensors live on several devices: {devices}")
@@ -94,29 +115,43 @@ class State:
         """A new State on `device`; meta is copied (shallow). Same device: no tensor is copied."""
         dev, cpu = _as_device(device)
         tensors = self.tensors
-        for t in tensors.values():
-            if (not t.is_cpu) if cpu else (t.device != dev):  # is_cpu: torch's cheapest test
-                return State({k: v.to(dev) for k, v in tensors.items()}, dict(self.meta))
+        try:
+            for t in tensors.values():
+                if (not t.is_cpu) if cpu else (t.device != dev):  # is_cpu: torch's cheapest test
+                    return State({k: v.to(dev) for k, v in tensors.items()}, dict(self.meta))
+        except AttributeError:  # a value that is no Tensor (the dict was changed since)
+            self._check_items("State.to")
+            raise
+        except (RuntimeError, AssertionError, NotImplementedError) as err:
+            raise StateError(
+                f"State.to: cannot move the tensors to device {dev} "
+                f"(unavailable, or no data to copy): {err}"
+            ) from None
         return _new(dict(tensors), dict(self.meta))
 
     def detach(self) -> State:
         """A new State cut from the autograd graph; meta is copied (shallow)."""
-        return State({k: v.detach() for k, v in self.tensors.items()}, dict(self.meta))
+        self._check_items("State.detach")
+        return _new({k: v.detach() for k, v in self.tensors.items()}, dict(self.meta))
 
     def clone(self) -> State:
         """A deep copy: independent tensors and a deep-copied meta."""
-        return State({k: v.clone() for k, v in self.tensors.items()}, copy.deepcopy(self.meta))
+        self._check_items("State.clone")
+        try:
+            meta = copy.deepcopy(self.meta)
+        except Exception as err:  # whatever a user object's __deepcopy__/__reduce__ raises
+            raise StateError(
+                f"State.clone: meta must be deep-copyable, got {type(err).__name__}: {err}"
+            ) from None
+        return _new({k: v.clone() for k, v in self.tensors.items()}, meta)
 
     def validate(self) -> State:
         """Raise `StateError` unless keys are str, tensors share batch size and device."""
         self._check_nonempty("validate")
+        self._check_items("State.validate")
         batch: int | None = None
         device: torch.device | None = None
         for key, t in self.tensors.items():
-            if not isinstance(key, str):
-                raise StateError(f"State.validate: keys must be str, got {key!r}")
-            if not isinstance(t, Tensor):
-                raise StateError(f"State.validate: {key!r} is not a Tensor but {type(t).__name__}")
             if t.dim() == 0:
                 raise StateShapeError(f"State.validate: tensor {key!r} is 0-d (no batch dim)")
             if batch is None:
@@ -133,11 +168,7 @@ class State:
 
     def __getitem__(self, index: Any) -> State:
         """Select along the batch dimension: `state[2:5]`, `state[mask]`, `state[[0, 3]]`."""
-        if isinstance(index, int):
-            raise StateError(
-                f"State[{index}]: an int index would drop the batch dimension; "
-                f"use state[{index}:{index + 1}]"
-            )
+        _check_index(index)
         self.validate()
         out = {}
         for key, t in self.tensors.items():
@@ -148,7 +179,7 @@ class State:
                     f"State[...]: cannot index tensor {key!r} of shape {list(t.shape)} with "
                     f"{type(index).__name__}: {err}"
                 ) from None
-        return State(out, dict(self.meta))
+        return _new(out, dict(self.meta))
 
     @staticmethod
     def stack(states: list[State], dim: int = 0) -> State:
@@ -162,11 +193,14 @@ class State:
 
     def equal(self, other: State) -> bool:
         """Same keys, dtypes, shapes, devices, values (NaN equals NaN) and meta."""
-        return _compare(self, other, rtol=0.0, atol=0.0)
+        return _compare(self, other, 0.0, 0.0, "equal")
 
     def allclose(self, other: State, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
         """Like `equal`, but floating values may differ within `torch.allclose` tolerances."""
-        return _compare(self, other, rtol=rtol, atol=atol)
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if not isinstance(tol, numbers.Real) or isinstance(tol, bool) or not tol >= 0:
+                raise StateError(f"State.allclose: {name} must be a real number >= 0, got {tol!r}")
+        return _compare(self, other, float(rtol), float(atol), "allclose")
 
     # -- bytes ---------------------------------------------------------------------------------
 
@@ -188,14 +222,16 @@ class State:
         Malformed input raises `StateError` and nothing else.
         """
         tensors, meta, _ = codec.decode(data, copy=copy)
-        return cls(tensors, meta)
+        return _new(tensors, meta) if cls is State else cls(tensors, meta)  # keys/values checked
 
     # -- shared memory -------------------------------------------------------------------------
 
     def to_shared_memory(self, namespace: str = "default", *, checksum: bool | str = False) -> dict:
         """Write the State into one new POSIX segment; returns a JSON-able descriptor."""
         descriptor = shm.publish(self.tensors, self.meta, namespace, checksum)
-        self._published = descriptor["name"]
+        if self._published is None:
+            self._published = []
+        self._published.append(descriptor["name"])  # close_shared_memory removes every one
         return descriptor
 
     @classmethod
@@ -204,26 +240,28 @@ class State:
     ) -> State:
         """Attach to a published State: one mapping, zero-copy views (or fresh tensors)."""
         tensors, meta, handle = shm.attach(descriptor, copy=copy, namespace=namespace)
-        state = cls(tensors, meta)
+        state = _new(tensors, meta) if cls is State else cls(tensors, meta)  # keys/values checked
         state._attachment = handle
         if copy:
-            state._published = descriptor["name"]  # lets the consumer unlink after copying
+            state._published = [descriptor["name"]]  # lets the consumer unlink after copying
         return state
 
     def close_shared_memory(self, unlink: bool = True) -> None:
-        """Release this State's mapping and, with `unlink`, remove its segment.
+        """Release this State's mapping and, with `unlink`, remove its segment(s).
 
+        A State published several times removes every segment it published.
         Views already handed out stay valid: the mapping lives until the last one is freed.
         """
-        handle, name = self._attachment, self._published
-        if handle is None and name is None:
+        handle, names = self._attachment, self._published or []
+        if handle is None and not names:
             raise SharedMemoryError(
                 "State.close_shared_memory: this State was neither published nor attached"
             )
         if handle is not None:
             handle.close(unlink=unlink)
-        elif unlink and name is not None:
-            shm.unlink_segment(name)
+        if unlink:
+            for name in names:
+                shm.unlink_segment(name)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copy/pickle only the data: shared-memory handles stay with this object."""
@@ -234,10 +272,31 @@ class State:
 
 
 def _new(tensors: dict[str, Tensor], meta: dict[str, Any]) -> State:
-    """A State from dicts known to be well-typed, skipping `__init__` (the `to()` fast path)."""
+    """A State from dicts known to be well-typed (str keys, Tensor values), skipping
+    `__init__` and its checks: the `to()` and decode fast paths."""
     state = State.__new__(State)
     state.tensors, state.meta = tensors, meta
     return state
+
+
+def _check_index(index: Any) -> None:
+    """Refuse what would drop the batch dim (int-likes, 0-d tensors/arrays) or add one (None)."""
+    if index is None:
+        raise StateShapeError(
+            "State[None]: None would add a dimension in front of the batch dimension; "
+            "expected a slice, a bool mask or a list of indices"
+        )
+    ndim = getattr(index, "ndim", None)  # tensors and numpy arrays/scalars
+    if ndim == 0 or (ndim is None and isinstance(index, numbers.Integral)):
+        try:
+            i = operator.index(index)
+            hint = f"state[{i}:{i + 1 or None}]"
+        except TypeError:  # a 0-d float tensor or numpy bool
+            hint = "a slice or a 1-d index"
+        raise StateShapeError(
+            f"State[{index!r:.50}]: an int index would drop the batch dimension (as would "
+            f"any 0-d index); expected a slice, mask or index list such as {hint}"
+        )
 
 
 def _combine(states: Any, dim: int, op: Any, name: str) -> State:
@@ -251,27 +310,46 @@ def _combine(states: Any, dim: int, op: Any, name: str) -> State:
             raise StateError(
                 f"State.{name}: states[{i}] has keys {sorted(s.tensors)}, expected {sorted(keys)}"
             )
+        if keys:  # (States without tensors combine into one)
+            try:
+                s.validate()
+            except StateError as err:
+                raise type(err)(f"State.{name}: states[{i}] is invalid: {err}") from None
     out = {}
     for k in keys:
+        dtype = states[0].tensors[k].dtype
+        for i, s in enumerate(states):
+            if s.tensors[k].dtype != dtype:
+                raise StateError(
+                    f"State.{name}: tensors {k!r} must share one dtype, got {dtype} in "
+                    f"states[0] and {s.tensors[k].dtype} in states[{i}]"
+                )
         try:
             out[k] = op([s.tensors[k] for s in states], dim)
         except (RuntimeError, IndexError, TypeError) as err:
             raise StateShapeError(f"State.{name}: tensors {k!r} do not combine: {err}") from None
-    return State(out, dict(states[0].meta))
+    return _new(out, dict(states[0].meta))
 
 
-def _compare(a: State, b: Any, rtol: float, atol: float) -> bool:
+def _compare(a: State, b: Any, rtol: float, atol: float, name: str) -> bool:
     if not isinstance(b, State) or a.tensors.keys() != b.tensors.keys() or a.meta != b.meta:
         return False
+    a._check_items(f"State.{name}")
+    b._check_items(f"State.{name}")
     for key, x in a.tensors.items():
         y = b.tensors[key]
         if x.dtype != y.dtype or x.shape != y.shape or x.device != y.device:
             return False
-        if x.is_floating_point() or x.is_complex():
-            if x.element_size() == 1:  # float8: compare in float32 (exact)
-                x, y = x.float(), y.float()
-            if not torch.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
+        try:
+            if x.is_floating_point() or x.is_complex():
+                if x.element_size() == 1:  # float8: compare in float32 (exact)
+                    x, y = x.float(), y.float()
+                if not torch.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True):
+                    return False
+            elif not torch.equal(x, y):
                 return False
-        elif not torch.equal(x, y):
-            return False
+        except (RuntimeError, NotImplementedError) as err:
+            raise StateError(
+                f"State.{name}: cannot compare tensors {key!r} on {x.device}: {err}"
+            ) from None
     return True

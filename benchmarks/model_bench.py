@@ -5,7 +5,8 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_bench.py [--quick] [-
 The baseline times a square float32 matmul and reports the achieved GFLOP/s; every model section
 reports ms per update, updates/s, the update's FLOPs (counted with
 ``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions, forward + backward) and
-the fraction of the baseline rate it reaches. To add a section, write a function
+the fraction of the baseline rate it reaches. A second baseline, the bandwidth of a DRAM-bound
+fp32 add, is printed beside it: element-wise work is bound by it, and it differs between hosts. To add a section, write a function
 ``(args) -> list[Result]`` and append it to ``SECTIONS``.
 """
 
@@ -71,6 +72,18 @@ def matmul_gflops(n: int = 1024, iters: int = 20) -> tuple[float, float]:
     a, b = torch.randn(n, n), torch.randn(n, n)
     wall, cpu = time_it(lambda: a @ b, iters, warmup=3)
     return 2 * n**3 / wall / 1e9, 2 * n**3 / cpu / 1e9
+
+
+def add_gbps(n: int = 1 << 22, iters: int = 20) -> float:
+    """Achieved GB/s (by CPU time) of an out-of-place fp32 add on 16 MiB operands (DRAM-bound).
+
+    Element-wise kernels (norms, activations, optimiser steps) are bound by memory bandwidth, not
+    by the matmul rate; hosts of one machine class differ far more in this figure than in the
+    matmul one, so it is printed next to every model section to explain wall-time differences
+    between runs on different hosts."""
+    x, y, z = torch.randn(n), torch.randn(n), torch.empty(n)
+    _, cpu = time_it(lambda: torch.add(x, y, out=z), iters, warmup=3)
+    return 3 * 4 * n / cpu / 1e9
 
 
 # --- DreamerV3 --------------------------------------------------------------------------------
@@ -203,16 +216,18 @@ def main() -> None:
     for section in SECTIONS:
         # the baseline is measured right before and right after each section and averaged, so a
         # change in the other jobs' load during the section shows up on both sides of a ratio
-        before = matmul_gflops()
+        before, bw_before = matmul_gflops(), add_gbps()
         section_results = section(args)
-        after = matmul_gflops()
+        after, bw_after = matmul_gflops(), add_gbps()
         base_wall, base_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
         print(
             f"matmul 1024^3 fp32 (before / after): {before[0]:.1f} / {after[0]:.1f} GFLOP/s wall, "
-            f"{before[1]:.1f} / {after[1]:.1f} GFLOP/s cpu"
+            f"{before[1]:.1f} / {after[1]:.1f} GFLOP/s cpu; fp32 add on 16 MiB: "
+            f"{bw_before:.1f} / {bw_after:.1f} GB/s"
         )
         for r in section_results:
             print(_report(r, base_wall, base_cpu), flush=True)
+            r.notes["add_gbps"] = round((bw_before + bw_after) / 2, 1)
             results.append(r)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))

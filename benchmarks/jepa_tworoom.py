@@ -57,6 +57,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--elites", type=int, default=16, help="CEM elites")
     p.add_argument("--iterations", type=int, default=5, help="CEM iterations")
     p.add_argument("--variants", default="sigreg,none", help="regularizers to train")
+    p.add_argument(
+        "--sigreg-t-max",
+        type=float,
+        default=5.0,
+        help="Epps-Pulley integration limit (the recorded run used 5; the model default is 3)",
+    )
     p.add_argument("--intermediate", type=float, default=1.0, help="GoalPlanner weight")
     p.add_argument("--ckpt-dir", default="/tmp/worldflux_tworoom_ckpt", help="weights go here")
     p.add_argument("--eval-only", action="store_true", help="load weights from --ckpt-dir")
@@ -190,7 +196,12 @@ def train_variant(
     """Train `jepa:small` with regularizer `reg`; log metrics and mid-training success."""
     torch.manual_seed(args.seed)
     model = create_world_model(
-        "jepa:small", env.observation_space, env.action_space, seed=args.seed, regularizer=reg
+        "jepa:small",
+        env.observation_space,
+        env.action_space,
+        seed=args.seed,
+        regularizer=reg,
+        sigreg_t_max=args.sigreg_t_max,
     )
     assert isinstance(model, JEPA)
     ckpt = Path(args.ckpt_dir) / f"jepa_small_{reg}.safetensors"

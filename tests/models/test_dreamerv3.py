@@ -176,6 +176,26 @@ def test_bad_inputs_raise_spec_errors() -> None:
         model.transition(State({"z": torch.zeros(2, 3)}), torch.randint(0, 3, (2,)))
 
 
+def test_state_missing_or_misshapen_keys_raise_state_error() -> None:
+    model = _model()
+    state = model.encode(torch.randn(2, 5))
+    no_prior = State({k: v for k, v in state.tensors.items() if k != "prior_logits"})
+    with pytest.raises(StateError, match=r"missing \['prior_logits'\]; got \['deter', 'post"):
+        model.rollout(no_prior, actions=torch.randint(0, 3, (2, 4)))
+    no_deter = State({k: v for k, v in state.tensors.items() if k != "deter"})
+    for call in (
+        lambda: model.transition(no_deter, torch.randint(0, 3, (2,))),
+        lambda: model.update(no_deter, torch.randint(0, 3, (2,)), torch.randn(2, 5)),
+        lambda: model.rollout(no_deter, actions=torch.randint(0, 3, (2, 4))),
+        lambda: model.features(no_deter),
+    ):
+        with pytest.raises(StateError, match=r"missing \['deter'\]"):
+            call()
+    wrong = State({**state.tensors, "deter": torch.zeros(2, 7)})
+    with pytest.raises(StateError, match=r"'deter' \(B, \d+\).* got \(2, 7\)"):
+        model.transition(wrong, torch.randint(0, 3, (2,)))
+
+
 def test_bad_config_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="deter"):
         DreamerV3Config(deter=100, blocks=8)

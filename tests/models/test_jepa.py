@@ -8,7 +8,7 @@ import torch
 from gymnasium import spaces
 
 from worldflux.core.batch import Batch
-from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.exceptions import ConfigError, SpecError, StateError
 from worldflux.core.registry import create_world_model
 from worldflux.models.jepa import JEPA, PRESETS, JEPAConfig
 from worldflux.models.jepa.predictor import Predictor
@@ -71,7 +71,7 @@ def test_history_is_kept_in_state() -> None:
     nxt = model.transition(state, torch.ones(2, 2))
     assert torch.equal(nxt.tensors["rep_history"][:, :2], hist[:, 1:])  # shifted left
     assert torch.equal(nxt.tensors["rep_history"][:, -1], nxt.tensors["rep"])
-    with pytest.raises(SpecError, match="rep_history"):
+    with pytest.raises(StateError, match="rep_history"):
         model.transition(type(state)({"rep": state.tensors["rep"]}), torch.ones(2, 2))
 
 
@@ -114,7 +114,8 @@ def test_loss_is_finite_and_reports_diagnostics(reg: str) -> None:
     model = make(regularizer=reg, history=2)
     loss, metrics = model.loss(batch_for(IMG))
     assert loss.dim() == 0 and torch.isfinite(loss)
-    want = {"loss", "pred_loss", "ar_loss", "reg_loss", "emb_std", "emb_std_min", "eff_rank"}
+    want = {"loss", "pred_loss", "ar_loss", "reg_loss", "emb_std", "emb_std_min", "eff_rank",
+            "emb_std_prenorm", "emb_std_prenorm_min"}  # fmt: skip
     assert set(metrics) == want
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in metrics.values())
     loss.backward()
@@ -189,3 +190,35 @@ def test_bad_inputs_name_the_argument() -> None:
     state = model.encode(obs_for(IMG, 2))
     with pytest.raises(SpecError, match="action"):
         model.transition(state, torch.zeros(2, 3))
+
+
+def test_prenorm_std_shows_collapse_that_batchnorm_hides() -> None:
+    model = make(VEC).train()
+    _, healthy = model.loss(batch_for(VEC))
+    last = [m for m in model.encoder.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # shrink the head's output 30x: a collapsing encoder
+        last.weight.mul_(1 / 30)
+        last.bias.mul_(1 / 30)
+    _, collapsed = model.loss(batch_for(VEC))
+    for m in (healthy, collapsed):
+        assert 0.9 < float(m["emb_std"]) < 1.1  # pinned by the BatchNorm either way
+    assert float(collapsed["emb_std_prenorm"]) < 0.05 * float(healthy["emb_std_prenorm"])
+    assert float(collapsed["emb_std_prenorm_min"]) <= float(collapsed["emb_std_prenorm"])
+    plain = make(VEC, enc_batch_norm=False).train()
+    _, m = plain.loss(batch_for(VEC))
+    assert torch.equal(m["emb_std"], m["emb_std_prenorm"])  # no BatchNorm: the same tensor
+
+
+def test_update_validates_action_even_without_fusion() -> None:
+    model = make(VEC).eval()
+    assert model.config.update_fusion == 0.0
+    state = model.encode(obs_for(VEC, 2))
+    with pytest.raises(SpecError, match="action: expected shape"):
+        model.update(state, torch.zeros(2, 5), obs_for(VEC, 2))
+    with pytest.raises(SpecError, match="obs: expected batch size 2"):
+        model.update(state, torch.zeros(2, 2), obs_for(VEC, 3))
+
+
+def test_sigreg_defaults_follow_the_lejepa_reference() -> None:
+    cfg = JEPAConfig()
+    assert (cfg.sigreg_knots, cfg.sigreg_t_max) == (17, 3.0)  # linspace(0, 3, 17)

@@ -265,3 +265,23 @@ def test_two_of_many_q_members() -> None:
         pairs = [fn(all_q[[i, j]]) for i in range(4) for j in range(i + 1, 4)]
         assert any(torch.allclose(out, p, atol=1e-6) for p in pairs), reduce
     assert torch.allclose(m.q(s, a, reduce="mean"), all_q.mean(0), atol=1e-6)
+
+
+def test_decode_q_is_deterministic_in_train_mode() -> None:
+    m = debug(dropout=0.5).train()  # a large dropout: any use of it would show
+    for p in m.qs.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # the last layer is zero-initialised otherwise
+    s = m.encode(torch.randn(4, 7))
+    a = torch.rand(4, 3) * 2 - 1
+    q1, q2 = m.decode(s, ["q"], action=a)["q"], m.decode(s, ["q"], action=a)["q"]
+    assert torch.equal(q1, q2)
+    assert torch.equal(q1, m.eval().decode(s, ["q"], action=a)["q"])
+    m.train()
+    assert not torch.equal(m.q_values(m.features(s), a, "mean"), q1)  # dropout is live
+
+
+def test_update_checks_obs_batch_against_the_state() -> None:
+    m = debug()
+    s = m.encode(torch.randn(2, 7))
+    with pytest.raises(SpecError, match="obs: expected batch size 2"):
+        m.update(s, torch.zeros(2, 3), torch.randn(3, 7))  # used to return a batch-3 State

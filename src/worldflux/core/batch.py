@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from worldflux.core.exceptions import SpecError
-from worldflux.core.spec import Obs
+from worldflux.core.spec import Obs, check_device
 
 
 @dataclass
@@ -46,25 +46,46 @@ class Batch:
         """(B, T)."""
         return (int(self.reward.shape[0]), int(self.reward.shape[1]))
 
-    def validate(self) -> Batch:
-        """Raise `SpecError` unless every field is (B, T, ...) with the right dtype."""
+    def validate(self, device: torch.device | None = None) -> Batch:
+        """Raise `SpecError` unless every field is a tensor (obs: or a dict of tensors) of shape
+        (B, T, ...) with the right dtype, on `device` when given."""
         if not isinstance(self.reward, Tensor) or self.reward.dim() != 2:
             got = tuple(self.reward.shape) if isinstance(self.reward, Tensor) else self.reward
-            raise SpecError(f"batch.reward: expected shape (B, T), got {got}")
+            raise SpecError(f"batch.reward: expected shape (B, T), got {got!r:.80}")
         bt = self.shape
         for name in ("is_first", "is_terminal", "is_last"):
             t = getattr(self, name)
             if not isinstance(t, Tensor) or tuple(t.shape) != bt or t.dtype != torch.bool:
                 found = (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else type(t).__name__
                 raise SpecError(f"batch.{name}: expected bool tensor of shape {bt}, got {found}")
+        if not isinstance(self.action, Tensor):
+            raise SpecError(
+                f"batch.action: expected a Tensor of shape {bt} + (A,), "
+                f"got {type(self.action).__name__}"
+            )
         if self.action.dim() != 3 or tuple(self.action.shape[:2]) != bt:
             raise SpecError(
                 f"batch.action: expected shape {bt} + (A,), got {tuple(self.action.shape)}"
             )
-        obs = self.obs.values() if isinstance(self.obs, Mapping) else [self.obs]
-        for o in obs:
+        if isinstance(self.obs, Mapping):
+            obs = {f"batch.obs[{k!r}]": o for k, o in self.obs.items()}
+        elif isinstance(self.obs, Tensor):
+            obs = {"batch.obs": self.obs}
+        else:
+            raise SpecError(
+                f"batch.obs: expected a Tensor or a dict of Tensors, got {type(self.obs).__name__}"
+            )
+        for name, o in obs.items():
+            if not isinstance(o, Tensor):
+                raise SpecError(f"{name}: expected a Tensor, got {type(o).__name__}")
             if tuple(o.shape[:2]) != bt:
-                raise SpecError(f"batch.obs: expected leading dims {bt}, got {tuple(o.shape)}")
+                raise SpecError(f"{name}: expected leading dims {bt}, got {tuple(o.shape)}")
+        if device is not None:
+            fields_ = {"batch.reward": self.reward, "batch.action": self.action, **obs}
+            for name in ("is_first", "is_terminal", "is_last"):
+                fields_[f"batch.{name}"] = getattr(self, name)
+            for name, t in fields_.items():
+                check_device(t, device, name)
         if bool((self.is_terminal & ~self.is_last).any()):
             raise SpecError("batch.is_terminal: a terminal step must also be is_last")
         return self

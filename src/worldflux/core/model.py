@@ -3,10 +3,16 @@
 Shapes: B is the batch, T time, A the action dim, H a rollout horizon. Observations follow
 `ObsSpec` (a Tensor or a dict of Tensors), actions follow `ActionSpec` (float (B, A), one-hot for
 discrete spaces). Every method accepts and returns batch-first tensors on the model's device.
+
+Input checks shared by the families (`check_batch_size`, `check_obs`, `check_action`,
+`check_state`) raise `SpecError` / `StateError` naming the argument: a tensor on another device,
+a batch size that differs from the State's, a State without the keys the family needs. Float
+actions and vector observations are cast to the model's dtype (e.g. float64 -> float32).
 """
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -15,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.core.batch import Batch
-from worldflux.core.exceptions import SpecError
-from worldflux.core.spec import ActionSpec, Obs, ObsSpec
+from worldflux.core.exceptions import SpecError, StateError
+from worldflux.core.spec import ActionSpec, Obs, ObsSpec, check_device
 from worldflux.core.state import State
 from worldflux.core.trajectory import Trajectory
 
@@ -43,6 +49,67 @@ class WorldModel(nn.Module, ABC):
     def device(self) -> torch.device:
         """Device of the parameters."""
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the parameters; float actions and vector observations are cast to it."""
+        return next(self.parameters()).dtype
+
+    # --- input checks (shared by the families) -----------------------------------------------
+
+    def check_batch_size(self, batch_size: Any, arg: str = "batch_size") -> int:
+        """`batch_size` as an int, or `SpecError` unless it is an integer >= 1."""
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
+            raise SpecError(f"{arg}: expected an int >= 1, got {batch_size!r}")
+        return int(batch_size)
+
+    def check_obs(
+        self, obs: Obs, batch: int | None = None, arg: str = "obs", batch_dims: int = 1
+    ) -> dict[str, Tensor]:
+        """`obs` checked against `obs_spec` and the model's device, vector fields cast to its
+        dtype, as a dict {key: (*batch_dims, ...)}; with `batch`, the leading size must be it."""
+        p = next(self.parameters())
+        out = self.obs_spec.as_dict(obs, batch_dims, arg, p.device, p.dtype)
+        if batch is not None:
+            got = next(iter(out.values())).shape[0]
+            if got != batch:
+                raise SpecError(f"{arg}: expected batch size {batch} (the state's), got {got}")
+        return out
+
+    def check_action(
+        self, action: Tensor, batch: int | None = None, arg: str = "action", batch_dims: int = 1
+    ) -> Tensor:
+        """`action` checked against `action_spec` and the model's device, as the model's dtype
+        (*batch_dims, A); with `batch`, the leading size must be it."""
+        p = next(self.parameters())
+        out = self.action_spec.to_model(action, batch_dims, arg, p.device, p.dtype)
+        if batch is not None and out.shape[0] != batch:
+            raise SpecError(f"{arg}: expected batch size {batch} (the state's), got {out.shape[0]}")
+        return out
+
+    def check_state(self, state: State, keys: Sequence[str], arg: str = "state") -> int:
+        """Raise `StateError` unless `state` is a State holding `keys` on the model's device.
+
+        -> the State's batch size (leading dim shared by its tensors).
+        """
+        if not isinstance(state, State):
+            raise StateError(f"{arg}: expected a State, got {type(state).__name__}")
+        tensors = state.tensors
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise StateError(
+                f"{arg}: a {self.family} State needs keys {list(keys)}, missing {missing}; "
+                f"got {sorted(tensors)}"
+            )
+        try:
+            check_device(tensors[keys[0]], self.device, f"{arg}[{keys[0]!r}]")
+        except SpecError as err:
+            raise StateError(str(err)) from None
+        return state.batch_size
 
     # --- the contract -------------------------------------------------------------------------
 
@@ -92,18 +159,24 @@ class WorldModel(nn.Module, ABC):
         """
         if (actions is None) == (policy is None):
             raise SpecError("rollout: pass exactly one of actions=(B, H, A) or policy=callable")
+        if not isinstance(state, State):
+            raise StateError(f"state: expected a State, got {type(state).__name__}")
         if actions is not None:
-            actions = self.action_spec.to_model(actions, 2, "actions")
+            actions = self.check_action(actions, state.batch_size, "actions", batch_dims=2)
             if horizon is not None and horizon != actions.shape[1]:
                 raise SpecError(
                     f"rollout: horizon={horizon} but actions has {actions.shape[1]} steps"
                 )
             horizon = int(actions.shape[1])
-        elif horizon is None or horizon < 1:
-            raise SpecError(f"rollout: with a policy, horizon must be an int >= 1, got {horizon}")
+        elif isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
+            raise SpecError(f"rollout: with a policy, horizon must be an int >= 1, got {horizon!r}")
         states, acts, rewards, conts = [state], [], [], []
-        for t in range(horizon):
-            a = actions[:, t] if actions is not None else policy(state)  # type: ignore[misc]
+        for t in range(int(horizon)):
+            if actions is not None:
+                a = actions[:, t]
+            else:
+                assert policy is not None
+                a = policy(state)
             nxt, preds = self.imagine_step(state, a)
             states.append(nxt)
             acts.append(a)

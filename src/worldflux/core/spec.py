@@ -3,9 +3,17 @@
 Conventions the models rely on:
 - An observation is a Tensor (single-field spaces, stored under the key ``"obs"``) or a dict of
   Tensors (``gymnasium.spaces.Dict``). Images are uint8 with 3 dims; models see them as CHW.
+  Vector fields may be any float dtype; `ObsSpec.as_dict` casts them to the model's dtype.
 - An action given to a model is a float tensor ``(*batch, action_dim)``: one-hot for Discrete
   spaces, values in [-1, 1] for Box spaces. `ActionSpec.to_model` also accepts integer indices
-  for Discrete spaces and converts them.
+  for Discrete spaces and converts them, and casts float actions to the model's dtype.
+- Both checks take the model's ``device``: a tensor elsewhere raises `SpecError` naming the
+  argument (nothing is moved to the device behind the caller's back).
+- Image layout of a uint8 Box (a, b, c): channels-last (HWC) when the two leading dims agree and
+  the last is no larger (``a == b >= c``, e.g. (64, 64, 12) frame stacks), channels-first (CHW)
+  when the two trailing dims agree and the first is no larger (``b == c >= a``). Non-square
+  images: the dim smaller than both others is the channel dim. Anything else is ambiguous and
+  raises; build the spec yourself with ``FieldSpec(shape, torch.uint8, True, channels_last)``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,23 @@ from worldflux.core.exceptions import SpecError
 
 SINGLE_KEY = "obs"
 Obs = Tensor | Mapping[str, Tensor]
+
+
+def same_device(got: torch.device, want: torch.device) -> bool:
+    """Whether a tensor on `got` lives on `want`; an index-less device (``cuda``) matches any
+    index of its type (``cuda:0``). Cheap: one compare in the common case."""
+    if got == want:
+        return True
+    return got.type == want.type and (got.index is None or want.index is None)
+
+
+def check_device(t: Tensor, device: torch.device | None, name: str) -> None:
+    """Raise `SpecError` unless `t` is on `device` (None: no check)."""
+    if device is not None and t.device != device and not same_device(t.device, device):
+        raise SpecError(
+            f"{name}: expected a tensor on the model's device {device}, got one on {t.device}; "
+            f"move it with .to({str(device)!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,11 +104,20 @@ class ObsSpec:
     def vector_keys(self) -> list[str]:
         return [k for k, f in self.fields.items() if not f.is_image]
 
-    def as_dict(self, obs: Obs, batch_dims: int, arg: str = "obs") -> dict[str, Tensor]:
+    def as_dict(
+        self,
+        obs: Obs,
+        batch_dims: int,
+        arg: str = "obs",
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> dict[str, Tensor]:
         """Check `obs` against the spec and return it as a dict of tensors.
 
         `batch_dims` is the number of leading dims before the per-sample shape (1 for (B, ...),
-        2 for (B, T, ...)). Raises `SpecError` naming the argument on any mismatch.
+        2 for (B, T, ...)). `device` (if given) is where every field must live; float vector
+        fields are cast to `dtype` (images stay uint8). Raises `SpecError` naming the argument
+        on any mismatch.
         """
         if self.is_dict:
             if not isinstance(obs, Mapping):
@@ -112,8 +146,12 @@ class ObsSpec:
                 )
             if f.is_image and t.dtype != torch.uint8:
                 raise SpecError(f"{name}: images must be uint8 (0..255), got {t.dtype}")
-            if not f.is_image and not t.is_floating_point():
-                raise SpecError(f"{name}: vector observations must be float, got {t.dtype}")
+            if not f.is_image:
+                if not t.is_floating_point():
+                    raise SpecError(f"{name}: vector observations must be float, got {t.dtype}")
+                if t.dtype != dtype:
+                    out[key] = t.to(dtype)
+            check_device(t, device, name)
             if lead is None:
                 lead = tuple(t.shape[:batch_dims])
             elif tuple(t.shape[:batch_dims]) != lead:
@@ -131,14 +169,28 @@ def _field(space: Any, arg: str) -> FieldSpec:
         raise SpecError(f"{arg}: expected a gymnasium Box (or Dict of Boxes), got {space!r}")
     shape = tuple(int(s) for s in space.shape)
     if space.dtype == "uint8" and len(shape) == 3:
-        channels_last = shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)
-        return FieldSpec(shape, torch.uint8, True, channels_last)
+        return FieldSpec(shape, torch.uint8, True, _channels_last(shape, arg))
     if len(shape) != 1:
         raise SpecError(
             f"{arg}: expected a 1-D vector Box or a uint8 HWC/CHW image Box, "
             f"got shape {shape} dtype {space.dtype}"
         )
     return FieldSpec(shape, torch.float32)
+
+
+def _channels_last(shape: tuple[int, ...], arg: str) -> bool:
+    """Layout of a uint8 image Box of shape (a, b, c); see the module docstring."""
+    a, b, c = shape
+    hwc = a == b >= c if a == b else c < min(a, b)  # square HWC, or c the smallest dim
+    chw = b == c >= a if b == c else a < min(b, c)  # square CHW, or a the smallest dim
+    if hwc != chw:
+        return hwc
+    raise SpecError(
+        f"{arg}: cannot tell whether the uint8 image Box of shape {shape} is HWC or CHW "
+        "(HWC needs H == W >= C or C smaller than H and W; CHW likewise with C first); "
+        "pass an ObsSpec built with FieldSpec(shape, torch.uint8, True, channels_last=...) "
+        "instead of the gymnasium space"
+    )
 
 
 @dataclass(frozen=True)
@@ -161,10 +213,21 @@ class ActionSpec:
             return ActionSpec(int(space.shape[0]), False)
         raise SpecError(f"action_space: expected Discrete or a 1-D Box, got {space!r}")
 
-    def to_model(self, action: Tensor, batch_dims: int, arg: str = "action") -> Tensor:
-        """Check `action`; return float `(*batch, dim)` (Discrete indices become one-hot)."""
+    def to_model(
+        self,
+        action: Tensor,
+        batch_dims: int,
+        arg: str = "action",
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Check `action`; return `dtype` `(*batch, dim)` (Discrete indices become one-hot).
+
+        `device` (if given) is where `action` must live; float actions are cast to `dtype`.
+        """
         if not isinstance(action, Tensor):
             raise SpecError(f"{arg}: expected a Tensor, got {type(action).__name__}")
+        check_device(action, device, arg)
         if self.discrete and not action.is_floating_point():
             if action.dim() != batch_dims:
                 raise SpecError(
@@ -176,7 +239,7 @@ class ActionSpec:
                     f"{arg}: indices must lie in [0, {self.dim}), got "
                     f"[{int(action.min())}, {int(action.max())}]"
                 )
-            return F.one_hot(action.long(), self.dim).float()
+            return F.one_hot(action.long(), self.dim).to(dtype)
         if not action.is_floating_point():
             raise SpecError(f"{arg}: continuous actions must be floating point, got {action.dtype}")
         if action.dim() != batch_dims + 1 or action.shape[-1] != self.dim:
@@ -184,4 +247,4 @@ class ActionSpec:
                 f"{arg}: expected shape (<{batch_dims} batch dims>, {self.dim}), "
                 f"got {tuple(action.shape)}"
             )
-        return action
+        return action if action.dtype == dtype else action.to(dtype)

@@ -34,7 +34,8 @@ from worldflux.models.dreamerv3.networks import BinaryHead, Decoder, Encoder, Tw
 from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.models.dreamerv3.rssm import RSSM
 
-_PRIOR_KEYS = ("deter", "stoch", "prior_logits")
+_CARRY_KEYS = ("deter", "stoch")  # what filtering and imagination read
+_PRIOR_KEYS = ("deter", "stoch", "prior_logits")  # what every rollout State holds
 
 
 @dataclass
@@ -68,6 +69,7 @@ class DreamerV3(WorldModel):
     def initial_state(self, batch_size: int) -> State:
         """Zero ``deter`` (B, D), ``stoch`` (B, S, C) and uniform ``prior_logits`` (B, S, C)."""
         cfg, dev = self.config, self.device
+        batch_size = self.check_batch_size(batch_size)
         deter, stoch = self.rssm.initial(batch_size, dev)
         shape = (batch_size, cfg.stoch, cfg.classes)
         uniform = torch.full(shape, -math.log(cfg.classes), device=dev)
@@ -75,15 +77,16 @@ class DreamerV3(WorldModel):
 
     def encode(self, obs: Obs) -> State:
         """Posterior for a first observation (B, ...) from the zero state and a zero action."""
-        obs_d = self.obs_spec.as_dict(obs, 1, "obs")
+        obs_d = self.check_obs(obs)
         B = next(iter(obs_d.values())).shape[0]
         action = torch.zeros(B, self.action_spec.dim, device=self.device)
         return self._filter(self.initial_state(B), action, obs_d)
 
     def update(self, state: State, action: Tensor, obs: Obs) -> State:
         """Posterior after taking `action` (B, A) (or (B,) indices) in `state`, seeing `obs`."""
-        action = self.action_spec.to_model(action, 1, "action")
-        return self._filter(state, action, self.obs_spec.as_dict(obs, 1, "obs"))
+        B = self.check_state(state, _CARRY_KEYS)
+        action = self.check_action(action, B)
+        return self._filter(state, action, self.check_obs(obs, B))
 
     def _filter(self, state: State, action: Tensor, obs: dict[str, Tensor]) -> State:
         deter, stoch = self._carry(state)
@@ -92,7 +95,7 @@ class DreamerV3(WorldModel):
 
     def transition(self, state: State, action: Tensor) -> State:
         """Prior step (imagination): keys ``deter``, ``stoch`` (prior sample), ``prior_logits``."""
-        action = self.action_spec.to_model(action, 1, "action")
+        action = self.check_action(action, self.check_state(state, _CARRY_KEYS))
         deter, stoch, prior = self.rssm.img_step(*self._carry(state), action)
         return self._state(deter, stoch, prior)
 
@@ -129,6 +132,7 @@ class DreamerV3(WorldModel):
     ) -> Trajectory:
         """`WorldModel.rollout`; the start State is reduced to the prior keys so that every
         State of the trajectory has ``deter``, ``stoch``, ``prior_logits``."""
+        self.check_state(state, _PRIOR_KEYS)
         start = State({k: state.tensors[k] for k in _PRIOR_KEYS}, dict(state.meta))
         return super().rollout(start, actions=actions, policy=policy, horizon=horizon)
 
@@ -145,9 +149,9 @@ class DreamerV3(WorldModel):
 
     def _observe(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Validated posterior pass: (RSSM outputs, the observations as a dict)."""
-        batch.validate()
-        obs = self.obs_spec.as_dict(batch.obs, 2, "batch.obs")
-        action = self.action_spec.to_model(batch.action, 2, "batch.action")
+        batch.validate(self.device)
+        obs = self.check_obs(batch.obs, arg="batch.obs", batch_dims=2)
+        action = self.check_action(batch.action, arg="batch.action", batch_dims=2)
         return self.rssm.observe(self.encoder(obs), action, batch.is_first), obs
 
     def world_model_loss(self, batch: Batch) -> tuple[Tensor, Metrics, State]:
@@ -230,14 +234,30 @@ class DreamerV3(WorldModel):
     # --- helpers ------------------------------------------------------------------------------
 
     def _carry(self, state: State) -> tuple[Tensor, Tensor]:
-        """deter (..., D) and flat stoch (..., S*C) of `state`."""
-        missing = [k for k in ("deter", "stoch") if k not in state.tensors]
-        if missing:
+        """deter (..., D) and flat stoch (..., S*C) of `state`; `StateError` if either is
+        missing or misshapen."""
+        if not isinstance(state, State):
+            raise StateError(f"state: expected a State, got {type(state).__name__}")
+        tensors, cfg = state.tensors, self.config
+        deter, stoch = tensors.get("deter"), tensors.get("stoch")
+        if deter is None or stoch is None:
+            missing = [k for k in _CARRY_KEYS if k not in tensors]
             raise StateError(
-                f"state: a DreamerV3 State needs keys ['deter', 'stoch'], missing {missing}; "
-                f"got {sorted(state.tensors)}"
+                f"state: a DreamerV3 State needs keys {list(_CARRY_KEYS)}, missing {missing}; "
+                f"got {sorted(tensors)}"
             )
-        return state.tensors["deter"], state.tensors["stoch"].flatten(-2)
+        lead = deter.shape[:-1]
+        if (
+            deter.dim() < 2
+            or deter.shape[-1] != cfg.deter
+            or stoch.shape[-2:] != (cfg.stoch, cfg.classes)
+            or stoch.shape[:-2] != lead
+        ):
+            raise StateError(
+                f"state: expected 'deter' (B, {cfg.deter}) and 'stoch' (B, {cfg.stoch}, "
+                f"{cfg.classes}), got {tuple(deter.shape)} and {tuple(stoch.shape)}"
+            )
+        return deter, stoch.flatten(-2)
 
     def _state(self, deter: Tensor, stoch: Tensor, prior: Tensor, post: Any = None) -> State:
         cfg = self.config

@@ -2,7 +2,8 @@
 
 References for the defaults: LeWM (end-to-end JEPA world model with SIGReg; MSE latent prediction,
 lambda ~0.1 on SIGReg, AdaLN action conditioning, a short frame history), LeJEPA (SIGReg with the
-Epps-Pulley statistic, 17 integration knots; integrated on [0, t_max] by symmetry), I-JEPA /
+Epps-Pulley statistic, 17 integration knots on t in [0, 3], doubled by symmetry: the reference
+``SIGReg`` of LeJEPA and of LeWM's ``module.py`` uses ``torch.linspace(0, 3, 17)``), I-JEPA /
 BYOL (EMA target encoder with stop-gradient, decay 0.996-0.999) and PLDM (VICReg-regularised
 latent dynamics).
 """
@@ -35,7 +36,7 @@ class JEPAConfig:
     reg_weight: float = 0.1  # weight of the sigreg / vicreg term
     sigreg_projections: int = 256  # M random 1-D directions per SIGReg evaluation
     sigreg_knots: int = 17  # integration knots of the Epps-Pulley integral over t in [0, t_max]
-    sigreg_t_max: float = 5.0  # upper limit of the Epps-Pulley integral
+    sigreg_t_max: float = 3.0  # upper limit of the Epps-Pulley integral (LeJEPA/LeWM: 3)
     ema_decay: float = 0.996  # EMA target encoder decay (regularizer == "ema")
     pred_steps: int = 4  # autoregressive open-loop prediction steps in the loss
     ar_weight: float = 1.0  # weight of the autoregressive term (teacher-forced term has weight 1)

@@ -72,15 +72,27 @@ class Encoder(nn.Module):
         self.norm = nn.BatchNorm1d(rep_dim, affine=False) if batch_norm else None
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        return self.forward_with_prenorm(obs)[0]
+
+    def forward_with_prenorm(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """-> rep (B, D) and the head's output before the BatchNorm (B, D) (the same tensor
+        without `batch_norm`). In train mode BatchNorm pins each dim's std of `rep` near 1, so
+        only the pre-norm features show a collapse."""
         parts = [self.convs[k](obs[k]) for k in self.image_keys]
         if self.vec is not None:
             vec = torch.cat([obs[k].flatten(1) for k in self.vector_keys], -1)  # (B, sum F_k)
-            parts.append(self.vec(vec))
-        rep = self.head(torch.cat(parts, -1))  # (B, F) -> (B, D)
+            parts.append(self.vec(vec.to(self.vec_dtype)))
+        pre = self.head(torch.cat(parts, -1))  # (B, F) -> (B, D)
         if self.norm is None:
-            return rep
+            return pre, pre
         n = self.norm
-        use_batch = self.training and rep.shape[0] > 1  # a single sample uses running stats
-        return F.batch_norm(
-            rep, n.running_mean, n.running_var, training=use_batch, momentum=0.1, eps=n.eps
+        use_batch = self.training and pre.shape[0] > 1  # a single sample uses running stats
+        rep = F.batch_norm(
+            pre, n.running_mean, n.running_var, training=use_batch, momentum=0.1, eps=n.eps
         )
+        return rep, pre
+
+    @property
+    def vec_dtype(self) -> torch.dtype:
+        assert self.vec is not None
+        return next(self.vec.parameters()).dtype

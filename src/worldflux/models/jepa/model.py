@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from worldflux.core.batch import Batch
-from worldflux.core.exceptions import SpecError
+from worldflux.core.exceptions import SpecError, StateError
 from worldflux.core.model import Metrics, WorldModel
-from worldflux.core.spec import ActionSpec, Obs, ObsSpec
+from worldflux.core.spec import ActionSpec, Obs, ObsSpec, same_device
 from worldflux.core.state import State
 from worldflux.models.jepa.config import JEPAConfig
 from worldflux.models.jepa.encoder import Encoder
@@ -62,14 +62,28 @@ class JEPA(WorldModel):
 
     def embed(self, obs: Obs) -> Tensor:
         """Online encoder: obs (B, *obs_shape) -> rep (B, D)."""
-        return self.encoder(self.obs_spec.as_dict(obs, 1, "obs"))
+        return self._embed(obs)
+
+    def _embed(self, obs: Obs, batch: int | None = None) -> Tensor:
+        return self.encoder(self.check_obs(obs, batch))
 
     def _embed_seq(self, obs: Obs, encoder: torch.nn.Module) -> Tensor:
         """obs (B, T, *obs_shape) -> reps (B, T, D)."""
-        fields = self.obs_spec.as_dict(obs, 2, "batch.obs")
-        b, t = next(iter(fields.values())).shape[:2]
-        flat = {k: v.flatten(0, 1) for k, v in fields.items()}  # (B, T, ...) -> (B*T, ...)
+        flat, (b, t) = self._flat_seq(obs)
         return encoder(flat).reshape(b, t, -1)  # (B*T, D) -> (B, T, D)
+
+    def _embed_seq_prenorm(self, obs: Obs) -> tuple[Tensor, Tensor]:
+        """Online encoder: obs (B, T, *obs_shape) -> reps (B, T, D) and the features before its
+        final BatchNorm (B, T, D) (the reps themselves without BatchNorm)."""
+        flat, (b, t) = self._flat_seq(obs)
+        rep, pre = self.encoder.forward_with_prenorm(flat)
+        return rep.reshape(b, t, -1), pre.reshape(b, t, -1)
+
+    def _flat_seq(self, obs: Obs) -> tuple[dict[str, Tensor], tuple[int, int]]:
+        """Checked obs (B, T, ...) flattened to {key: (B*T, ...)}, and (B, T)."""
+        fields = self.check_obs(obs, arg="batch.obs", batch_dims=2)
+        b, t = next(iter(fields.values())).shape[:2]
+        return {k: v.flatten(0, 1) for k, v in fields.items()}, (int(b), int(t))
 
     def _make_state(self, history: Tensor) -> State:
         """history (B, k, D) -> State with `rep` (and `rep_history` when k > 1)."""
@@ -79,12 +93,21 @@ class JEPA(WorldModel):
         return State(tensors)
 
     def history_of(self, state: State) -> Tensor:
-        """The predictor's input (B, k, D) from `state`."""
+        """The predictor's input (B, k, D) from `state`; `StateError` if keys are missing,
+        misshapen or on another device."""
+        if not isinstance(state, State):
+            raise StateError(f"state: expected a State, got {type(state).__name__}")
         rep = state.get("rep")
         if rep is None or rep.dim() != 2 or rep.shape[1] != self.config.rep_dim:
             got = None if rep is None else tuple(rep.shape)
-            raise SpecError(
-                f"state: expected key 'rep' of shape (B, {self.config.rep_dim}), got {got}"
+            raise StateError(
+                f"state: expected key 'rep' of shape (B, {self.config.rep_dim}), got {got} "
+                f"(keys {sorted(state.tensors)})"
+            )
+        dev = self.device
+        if rep.device != dev and not same_device(rep.device, dev):
+            raise StateError(
+                f"state['rep']: expected a tensor on the model's device {dev}, got {rep.device}"
             )
         if self.config.history == 1:
             return rep[:, None]
@@ -92,13 +115,17 @@ class JEPA(WorldModel):
         want = (rep.shape[0], self.config.history, self.config.rep_dim)
         if hist is None or tuple(hist.shape) != want:
             got = None if hist is None else tuple(hist.shape)
-            raise SpecError(f"state: expected key 'rep_history' of shape {want}, got {got}")
+            raise StateError(
+                f"state: expected key 'rep_history' of shape {want}, got {got} "
+                f"(keys {sorted(state.tensors)})"
+            )
         return hist
 
     # --- the contract -------------------------------------------------------------------------
 
     def initial_state(self, batch_size: int) -> State:
         """All-zero reps (batch_size, D) (and history (batch_size, k, D))."""
+        batch_size = self.check_batch_size(batch_size)
         zeros = torch.zeros(
             batch_size, self.config.history, self.config.rep_dim, device=self.device
         )
@@ -111,18 +138,25 @@ class JEPA(WorldModel):
 
     def transition(self, state: State, action: Tensor) -> State:
         """Predicted next State from `state` and `action` (B, A)."""
-        action = self.action_spec.to_model(action, 1, "action")
         hist = self.history_of(state)
-        nxt = self.predictor(hist, action.to(hist.dtype))
+        return self._predict(hist, self.check_action(action, hist.shape[0]))
+
+    def _predict(self, hist: Tensor, action: Tensor) -> State:
+        nxt = self.predictor(hist, action)
         return self._make_state(torch.cat([hist[:, 1:], nxt[:, None]], 1))
 
     def update(self, state: State, action: Tensor, obs: Obs) -> State:
-        """Re-encode `obs` (B, ...); with ``update_fusion = f > 0``: (1 - f) enc + f pred."""
-        rep = self.embed(obs)
+        """Re-encode `obs` (B, ...); with ``update_fusion = f > 0``: (1 - f) enc + f pred.
+
+        `action` is validated (shape, device, batch size) even when it is not used (f = 0).
+        """
+        hist = self.history_of(state)
+        b = hist.shape[0]
+        action = self.check_action(action, b)
+        rep = self._embed(obs, b)
         f = self.config.update_fusion
         if f > 0.0:
-            rep = (1.0 - f) * rep + f * self.transition(state, action).tensors["rep"]
-        hist = self.history_of(state)
+            rep = (1.0 - f) * rep + f * self._predict(hist, action).tensors["rep"]
         return self._make_state(torch.cat([hist[:, 1:], rep[:, None]], 1))
 
     def decode(self, state: State, heads: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -147,16 +181,16 @@ class JEPA(WorldModel):
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """Multi-step latent prediction (teacher-forced + autoregressive) + anti-collapse term."""
-        batch.validate()
+        batch.validate(self.device)
         c = self.config
         b, t = batch.shape
         if t < 2:
             raise SpecError(f"batch: expected T >= 2 to predict anything, got T={t}")
-        action = self.action_spec.to_model(batch.action, 2, "batch.action").to(self.device)
-        z = self._embed_seq(batch.obs, self.encoder)  # (B, T, D)
+        action = self.check_action(batch.action, arg="batch.action", batch_dims=2)
+        z, pre = self._embed_seq_prenorm(batch.obs)  # (B, T, D) each
         # EMA: stop-gradient targets; otherwise end-to-end (LeWM), the regulariser stops collapse
         target = z if self.target is None else self._embed_seq(batch.obs, self.target)
-        seg = batch.is_first.to(self.device).long().cumsum(1)  # (B, T) episode segment ids
+        seg = batch.is_first.long().cumsum(1)  # (B, T) episode segment ids
         windows = self._windows(z)  # (B, T, k, D): reps t-k+1..t (front-padded)
         tf_loss = self._tf_loss(windows, action, target, seg)
         steps = min(c.pred_steps, t - 1)
@@ -167,13 +201,16 @@ class JEPA(WorldModel):
         total = tf_loss + c.ar_weight * ar_loss + c.reg_weight * reg
         flat = z.detach().reshape(b * t, -1)  # (B, T, D) -> (B*T, D)
         std = flat.std(0)
+        pre_std = pre.detach().reshape(b * t, -1).std(0)  # before the encoder's BatchNorm
         metrics: Metrics = {
             "loss": total.detach(),
             "pred_loss": tf_loss.detach(),
             "ar_loss": ar_loss.detach(),
             "reg_loss": reg.detach(),
-            "emb_std": std.mean(),
+            "emb_std": std.mean(),  # ~1 by construction in train mode with enc_batch_norm
             "emb_std_min": std.min(),
+            "emb_std_prenorm": pre_std.mean(),  # the collapse signal; see README "Metrics"
+            "emb_std_prenorm_min": pre_std.min(),
             "eff_rank": effective_rank(flat),
         }
         return total, metrics

@@ -6,7 +6,9 @@ unit directions and test each 1-D sample against N(0, 1) with the Epps-Pulley st
     EP = N * integral_R |phi_N(t) - exp(-t^2 / 2)|^2 * exp(-t^2 / 2) dt,
 
 phi_N(t) = mean_n exp(i t x_n) being the empirical characteristic function. The integrand is even
-in t, so it is integrated on [0, t_max] with the trapezoid rule and doubled. For Gaussian data EP
+in t, so it is integrated on [0, t_max] with the trapezoid rule and doubled; the defaults (17
+knots, t_max = 3) are those of the LeJEPA / LeWM reference ``SIGReg`` (``linspace(0, 3, 17)``),
+which truncates the integral where the weight exp(-t^2 / 2) is about 0.01. For Gaussian data EP
 stays O(1) whatever N (its expectation is about 1.06), for collapsed data it grows like N.
 """
 
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from worldflux.core.exceptions import SpecError
 
 
-def epps_pulley(x: Tensor, knots: int = 17, t_max: float = 5.0) -> Tensor:
+def epps_pulley(x: Tensor, knots: int = 17, t_max: float = 3.0) -> Tensor:
     """Epps-Pulley statistic of each column of `x` (N, M) against N(0, 1). -> (M,)."""
     if x.dim() != 2 or x.shape[0] < 2:
         raise SpecError(f"x: expected shape (N >= 2, M), got {tuple(x.shape)}")
@@ -37,7 +39,7 @@ def sigreg(
     z: Tensor,
     projections: int,
     knots: int = 17,
-    t_max: float = 5.0,
+    t_max: float = 3.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """SIGReg of embeddings `z` (N, D): mean Epps-Pulley over `projections` random directions."""

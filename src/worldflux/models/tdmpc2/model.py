@@ -29,7 +29,7 @@ from torch import Tensor
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import SpecError, StateError
 from worldflux.core.model import Metrics, WorldModel
-from worldflux.core.spec import ActionSpec, Obs, ObsSpec
+from worldflux.core.spec import ActionSpec, Obs, ObsSpec, same_device
 from worldflux.core.state import State
 from worldflux.models.tdmpc2 import training
 from worldflux.models.tdmpc2.config import TDMPC2Config
@@ -155,28 +155,37 @@ class TDMPC2(WorldModel):
                 f"{arg}: expected tensor 'latent' of shape (B, {self.config.latent_dim}), "
                 f"got {got} (keys {sorted(state.tensors)})"
             )
+        dev = self.bins.device
+        if z.device != dev and not same_device(z.device, dev):
+            raise StateError(
+                f"{arg}['latent']: expected a tensor on the model's device {dev}, got {z.device}"
+            )
         return z
 
     def _action(self, action: Tensor, z: Tensor, arg: str = "action") -> Tensor:
-        a = self.action_spec.to_model(action, 1, arg)
+        a = self.action_spec.to_model(action, 1, arg, z.device, z.dtype)  # z: checked State
         if a.shape[0] != z.shape[0]:
-            raise SpecError(f"{arg}: expected batch {z.shape[0]}, got {a.shape[0]}")
-        return a.to(z.dtype)
+            raise SpecError(
+                f"{arg}: expected batch size {z.shape[0]} (the state's), got {a.shape[0]}"
+            )
+        return a
 
     def initial_state(self, batch_size: int) -> State:
         """The uniform SimNorm latent (every group at 1/simnorm_dim). -> latent (B, L)."""
-        c = self.config
+        c, batch_size = self.config, self.check_batch_size(batch_size)
         z = torch.full((batch_size, c.latent_dim), 1.0 / c.simnorm_dim, device=self.bins.device)
         return State({"latent": z})
 
     def encode(self, obs: Obs) -> State:
         """obs (B, ...) -> State latent (B, L)."""
-        return State({"latent": self.encode_obs(self.obs_spec.as_dict(obs, 1), 1)})
+        return State({"latent": self.encode_obs(self.check_obs(obs), 1)})
 
     def update(self, state: State, action: Tensor, obs: Obs) -> State:
-        """Not recurrent: re-encodes `obs`; `state` and `action` are only validated."""
-        self._action(action, self._latent(state))
-        return self.encode(obs)
+        """Not recurrent: re-encodes `obs`; `state` and `action` are only validated (batch
+        sizes must agree)."""
+        z = self._latent(state)
+        self._action(action, z)
+        return State({"latent": self.encode_obs(self.check_obs(obs, z.shape[0]), 1)})
 
     def transition(self, state: State, action: Tensor) -> State:
         """Latent dynamics: z' = d(z, a). -> latent (B, L)."""
@@ -188,7 +197,8 @@ class TDMPC2(WorldModel):
 
     def decode(self, state: State, heads: Sequence[str] | None = None,
                action: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
-        """reward (B,), q (B,) mean of all Qs, action (B, A) policy mean, continue (B,).
+        """reward (B,), q (B,) mean of all Qs (no dropout, also in train mode), action (B, A)
+        policy mean, continue (B,).
 
         reward and q are evaluated at `action` if given, else at the policy's mean action.
         """
@@ -205,7 +215,7 @@ class TDMPC2(WorldModel):
         if "reward" in wanted:
             out["reward"] = self.to_scalar(self.reward_logits(z, a))
         if "q" in wanted:
-            out["q"] = self.q_values(z, a, reduce="mean")
+            out["q"] = self.q_values(z, a, reduce="mean", dropout=False)  # deterministic
         if "continue" in wanted:
             out["continue"] = self._continue(z)
         return out

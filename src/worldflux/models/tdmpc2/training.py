@@ -27,14 +27,14 @@ if TYPE_CHECKING:
 
 def _split_batch(model: TDMPC2, batch: Batch):
     """Validate; lay out time-major: obs dict, actions (H, B, A), reward/term/valid (H, B)."""
-    batch.validate()
+    batch.validate(model.device)
     h = model.config.horizon
     b, t = batch.shape
     if t != h + 1:
         raise SpecError(f"batch: expected T = horizon + 1 = {h + 1} rows, got T = {t}")
-    obs = model.obs_spec.as_dict(batch.obs, 2, "batch.obs")
-    action = model.action_spec.to_model(batch.action, 2, "batch.action")[:, 1:]
-    action = action.transpose(0, 1).float()  # (B, H, A) -> (H, B, A)
+    obs = model.check_obs(batch.obs, arg="batch.obs", batch_dims=2)
+    action = model.check_action(batch.action, arg="batch.action", batch_dims=2)[:, 1:]
+    action = action.transpose(0, 1)  # (B, H, A) -> (H, B, A)
     reward = batch.reward[:, 1:].transpose(0, 1).float()  # (B, H) -> (H, B)
     term = batch.is_terminal[:, 1:].transpose(0, 1).float()  # (H, B)
     valid = (~batch.is_first[:, 1:]).transpose(0, 1).float().cumprod(0)  # (H, B)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,52 @@ def test_train_eval_resume(tmp_path: Path) -> None:
     assert "resumed at env step 60" in result.output
     assert (run / "checkpoints" / "step_0000000080").is_dir()
     assert "env steps:   80" in result.output
+
+
+def _our_shm_segments() -> list[str]:
+    """Shared-memory segments of collector pools this (test) process created."""
+    return [e for e in os.listdir("/dev/shm") if e.startswith(f"worldflux_wf{os.getpid()}x")]
+
+
+COLLECT = ["agent.act=policy", "agent.batch_size=8", "replay_capacity=2000", *FAST]
+
+
+def test_train_with_collectors_then_resume_with_them(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "tdmpc2:debug", "--env", "CartPole-v1", "--run-dir", str(run),
+            "--collectors", "2", "--start-method", "fork", "steps=200", *COLLECT]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "collectors:  2 (fork)" in result.output, result.output
+    recorded = json.loads((run / "run.json").read_text())["collectors"]
+    assert recorded == {"num_collectors": 2, "start_method": "fork"}
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert checkpoints and int(checkpoints[-1].name.split("_")[-1]) >= 200
+    assert _our_shm_segments() == []
+    result = runner.invoke(app, ["eval", str(run), "--episodes", "1"])
+    assert result.exit_code == 0, result.output
+    # `resume` continues with the recorded collectors, not in one process.
+    result = runner.invoke(app, ["resume", str(run), "--steps", "320"])
+    assert result.exit_code == 0, result.output
+    assert "collectors:  2 (fork)" in result.output, result.output
+    assert int(sorted((run / "checkpoints").iterdir())[-1].name.split("_")[-1]) >= 320
+    assert _our_shm_segments() == []
+    result = runner.invoke(app, ["resume", str(run), "--collectors", "3"])
+    assert result.exit_code == 2 and "streams" in result.output
+
+
+def test_train_with_one_spawned_collector(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "tdmpc2:debug", "--env", "CartPole-v1", "--run-dir", str(run),
+            "--collectors", "1", "steps=64", *COLLECT]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "collectors:  1 (spawn)" in result.output, result.output
+    assert (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
+    assert _our_shm_segments() == []
+    bad = args[: -len(COLLECT) - 1] + ["--start-method", "thread", "steps=64"]
+    result = runner.invoke(app, bad)
+    assert result.exit_code == 2 and "thread" in result.output
 
 
 def test_imagine_writes_a_video(tmp_path: Path) -> None:

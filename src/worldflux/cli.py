@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +27,13 @@ DEMO_SETTINGS = [
     "eval_episodes=3", "checkpoint_every=1000", "log_every=250", "agent.act=policy",
     "agent.batch_size=64", "episode_length=200",
 ]  # fmt: skip
+
+
+class StartMethod(str, Enum):
+    """How collector processes start (``--start-method``)."""
+
+    spawn = "spawn"  # portable: a fresh interpreter per collector (slower start)
+    fork = "fork"  # POSIX: a copy of the learner (starts fast)
 
 
 def _fail(err: Exception) -> None:
@@ -55,6 +64,24 @@ def _report(result: dict[str, Any], trainer: Any) -> None:
             f"last eval:   return {ev['return_mean']:.1f} +- {ev['return_std']:.1f} "
             f"over {len(ev['returns'])} episodes"
         )
+    pool = result.get("collectors")
+    if pool is not None:
+        restarts = sum(c["restarts"] for c in pool["collectors"])
+        typer.echo(
+            f"collectors:  {len(pool['collectors'])} ({trainer.pool.config.start_method}), "
+            f"policy version {pool['version']}, restarts {restarts}"
+        )
+
+
+def _collector_info(run_dir: Path) -> dict[str, Any] | None:
+    """The ``collectors`` entry of a run's run.json (None: a single-process run or no file)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text()).get("collectors")
+    except (OSError, ValueError, AttributeError):
+        return None  # resume_trainer reports a missing or broken run.json
+    if isinstance(info, int) and not isinstance(info, bool):
+        info = {"num_collectors": info}
+    return info if isinstance(info, dict) else None
 
 
 @app.command()
@@ -71,13 +98,33 @@ def train(
     run_dir: Annotated[
         Path | None, typer.Option(help="where to write (default runs/<name>)")
     ] = None,
+    collectors: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="collector processes stepping the envs (each num_envs copies); "
+            "0: one process (default)",
+        ),
+    ] = 0,
+    start_method: Annotated[
+        StartMethod, typer.Option(help="how collector processes start")
+    ] = StartMethod.spawn,
 ) -> None:
     """Train a model on an environment online, with evaluation and checkpoints."""
     from worldflux.training.run import build_trainer, default_run_dir, parse_overrides
 
     try:
         spec = parse_overrides(model, env, overrides or [])
-        trainer = build_trainer(spec, run_dir or default_run_dir(spec))
+        out = run_dir or default_run_dir(spec)
+        trainer: Any
+        if collectors > 0:
+            from worldflux.distributed.trainer import build_collector_trainer
+
+            trainer = build_collector_trainer(
+                spec, out, collectors, start_method=start_method.value
+            )
+        else:
+            trainer = build_trainer(spec, out)
         _report(trainer.train(), trainer)
     except WorldFluxError as err:
         _fail(err)
@@ -88,8 +135,19 @@ def resume(
     run_dir: Annotated[Path, typer.Argument(help="a run directory with run.json and checkpoints")],
     steps: Annotated[int | None, typer.Option(help="new total env steps (extend a run)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads for this session")] = None,
+    collectors: Annotated[
+        int | None,
+        typer.Option(min=1, help="collector processes (default: as the run was trained)"),
+    ] = None,
+    start_method: Annotated[
+        StartMethod | None,
+        typer.Option(help="how collector processes start (default: as the run was trained)"),
+    ] = None,
 ) -> None:
-    """Continue a run exactly from its latest checkpoint."""
+    """Continue a run from its latest checkpoint (exactly, for single-process runs).
+
+    A run trained with ``--collectors N`` resumes with its N collectors (a new set of episodes).
+    """
     from worldflux.training.run import resume_trainer
 
     changes: dict[str, Any] = {}
@@ -98,7 +156,14 @@ def resume(
     if threads is not None:
         changes["threads"] = threads
     try:
-        trainer = resume_trainer(run_dir, **changes)
+        trainer: Any
+        if collectors is not None or start_method is not None or _collector_info(run_dir):
+            from worldflux.distributed.trainer import resume_collector_trainer
+
+            options = {} if start_method is None else {"start_method": start_method.value}
+            trainer = resume_collector_trainer(run_dir, collectors, changes, **options)
+        else:
+            trainer = resume_trainer(run_dir, **changes)
         typer.echo(f"resumed at env step {trainer.step}")
         _report(trainer.train(), trainer)
     except WorldFluxError as err:

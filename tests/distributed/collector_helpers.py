@@ -63,6 +63,26 @@ class BrokenEnv(CounterEnv):
         return super().step(action)
 
 
+def failing_env() -> Env:
+    """An env factory that raises: the collector dies while starting."""
+    raise RuntimeError("failing_env: simulated start-up failure")
+
+
+def _refuse_to_unpickle() -> None:
+    raise RuntimeError("EnvFactoryLostInChild: cannot be rebuilt in the collector")
+
+
+class EnvFactoryLostInChild:
+    """Pickles in the learner but fails to unpickle in a ``spawn``ed child (like a factory whose
+    module the child cannot import)."""
+
+    def __reduce__(self) -> tuple:
+        return (_refuse_to_unpickle, ())
+
+    def __call__(self) -> Env:
+        return CounterEnv()
+
+
 class ConstPolicy(torch.nn.Module):
     """Acts randomly but reports (as its acting State) the min and max of its big weight.
 

@@ -112,3 +112,27 @@ def run_rank(ctx: ddp.DistContext, out: Path, steps: int, size: int, ckpt: Path)
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"rank{ctx.rank}.safetensors"))
     (out / f"rank{ctx.rank}.json").write_text(json.dumps({"losses": losses, "ws": ctx.world_size}))
+
+
+def pretrain_rank_worker(rank: int, world: int, init_file: str, cfg: dict, out: str) -> None:
+    """One rank of `worldflux.distributed.pretrain`, started without torchrun (explicit rank).
+
+    LOCAL_RANK is set to something other than the rank, as on a second node, to check that
+    `init_distributed` takes it. Writes ``pretrain{rank}.json`` (result or error).
+    """
+    from worldflux.distributed.pretrain import PretrainConfig, pretrain
+    from worldflux.training.trainer import TrainingError
+
+    torch.set_num_threads(1)
+    os.environ["LOCAL_RANK"] = str(world - 1 - rank)
+    ctx = ddp.init_distributed(
+        device="cpu", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
+    record: dict = {"local_rank": ctx.local_rank}
+    try:
+        record["result"] = pretrain(PretrainConfig(**cfg), ctx)
+    except TrainingError as e:
+        record["error"] = str(e)
+    finally:
+        ddp.shutdown(ctx)
+    (Path(out) / f"pretrain{rank}.json").write_text(json.dumps(record))

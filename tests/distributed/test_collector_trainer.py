@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from worldflux.training.run import RunSpec
+from worldflux.training.run import RunSpec, load_agent
 
 
 def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> None:
@@ -35,6 +36,16 @@ def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> Non
     assert 2 <= stats["version"] <= 1 + result["updates"]
     assert sum(n for v, n in trainer.rows_by_version.items() if v >= 2) > 0  # acted with them
     assert sum(trainer.rows_by_version.values()) == result["step"]
+    # The replay keeps each row's acting version: the same rows the chunks reported ...
+    replay = trainer.replay
+    assert replay.track_versions and replay.written.max() <= replay.stream_capacity  # no wrap
+    stored = {}
+    for e in range(replay.num_envs):
+        v = replay.policy_versions(e * replay.stream_capacity + np.arange(replay.counts[e]))
+        assert (v >= 1).all() and (np.diff(v) >= 0).all(), (e, v)  # ... never back in time
+        for x in v.tolist():
+            stored[x] = stored.get(x, 0) + 1
+    assert stored == trainer.rows_by_version
     assert trainer.replay.num_envs == 4 and (trainer.replay.counts > 0).all()
     assert trainer.episodes > 0  # CartPole episodes under a fresh policy are short
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"worldflux_{ns}")]
@@ -56,9 +67,32 @@ def test_collector_run_resumes_with_collectors(tmp_path: Path) -> None:
     }  # fmt: skip
     spec = RunSpec("tdmpc2:debug", "CartPole-v1", trainer_cfg, agent={"act": "policy"})
     first = build_collector_trainer(spec, tmp_path, 2, start_method="fork", chunk_len=8)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["collectors"] == {"num_collectors": 2, "start_method": "fork"}
     done = first.train()["step"]
     with pytest.raises(ConfigError, match="streams"):
         resume_collector_trainer(tmp_path, 3, {"steps": done + 32})
-    again = resume_collector_trainer(tmp_path, 2, {"steps": done + 32}, start_method="fork")
+    # Collectors and start method come from run.json; the replay keeps its versions.
+    again = resume_collector_trainer(tmp_path, trainer_changes={"steps": done + 32})
+    assert (again.pool.config.num_collectors, again.pool.config.start_method) == (2, "fork")
     assert again.step == done and len(again.replay) == len(first.replay)
+    assert again.replay.track_versions
     assert again.train()["step"] >= done + 32
+    # The checkpoint's "run" stays a plain RunSpec: eval / imagine load collector runs too.
+    agent, loaded = load_agent(tmp_path)
+    assert loaded.model == "tdmpc2:debug" and agent is not None
+
+
+def test_a_single_process_run_does_not_resume_with_collectors_by_accident(tmp_path: Path) -> None:
+    from worldflux.core.exceptions import ConfigError
+    from worldflux.distributed.trainer import load_run_file, resume_collector_trainer
+
+    (tmp_path / "run.json").write_text(json.dumps({"model": "tdmpc2:debug", "env": "X"}))
+    spec, info = load_run_file(tmp_path)
+    assert info is None and spec.model == "tdmpc2:debug"
+    with pytest.raises(ConfigError, match="single-process run"):
+        resume_collector_trainer(tmp_path)
+    bad = {"model": "tdmpc2:debug", "env": "X", "collectors": {"num_collectors": 0}}
+    (tmp_path / "run.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="num_collectors"):
+        load_run_file(tmp_path)

@@ -209,6 +209,46 @@ def test_feed_adds_rows_to_a_replay() -> None:
     assert batch.shape == (4, 3)
 
 
+def test_feed_stores_the_policy_version_that_acted_each_row() -> None:
+    """A replay with ``track_versions`` keeps, per row, the version whose action the row holds."""
+    cfg = CollectorConfig(
+        num_collectors=2, chunk_len=4, start_method="fork", namespace=_ns(), explore=False
+    )
+    env = C.CounterEnv()
+    replay = Replay(4000, env.observation_space, env.action_space, num_envs=2, track_versions=True)
+    learner = C.mlp_policy_fn(seed=1)()
+    versions = {1: C.mlp_policy_fn(seed=1)(), 2: learner}
+    deadline = time.monotonic() + DEADLINE_S
+    with CollectorPool(C.env_fn(0.001), C.mlp_policy_fn(seed=99), cfg, weights=learner) as pool:
+        while replay.counts.min() < 8:
+            assert time.monotonic() < deadline, pool.stats()
+            pool.feed(replay, timeout=0.5)
+        with torch.no_grad():
+            for p in learner.parameters():
+                p.add_(torch.randn_like(p))
+        assert pool.publish_weights(learner) == 2
+
+        def newest(e: int) -> int:  # version of stream e's latest row
+            last = e * replay.stream_capacity + replay.counts[e] - 1
+            return int(replay.policy_versions(np.asarray(last)))
+
+        while min(newest(0), newest(1)) < 2:
+            assert time.monotonic() < deadline, pool.stats()
+            pool.feed(replay, timeout=0.5)
+    for e in range(2):
+        idx = e * replay.stream_capacity + np.arange(replay.counts[e])  # chronological
+        v = replay.policy_versions(idx)
+        assert (v >= 1).all() and (np.diff(v) >= 0).all(), v  # never back in time per stream
+        assert {1, 2} <= set(v.tolist())
+        obs, act = replay.arrays["obs.obs"][idx], replay.arrays["action"][idx]
+        first = replay.arrays["is_first"][idx]
+        for i in np.flatnonzero(~first[1:]) + 1:  # rows holding an action someone chose
+            prev = torch.from_numpy(obs[i - 1 : i])
+            with torch.no_grad():
+                want, _ = versions[int(v[i])].act({"obs": prev}, None, False, prev[:, 0] > 0)
+            np.testing.assert_allclose(act[i], want[0].numpy())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_stopping_the_learner_cleans_everything(sig: int) -> None:
     """Ctrl-C: the learner cleans up. SIGKILL: the orphaned collectors clean up after themselves."""
@@ -246,6 +286,28 @@ def test_a_collector_that_keeps_failing_raises_with_its_traceback() -> None:
         with pytest.raises(CollectorError, match="simulated simulator crash"):
             while time.monotonic() < deadline:
                 pool.poll(0.5)
+    assert C.shm_entries(ns) == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (C.failing_env, "failing_env: simulated start-up failure"),
+        (C.EnvFactoryLostInChild(), "EnvFactoryLostInChild: cannot be rebuilt"),
+    ],
+    ids=["env-factory-raises", "factory-fails-to-unpickle"],
+)
+def test_a_collector_that_dies_while_starting_reports_its_traceback(factory, message) -> None:  # noqa: ANN001
+    ns = _ns()
+    cfg = CollectorConfig(num_collectors=1, start_method="spawn", namespace=ns, max_restarts=0)
+    with CollectorPool(factory, C.random_policy_fn(), cfg) as pool:
+        deadline = time.monotonic() + DEADLINE_S
+        with pytest.raises(CollectorError) as info:
+            while time.monotonic() < deadline:
+                pool.poll(0.5)
+    text = str(info.value)
+    assert "exited with code 1 while starting" in text, text
+    assert "Traceback (most recent call last)" in text and message in text, text
     assert C.shm_entries(ns) == []
 
 

@@ -53,13 +53,7 @@ def _check_run(out: Path) -> None:
 def test_two_gloo_ranks_match_single_process_and_resume_on_one(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     args = (WORLD, str(tmp_path / "init"), str(tmp_path), STEPS, GLOBAL_BATCH, str(ckpt))
-    ctx = mp.start_processes(H.rank_worker, args, nprocs=WORLD, join=False, start_method="fork")
-    deadline = time.monotonic() + 120  # a hung collective fails the test instead of hanging CI
-    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP ranks did not finish within 120 s")
+    _run_ranks(H.rank_worker, args, WORLD)
     _check_run(tmp_path)
 
     # Resume the 2-rank checkpoint on 1 rank and continue: equals an uninterrupted run.
@@ -74,7 +68,8 @@ def test_two_gloo_ranks_match_single_process_and_resume_on_one(tmp_path: Path) -
     _assert_same_weights(model.state_dict(), full.state_dict(), atol=1e-5)
 
 
-def _saved_replay(path: Path) -> None:
+def _saved_replay(path: Path, nan_rows: int = 0, nan_streams: int = 1) -> None:
+    """2 streams of 100 rows; the first `nan_rows` observations of `nan_streams` are NaN."""
     from worldflux.data.replay import Replay
     from worldflux.envs.base import StepBatch
 
@@ -82,9 +77,12 @@ def _saved_replay(path: Path) -> None:
     replay = Replay(400, obs_space, act_space, num_envs=2, seed=0)
     g = np.random.default_rng(0)
     for t in range(100):
+        obs = g.standard_normal((2, H.OBS_DIM)).astype(np.float32)
+        if t < nan_rows:
+            obs[:nan_streams] = np.nan
         replay.add(
             StepBatch(
-                obs=g.standard_normal((2, H.OBS_DIM)).astype(np.float32),
+                obs=obs,
                 action=g.uniform(-1, 1, (2, H.ACT_DIM)).astype(np.float32),
                 reward=g.standard_normal(2).astype(np.float32),
                 is_first=np.full(2, t % 25 == 0),
@@ -127,6 +125,68 @@ def test_torchrun_pretrain_then_resume_on_one_rank(tmp_path: Path) -> None:
     assert [(x["step"], x["world_size"]) for x in lines] == [(2, 2), (4, 2), (6, 1)]
     assert all(x["replica_max_diff"] == 0.0 and np.isfinite(x["loss"]) for x in lines)
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1].endswith("6")
+
+
+def _run_ranks(fn, args: tuple, world: int) -> None:  # noqa: ANN001
+    ctx = mp.start_processes(fn, args, nprocs=world, join=False, start_method="fork")
+    deadline = time.monotonic() + 120  # a hung collective fails the test instead of hanging CI
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("DDP ranks did not finish within 120 s")
+
+
+def _pretrain_cfg(tmp_path: Path, **kw) -> dict:  # noqa: ANN003
+    cfg = {"model": H.MODEL_NAME, "replay": str(tmp_path / "replay"), "out": str(tmp_path / "run"),
+           "global_batch": 2, "seq_len": 8, "checkpoint_every": 0, "log_every": 4,
+           "device": "cpu"}  # fmt: skip
+    return {**cfg, **kw}
+
+
+def test_nonfinite_updates_are_skipped_on_every_rank(tmp_path: Path) -> None:
+    """Stream 0 starts with NaN observations: ranks that sample it get a NaN loss. Every rank
+    skips those updates together, so the replicas stay identical and finite."""
+    _saved_replay(tmp_path / "replay", nan_rows=30)
+    cfg = _pretrain_cfg(tmp_path, steps=12, max_nonfinite=12)
+    _run_ranks(H.pretrain_rank_worker, (WORLD, str(tmp_path / "init"), cfg, str(tmp_path)), WORLD)
+    records = [json.loads((tmp_path / f"pretrain{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["local_rank"] for r in records] == [WORLD - 1 - r for r in range(WORLD)]
+    results = [r["result"] for r in records]
+    skipped = {r["nonfinite_total"] for r in results}
+    assert len(skipped) == 1 and 0 < skipped.pop() < 12, results  # the same count everywhere
+    assert all(r["replica_max_diff"] == 0.0 for r in results)
+    from worldflux.training.checkpoint import load_checkpoint
+
+    tree = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000000012")
+    assert all(bool(torch.isfinite(v).all()) for v in tree["model"].values())
+    assert tree["extra"]["nonfinite_total"] == results[0]["nonfinite_total"]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [4, 8, 12] and "nonfinite_total" in lines[-1]
+
+
+def test_repeated_nonfinite_updates_stop_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    from worldflux.distributed.pretrain import PretrainConfig, pretrain
+    from worldflux.training.trainer import TrainingError
+
+    _saved_replay(tmp_path / "replay", nan_rows=100, nan_streams=2)
+    cfg = _pretrain_cfg(tmp_path, steps=10, max_nonfinite=3, global_batch=4)
+    with pytest.raises(TrainingError, match="3 consecutive updates had NaN/Inf") as info:
+        pretrain(PretrainConfig(**cfg), CPU)  # world_size 1: no process group
+    assert "update 3" in str(info.value) and "skipped on every rank" in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing non-finite was saved
+    with pytest.raises(ConfigError, match="max_nonfinite"):
+        PretrainConfig(**{**cfg, "max_nonfinite": 0})
+
+
+def test_local_rank_comes_from_local_rank_or_the_node_layout() -> None:
+    assert ddp.local_rank_for(9, {"LOCAL_RANK": "1"}, device_count=8) == 1
+    assert ddp.local_rank_for(9, {}, device_count=8) == 1  # rank 9 of 2 x 8 GPUs: GPU 1
+    assert ddp.local_rank_for(3, {}, device_count=0) == 3  # CPU: nothing to pick
+    with pytest.raises(ConfigError, match="LOCAL_RANK"):
+        ddp.local_rank_for(0, {"LOCAL_RANK": "x"}, device_count=2)
+    with pytest.raises(ConfigError, match="LOCAL_RANK"):
+        ddp.local_rank_for(0, {"LOCAL_RANK": "-1"}, device_count=2)
 
 
 def test_single_process_context_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,11 @@ Images are stored once as uint8 and returned as uint8 tensors; vectors as float3
 the buffer's own numpy Generator, so the same seed and the same adds give the same batches;
 `get_state`/`set_state` expose that RNG as JSON data. `save`/`load` use ``.npy`` files and JSON
 (never pickle); see `worldflux.data.replay_io`.
+
+``track_versions=True`` adds an int64 ``policy_version`` column: ``add(rows, env_ids,
+policy_version=...)`` records which policy version acted each row (collector runs fill it from
+their chunks; rows added without one get -1), and `policy_versions(idx)` reads it for sampled
+indices. Without it the buffer stores nothing extra.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec
 from worldflux.envs.base import Step, StepBatch
 
 FLAGS = ("is_first", "is_terminal", "is_last")
+VERSION = "policy_version"  # optional storage array (``track_versions=True``)
+NO_VERSION = -1  # the version of rows added without one (and of every row when untracked)
 REJECTION_ROUNDS = 8  # then fall back to listing the valid windows exactly
 
 
@@ -47,6 +54,7 @@ class Replay:
         num_envs: number of env streams that `add` writes to (ids 0..num_envs-1).
         seed: seed of the sampling RNG.
         directory: if given, arrays live in ``.npy`` memmaps there (disk-backed mode).
+        track_versions: also store a per-row int64 ``policy_version`` (see the module docstring).
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class Replay:
         num_envs: int = 1,
         seed: int | None = 0,
         directory: str | Path | None = None,
+        track_versions: bool = False,
     ) -> None:
         if num_envs < 1:
             raise ConfigError(f"num_envs: expected an integer >= 1, got {num_envs}")
@@ -67,10 +76,13 @@ class Replay:
         self.action_spec = ActionSpec.from_space(action_space)
         self.num_envs, self.stream_capacity = int(num_envs), int(capacity) // int(num_envs)
         self.directory = None if directory is None else Path(directory)
+        self.track_versions = bool(track_versions)
         self.rng = np.random.default_rng(seed)
         self.arrays: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in self.layout().items():
             self.arrays[name] = self._allocate(name, shape, dtype)
+        if self.track_versions:
+            self.arrays[VERSION][:] = NO_VERSION
         self.written = np.zeros(num_envs, np.int64)  # rows ever added per stream
         self.episode = np.zeros(num_envs, np.int64)  # episodes started per stream
         self.expect_first = np.ones(num_envs, bool)  # next row must be is_first
@@ -86,6 +98,8 @@ class Replay:
         out["reward"] = ((), np.dtype(np.float32))
         out.update({name: ((), np.dtype(bool)) for name in FLAGS})
         out["episode"] = ((), np.dtype(np.int64))
+        if self.track_versions:
+            out[VERSION] = ((), np.dtype(np.int64))
         return out
 
     def _allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -112,8 +126,12 @@ class Replay:
 
     # ---------------------------------------------------------------- adding
 
-    def add(self, rows: Step | StepBatch, env_ids: Any = None) -> None:
-        """Append one row per env: `rows` (N rows) goes to streams `env_ids` (default 0..N-1)."""
+    def add(self, rows: Step | StepBatch, env_ids: Any = None, policy_version: Any = None) -> None:
+        """Append one row per env: `rows` (N rows) goes to streams `env_ids` (default 0..N-1).
+
+        `policy_version` (an int or N ints) is the policy version that acted each row; it needs
+        ``track_versions=True`` (rows added without it get -1).
+        """
         batch = StepBatch.stack([rows]) if isinstance(rows, Step) else rows
         n = len(batch)
         ids = np.arange(n) if env_ids is None else np.asarray(env_ids, np.int64).reshape(-1)
@@ -124,6 +142,18 @@ class Replay:
         if len(np.unique(ids)) != n:
             raise SpecError(f"env_ids: each stream may get one row per call, got {ids.tolist()}")
         values = self._check_rows(batch, ids)
+        if policy_version is not None and not self.track_versions:
+            raise ConfigError(
+                "policy_version: this replay stores no versions; create it with track_versions=True"
+            )
+        if self.track_versions:
+            v = np.asarray(NO_VERSION if policy_version is None else policy_version, np.int64)
+            if v.size not in (1, n):
+                raise SpecError(
+                    f"policy_version: expected an int or {n} ints (one per row), got shape "
+                    f"{v.shape}"
+                )
+            values[VERSION] = np.broadcast_to(v.reshape(-1), (n,))
         self.episode[ids] += values["is_first"]
         values["episode"] = self.episode[ids]
         flat = ids * self.stream_capacity + self.written[ids] % self.stream_capacity
@@ -276,6 +306,14 @@ class Replay:
             is_last=take("is_last"),
         )
         return batch if device is None else batch.to(device)
+
+    def policy_versions(self, idx: np.ndarray) -> np.ndarray:
+        """int64 policy version of the rows at flat storage indices `idx` (e.g. (B, T) from
+        `sample_indices`); -1 where unknown, and everywhere when ``track_versions`` is off."""
+        idx = np.asarray(idx, np.int64)
+        if not self.track_versions:
+            return np.full(idx.shape, NO_VERSION, np.int64)
+        return np.take(self.arrays[VERSION], idx.reshape(-1)).reshape(idx.shape)
 
     # ------------------------------------------------------ state, save, load
 

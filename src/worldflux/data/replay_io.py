@@ -1,10 +1,13 @@
 """Save and load a `Replay` as plain ``.npy`` arrays plus ``replay.json`` (no pickle anywhere).
 
 Folder layout: one ``<array>.npy`` per storage array (``obs.<key>``, ``action``, ``reward``,
-``is_first``, ``is_terminal``, ``is_last``, ``episode``), shaped ``(num_envs, rows, ...)`` where
+``is_first``, ``is_terminal``, ``is_last``, ``episode``, and ``policy_version`` when the buffer
+tracks versions), shaped ``(num_envs, rows, ...)`` where
 ``rows`` is the most rows any stream holds, and ``replay.json`` with the specs, counters and the
-sampling RNG state. ``replay.json`` is written last (temp file + rename): a folder without it is an
-incomplete save. A disk-backed buffer saved into its own directory only flushes and writes JSON.
+sampling RNG state (``track_versions`` is absent from saves made before that column existed;
+they load as untracked buffers). ``replay.json`` is written last (temp file + rename): a folder
+without it is an incomplete save. A disk-backed buffer saved into its own directory only flushes
+and writes JSON.
 
 After `load`, the buffer holds the same rows, counters and RNG state, so it draws the same batches.
 """
@@ -81,6 +84,7 @@ def save_replay(replay: Any, path: Path) -> None:
         "written": replay.written.tolist(),
         "episode": replay.episode.tolist(),
         "expect_first": replay.expect_first.tolist(),
+        "track_versions": bool(replay.track_versions),
         "rng": replay.get_state(),
     }
     _write_json(path / META, meta)
@@ -110,6 +114,7 @@ def load_replay(path: Path, directory: Path | None = None) -> Any:
     replay.obs_spec, replay.action_spec = obs_spec, action_spec
     replay.num_envs, replay.stream_capacity = num_envs, cap
     replay.directory = directory
+    replay.track_versions = bool(meta.get("track_versions", False))
     replay.rng = np.random.default_rng(0)
     replay.arrays = {}
     for name, (shape, dtype) in replay.layout().items():

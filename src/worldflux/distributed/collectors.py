@@ -21,8 +21,10 @@ import atexit
 import contextlib
 import multiprocessing as mp
 import os
+import pickle
 import re
 import secrets
+import signal
 import time
 import weakref
 from collections.abc import Callable
@@ -98,7 +100,9 @@ class _Slot:
     restarts: int = 0
     chunks: int = 0
     loaded: int = 0  # newest policy version the current process reported loading
-    errors: list[str] = field(default_factory=list)
+    ready: bool = False  # the current process said "ready" (it built its envs and policy)
+    traceback: str = ""  # what the current process reported before dying
+    errors: list[str] = field(default_factory=list)  # one line per dead generation
 
 
 class CollectorPool:
@@ -179,9 +183,12 @@ class CollectorPool:
             parent_pid=os.getpid(),
         )
         ours, theirs = self.ctx.Pipe(duplex=True)
+        # Pickled here, unpickled inside the child's error handler (see `collector_main`).
+        payload = spec if cfg.start_method == "fork" else pickle.dumps(spec)
+        slot.ready, slot.traceback = False, ""
         proc = self.ctx.Process(  # type: ignore[attr-defined]
             target=collector_main,
-            args=(spec, theirs),
+            args=(payload, theirs),
             name=f"worldflux-collector-{i}",
             daemon=True,
         )
@@ -237,17 +244,33 @@ class CollectorPool:
             if slot.process.is_alive():  # its pipe broke but it lingers
                 slot.process.kill()
                 slot.process.join(5.0)
-            code = slot.process.exitcode
-            slot.errors.append(f"generation {slot.generation} exited with code {code}")
+            slot.errors.append(self._death(slot, slot.process.exitcode))
         self._forget(i)
         slot.restarts += 1
         if slot.restarts > self.config.max_restarts:
             self.close()
             raise CollectorError(
                 f"collector {i} died {slot.restarts} times (max_restarts="
-                f"{self.config.max_restarts}); last errors: {slot.errors[-2:]}"
+                f"{self.config.max_restarts}); the last one: "
+                f"{slot.errors[-1] if slot.errors else 'no details'}"
             )
         self._spawn(i)
+
+    @staticmethod
+    def _death(slot: _Slot, code: int | None) -> str:
+        """One line (plus its traceback) saying how a collector generation ended."""
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        when = "" if slot.ready else " while starting (before it built its envs and policy)"
+        text = f"generation {slot.generation} {how}{when}"
+        if slot.traceback:
+            return f"{text}; its traceback:\n{slot.traceback}"
+        return f"{text}; it reported no error (see its stderr)"
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -293,10 +316,11 @@ class CollectorPool:
                         continue
                     slot.chunks += 1
                 elif kind in ("ready", "weights_loaded"):
+                    slot.ready = True
                     slot.loaded = int(msg.get("version", 0))
                     self.weights.acked(i, slot.loaded)
                 elif kind == "error":
-                    slot.errors.append(str(msg.get("message", "")))
+                    slot.traceback = str(msg.get("message", ""))
         except (EOFError, OSError):
             return False
         return True
@@ -346,14 +370,20 @@ class CollectorPool:
         """Poll once and add every row to `replay` (``Replay.add(rows, env_ids)``).
 
         `replay` needs ``num_envs >= num_collectors * envs_per_collector``; collector i's env
-        copy j writes stream ``i * envs_per_collector + j``. Returns the rows added.
+        copy j writes stream ``i * envs_per_collector + j``. A replay created with
+        ``track_versions=True`` also stores each row's policy version. Returns the rows added.
         """
         added = 0
+        track = bool(getattr(replay, "track_versions", False))
         for chunk in self.poll(timeout, copy=False):
             with chunk:  # one copy out of shared memory, then the slot goes back at once
                 rows_list = chunk.step_batches()
-            for rows in rows_list:
-                replay.add(rows, chunk.env_ids)
+                versions = chunk.policy_versions.numpy().copy()  # (E, T)
+            for t, rows in enumerate(rows_list):
+                if track:
+                    replay.add(rows, chunk.env_ids, policy_version=versions[:, t])
+                else:
+                    replay.add(rows, chunk.env_ids)
                 added += len(rows)
         return added
 

@@ -78,6 +78,26 @@ def torchrun_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, in
     return rank, world, local
 
 
+def local_rank_for(
+    rank: int, environ: Mapping[str, str] | None = None, device_count: int | None = None
+) -> int:
+    """This process's rank on its node, for ranks started without torchrun's full set of vars.
+
+    ``LOCAL_RANK`` when it is set (torchrun, SLURM wrappers); otherwise ``rank % device_count``
+    (ranks placed node by node, one per GPU), or `rank` itself when there are no GPUs (on CPU
+    it picks nothing). The global rank alone is wrong on multi-node runs: rank 9 of 2 x 8 GPUs
+    is GPU 1 of its node.
+    """
+    environ = os.environ if environ is None else environ
+    if "LOCAL_RANK" in environ:
+        local = _env_int(environ, "LOCAL_RANK")
+        if local < 0:
+            raise ConfigError(f"environment variable LOCAL_RANK: expected an int >= 0, got {local}")
+        return local
+    count = torch.cuda.device_count() if device_count is None else device_count
+    return rank % count if count > 0 else rank
+
+
 def pick_backend(device: str | None = None) -> tuple[str, str]:
     """(backend, device type): NCCL on CUDA, gloo on CPU. `device` is "cpu", "cuda" or None."""
     if device not in (None, "cpu", "cuda"):
@@ -98,13 +118,14 @@ def init_distributed(
     """Join the process group described by torchrun's variables (or by the explicit arguments).
 
     `init_method` defaults to ``env://`` (torchrun); pass ``file:///tmp/x`` with `rank` and
-    `world_size` to start ranks yourself (e.g. with `torch.multiprocessing`).
+    `world_size` to start ranks yourself (e.g. with `torch.multiprocessing`); the local rank
+    then comes from `local_rank_for` (``LOCAL_RANK``, else ``rank % cuda device count``).
     """
-    from_env = torchrun_env()
-    if rank is None and world_size is None and from_env is not None:
+    from_env = torchrun_env() if rank is None and world_size is None else None
+    if from_env is not None:
         rank, world_size, local_rank = from_env
-    else:
-        local_rank = rank or 0
+    else:  # explicit rank / world size: only LOCAL_RANK (if any) is read from the environment
+        local_rank = local_rank_for(rank or 0)
     backend, dev_type = pick_backend(device)
     if world_size is None or world_size == 1:
         return DistContext(0, 1, 0, "none", torch.device(dev_type))
@@ -112,6 +133,11 @@ def init_distributed(
         raise ConfigError(f"rank: expected an int in [0, {world_size}), got {rank}")
     dev = torch.device(dev_type, local_rank) if dev_type == "cuda" else torch.device("cpu")
     if dev_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local_rank}: this node has {torch.cuda.device_count()} CUDA "
+                f"devices; set LOCAL_RANK (or CUDA_VISIBLE_DEVICES) per process"
+            )
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(

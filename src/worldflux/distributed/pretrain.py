@@ -10,6 +10,11 @@ draw independent batches of ``global_batch / world_size`` sequences; DDP average
 Rank 0 writes checkpoints under ``<out>/checkpoints`` and rank-mean metrics to
 ``<out>/metrics.jsonl``. Re-running the same command resumes from the latest checkpoint, on any
 world size that divides the global batch (``epoch`` counts the resumes).
+
+An update whose loss or gradient norm is NaN/Inf on any rank is skipped on every rank (one
+all-reduced flag, so the replicas never diverge) and counted (``nonfinite_total``); after
+``max_nonfinite`` consecutive skips every rank stops with a `TrainingError`, its weights the last
+finite ones.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,7 @@ import torch
 
 from worldflux.core.exceptions import ConfigError
 from worldflux.distributed import ddp
+from worldflux.training.trainer import TrainingError
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,12 @@ class PretrainConfig:
     seed: int = 0  # model init and replay shard seeds
     checkpoint_every: int = 500  # updates between checkpoints (0: only at the end)
     log_every: int = 50  # updates between metric lines
+    max_nonfinite: int = 20  # consecutive NaN/Inf updates (skipped) before the run stops
     device: str | None = None  # "cpu", "cuda" or None (cuda when available)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch", "seq_len", "base_batch", "log_every"):
+        positive = ("steps", "global_batch", "seq_len", "base_batch", "log_every", "max_nonfinite")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0 or self.seed < 0:
@@ -88,11 +97,12 @@ def pretrain(cfg: PretrainConfig, ctx: ddp.DistContext) -> dict[str, Any]:
     module = ddp.wrap_model(model, ctx)
     lr = ddp.scale_lr(cfg.lr, cfg.base_batch, cfg.global_batch, cfg.lr_rule)
     opt = torch.optim.Adam(module.parameters(), lr=lr)
-    step, epoch = 0, 0
+    step, epoch, skipped, streak = 0, 0, 0, 0
     latest = _latest(out)
     if latest is not None:
         info = ddp.load_checkpoint(latest, ctx, module, opt)
         step, epoch = int(info["step"]), int(info["extra"].get("epoch", 0)) + 1
+        skipped = int(info["extra"].get("nonfinite_total", 0))
         if info["global_batch"] != cfg.global_batch:
             raise ConfigError(
                 f"global_batch: the checkpoint {latest} was trained with "
@@ -108,21 +118,59 @@ def pretrain(cfg: PretrainConfig, ctx: ddp.DistContext) -> dict[str, Any]:
         )
         loss, raw = module(batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-        opt.step()
+        loss.backward()  # on every rank, finite or not: DDP's gradient all-reduce needs them all
+        norm = _grad_norm(module, cfg.grad_clip)
+        finite = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(norm))
         step += 1
+        if all_ranks_finite(finite, ctx):
+            opt.step()
+            streak = 0
+        else:  # skipped everywhere: parameters and optimizer state stay the last finite ones
+            opt.zero_grad(set_to_none=True)
+            skipped, streak = skipped + 1, streak + 1
+            if streak >= cfg.max_nonfinite:
+                raise TrainingError(
+                    f"pretrain: {streak} consecutive updates had NaN/Inf losses or gradients "
+                    f"on some rank (update {step}, {skipped} skipped in all); they were skipped "
+                    f"on every rank, the weights are the last finite ones. Lower the learning "
+                    f"rate or check the replay {cfg.replay}."
+                )
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics = ddp.all_reduce_metrics({"loss": loss.detach(), **_scalars(raw)}, ctx)
             metrics["replica_max_diff"] = ddp.replica_max_diff(module, ctx)
+            metrics["nonfinite_total"] = float(skipped)
             _log(out, ctx, step, metrics, time.perf_counter() - t0)
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            extra = {"epoch": epoch, "config": dataclasses.asdict(cfg)}
+            extra = {"epoch": epoch, "config": dataclasses.asdict(cfg), "nonfinite_total": skipped}
             ddp.save_checkpoint(
                 _checkpoint(out, step), ctx, module, opt, step, cfg.global_batch, extra
             )
-    return {"step": step, "epoch": epoch, "world_size": ctx.world_size, **metrics}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "world_size": ctx.world_size,
+        **metrics,
+        "nonfinite_total": float(skipped),
+    }
+
+
+def _grad_norm(module: torch.nn.Module, clip: float) -> torch.Tensor:
+    """Total gradient norm (clipped to `clip` when > 0); NaN/Inf when a gradient is."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+
+def all_ranks_finite(finite: bool, ctx: ddp.DistContext) -> bool:
+    """True only when `finite` holds on every rank (one MIN all-reduce); every rank agrees."""
+    if not ctx.distributed:
+        return finite
+    flag = torch.tensor([1.0 if finite else 0.0], device=ctx.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() > 0)
 
 
 def _scalars(raw: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +188,8 @@ def _log(
     if not ctx.is_main:
         return
     out.mkdir(parents=True, exist_ok=True)
-    line = {"step": step, "world_size": ctx.world_size, "seconds": round(secs, 3), **metrics}
+    values = {k: v if math.isfinite(v) else str(v) for k, v in metrics.items()}  # strict JSON
+    line = {"step": step, "world_size": ctx.world_size, "seconds": round(secs, 3), **values}
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import sys
 import traceback
@@ -69,14 +70,23 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _TerminatedError
 
 
-def collector_main(spec: WorkerSpec, conn: Connection) -> None:
-    """Process entry point."""
+def collector_main(spec: WorkerSpec | bytes, conn: Connection) -> None:
+    """Process entry point.
+
+    Under ``spawn``/``forkserver`` the learner passes `spec` pickled (bytes) so that unpickling
+    the factories happens here, inside the error handler: whatever fails from the first line on
+    (an env or policy factory that cannot be imported or raises, a bad config) reaches the
+    learner as an ``error`` message with its traceback, not just as an exit code.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.seed)
     collector: _Collector | None = None
     try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        if isinstance(spec, bytes):
+            spec = pickle.loads(spec)  # written by the learner that started us
+        assert isinstance(spec, WorkerSpec)
+        torch.set_num_threads(spec.threads)
+        torch.manual_seed(spec.seed)
         collector = _Collector(spec, conn)
         collector.run()
     except (EOFError, BrokenPipeError, ConnectionResetError, _TerminatedError):

@@ -333,3 +333,49 @@ def test_strided_memoryview_and_non_bool_copy_are_state_errors() -> None:
         State.deserialize(memoryview(data)[::2])
     with pytest.raises(StateError, match="copy must be a bool, got 'no'"):
         State.deserialize(data, copy="no")  # type: ignore[arg-type]
+
+
+def _c(*shape: int) -> torch.Tensor:
+    """A complex64 tensor with distinct, non-zero real and imaginary parts."""
+    n = int(torch.tensor(shape).prod()) if shape else 1
+    re_, im = torch.arange(1, n + 1, dtype=torch.float32), -torch.arange(2, n + 2.0)
+    return torch.complex(re_, im).reshape(shape)
+
+
+def conj_neg_views() -> dict[str, torch.Tensor]:
+    """Tensors whose conj/neg bit must be resolved: contiguous, strided, real, int, complex."""
+    return {
+        "conj": _c(3, 2).conj(),  # contiguous, conj bit
+        "conj_strided": _c(3, 4).conj()[:, ::2],
+        "imag_of_conj": _c(3, 2).conj().imag,  # real float32 with the neg bit (strided)
+        "neg_contig": torch._neg_view(torch.arange(6.0).reshape(3, 2)),
+        "neg_int": torch._neg_view(torch.arange(3, dtype=torch.int64)),
+        "neg_conj": torch._neg_view(_c(3).conj()),
+        "plain": torch.arange(3.0),
+    }
+
+
+def test_conj_and_neg_views_serialize_their_values() -> None:
+    src = conj_neg_views()
+    assert src["conj"].is_conj() and src["imag_of_conj"].is_neg()
+    assert src["neg_contig"].is_contiguous() and src["neg_contig"].is_neg()
+    expected = {k: v.resolve_conj().resolve_neg() for k, v in src.items()}
+    for payload_ in (State(src).serialize(), State(src).serialize(checksum=True)):
+        out = State.deserialize(payload_)
+        assert out.equal(State(expected))
+        assert not any(t.is_conj() or t.is_neg() for t in out.tensors.values())
+        assert sft.load(payload_)["conj"].equal(expected["conj"])
+    # one key at a time (memmove path) and as a long run of one dtype (torch.cat path)
+    for key, t in src.items():
+        assert State.deserialize(State({key: t}).serialize()).tensors[key].equal(expected[key])
+    run = {f"k{i}": _c(1, 2).conj() if i % 2 else _c(1, 2) for i in range(16)}
+    out = State.deserialize(State(run).serialize())
+    assert out.equal(State({k: v.resolve_conj() for k, v in run.items()}))
+
+
+def test_a_plain_tensor_after_a_neg_view_of_one_structure_is_copied_raw() -> None:
+    # the structure (and so its cached template) is the same: the bit is read per call
+    neg = State({"a": torch._neg_view(torch.ones(4))}).serialize()
+    plain = State({"a": torch.ones(4)}).serialize()
+    assert State.deserialize(neg).tensors["a"].equal(-torch.ones(4))
+    assert State.deserialize(plain).tensors["a"].equal(torch.ones(4))

@@ -323,3 +323,26 @@ def test_pool_and_attach_argument_errors() -> None:
         desc = pool.publish(make())
         with pytest.raises(SharedMemoryError, match="copy must be a bool, got 'no'"):
             State.from_shared_memory(desc, copy="no")  # type: ignore[arg-type]
+
+
+def test_conj_and_neg_views_publish_their_values() -> None:
+    c = torch.complex(torch.arange(1.0, 7.0), -torch.arange(2.0, 8.0)).reshape(3, 2)
+    src = {
+        "conj": c.conj(),
+        "imag_of_conj": c.conj().imag,
+        "neg_contig": torch._neg_view(torch.arange(6.0).reshape(3, 2)),
+        "plain": torch.arange(3.0),
+    }
+    expected = State({k: v.resolve_conj().resolve_neg() for k, v in src.items()})
+    s = State(src)
+    for copy_ in (False, True):
+        attached = State.from_shared_memory(s.to_shared_memory(NS), copy=copy_)
+        assert attached.equal(expected)
+        assert not any(t.is_conj() or t.is_neg() for t in attached.tensors.values())
+        attached.close_shared_memory(unlink=False)
+    with shm.SegmentPool(NS, slots=1) as pool:
+        for _ in range(2):  # a fresh slot, then rewritten in place
+            attached = State.from_shared_memory(pool.publish(s, slot=0))
+            assert attached.equal(expected)
+            attached.close_shared_memory(unlink=False)
+    s.close_shared_memory()

@@ -242,3 +242,9 @@ def test_small_misuses_raise_state_errors() -> None:
 def test_to_an_unavailable_device_is_a_state_error() -> None:
     with pytest.raises(StateError, match="State.to: cannot move the tensors to device cuda"):
         make().to("cuda")
+
+
+@pytest.mark.parametrize("index", [(0,), (slice(0, 2),), (slice(None), 0), (Ellipsis, 0), ()])
+def test_tuple_indices_are_refused(index: tuple) -> None:
+    with pytest.raises(StateShapeError, match=r"a tuple index .* batch dimension only"):
+        make(4)[index]

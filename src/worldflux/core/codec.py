@@ -11,6 +11,9 @@ Tensors are laid out by decreasing item size so every tensor is aligned to its i
 `__metadata__` holds `format`, `version`, `integrity`, `meta` (JSON text), `requires_grad`
 (JSON list), `device` (source device) and, with integrity on, `checksum`: a hash of the
 header (with the checksum digits zeroed) followed by the data.
+
+Tensors are written as their values: a conjugate or negative view (`c.conj()`,
+`c.conj().imag`) is resolved while it is copied, never copied as raw memory.
 """
 
 from __future__ import annotations
@@ -272,17 +275,23 @@ def _copy_group(values: list[Tensor], run: _Run, addr: int, on_cpu: bool) -> Non
         return
     if on_cpu and len(items) >= _CAT_MIN:
         # (nbytes,) uint8 -> dtype -> the run's shape; cat gathers strided tensors in one pass
+        # and, like copy_, writes the values of conj/neg views (resolving their bits)
         dst = _raw_view(addr + begin, nbytes).view(dtype).view(shape)
         with torch.no_grad():
             torch.cat([values[i] for i, _, _ in items], 0, out=dst)
         return
+    complex_ = dtype.is_complex  # only complex tensors can carry the conj bit
     for i, b, n in items:
         t = values[i]
         if n == 0:
             continue
-        if t.is_cpu and t.is_contiguous():
+        # Raw memory is only the value when no lazy conj/neg bit is set (a `conj()` view,
+        # `c.conj().imag`): such views take the copy_ below, which resolves the bits as it
+        # copies (so still one copy). `on_cpu` (every tensor of the template is on the CPU)
+        # replaces a per-tensor `t.is_cpu`, so the plain case pays next to nothing for it.
+        if on_cpu and t.is_contiguous() and not t.is_neg() and not (complex_ and t.is_conj()):
             _memmove(addr + b, t.data_ptr(), n)
-        else:  # strided or on a device: one copy_ straight into the payload
+        else:  # strided, on a device, or a conj/neg view: one copy_ straight into the payload
             _raw_view(addr + b, n).view(t.dtype).view(t.shape).copy_(t.detach())
 
 

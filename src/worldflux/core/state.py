@@ -167,7 +167,13 @@ class State:
         return self
 
     def __getitem__(self, index: Any) -> State:
-        """Select along the batch dimension: `state[2:5]`, `state[mask]`, `state[[0, 3]]`."""
+        """Select along the batch dimension: `state[2:5]`, `state[mask]`, `state[[0, 3]]`.
+
+        Every result keeps the batch dimension, so `StateShapeError` refuses an int (or any
+        0-d index: numpy ints, 0-d tensors, bools) and None. A tuple is refused too, even a
+        1-tuple such as `state[mask,]`: a State indexes the batch dimension only, and the
+        tensors' other dimensions differ from key to key; write `state[x]`, not `state[(x,)]`.
+        """
         _check_index(index)
         self.validate()
         out = {}
@@ -280,7 +286,14 @@ def _new(tensors: dict[str, Tensor], meta: dict[str, Any]) -> State:
 
 
 def _check_index(index: Any) -> None:
-    """Refuse what would drop the batch dim (int-likes, 0-d tensors/arrays) or add one (None)."""
+    """Refuse what would drop the batch dim (int-likes, 0-d tensors/arrays), add one (None),
+    or index past it (tuples)."""
+    if isinstance(index, tuple):  # state[0,], state[:2, 0], state[..., 0], named tuples
+        raise StateShapeError(
+            f"State[{index!r:.50}]: a tuple index is refused: a State indexes the batch "
+            "dimension only (its tensors' other dimensions differ by key); expected a slice, "
+            "a bool mask or a list of indices, e.g. state[x] instead of state[(x,)]"
+        )
     if index is None:
         raise StateShapeError(
             "State[None]: None would add a dimension in front of the batch dimension; "

@@ -6,8 +6,8 @@ The baseline times a square float32 matmul and reports the achieved GFLOP/s; eve
 reports ms per update, updates/s, the update's FLOPs (counted with
 ``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions, forward + backward) and
 the fraction of the baseline rate it reaches. A second baseline, the bandwidth of a DRAM-bound
-fp32 add, is printed beside it: element-wise work is bound by it, and it differs between hosts. To add a section, write a function
-``(args) -> list[Result]`` and append it to ``SECTIONS``.
+fp32 add, is printed beside it: element-wise work is bound by it, and it differs between hosts.
+To add a section, write a function ``(args) -> list[Result]`` and append it to ``SECTIONS``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worldflux.agents import make_agent
-from worldflux.core.exceptions import SpecError
+from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.data.offline import OfflineDataset, RecordConfig, record_tworoom
 from worldflux.envs import GymEnv
 from worldflux.envs.tworoom import TwoRoomEnv
@@ -71,3 +71,48 @@ def test_offline_mode_resumes_exactly(tmp_path: Path) -> None:
     resumed.train()
     for k, v in full.agent.model.state_dict().items():
         assert torch.equal(v, resumed.agent.model.state_dict()[k]), k
+
+
+ONLINE = ["seed_steps=10", "num_envs=2", "eval_episodes=1", "log_every=10", "checkpoint_every=0",
+          "progress=false", "tensorboard=false", "env.max_steps=8", "agent.batch_size=4",
+          "agent.seq_len=4", "agent.samples=16", "agent.elites=4", "agent.iterations=2",
+          "agent.horizon=2", "updates_per_step=0.25", "replay_capacity=400"]  # fmt: skip
+
+
+def test_online_training_gives_each_episode_its_goal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online JEPA: the trainer sets every env's goal when an episode starts (and after evals,
+    which give the agent the eval env's goal), so acting past the seed steps works."""
+    from worldflux.agents.jepa import JEPAAgent
+    from worldflux.training.run import build_trainer, parse_overrides
+
+    spec = parse_overrides("jepa:debug", "worldflux/TwoRoom-v0", ["steps=48", "eval_every=24",
+                                                                     *ONLINE])  # fmt: skip
+    trainer = build_trainer(spec, tmp_path / "run")
+    calls: list[np.ndarray] = []
+    original = JEPAAgent.set_goal
+
+    def record(self: JEPAAgent, goal_obs: torch.Tensor) -> None:
+        calls.append(goal_obs.cpu().numpy())
+        original(self, goal_obs)
+
+    monkeypatch.setattr(JEPAAgent, "set_goal", record)
+    summary = trainer.train()
+    assert summary["step"] == 48 and summary["updates"] > 0 and summary["episodes"] >= 6
+    assert summary["eval"] is not None
+    train_goals = [g for g in calls if g.shape[0] == 2]  # eval sets (1, ...) goals
+    assert len(train_goals) >= 3  # start, after each round of 8-step episodes, after the eval
+    now = np.stack([env.env.unwrapped.goal_observation() for env in trainer.runner.envs])
+    assert np.array_equal(train_goals[-1], now) or trainer.goals_stale
+    assert len({g.tobytes() for g in train_goals}) >= 2  # new episodes brought new goals
+
+
+def test_online_jepa_without_a_goal_env_is_rejected_up_front(tmp_path: Path) -> None:
+    from worldflux.training.run import build_trainer, parse_overrides
+
+    spec = parse_overrides("jepa:debug", "CartPole-v1", ["env.image=true", "steps=20",
+                                                          "progress=false"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"no goal_observation\(\).*train offline: dataset="):
+        build_trainer(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -128,3 +128,17 @@ def test_rewards_are_not_clipped() -> None:
     env.reset()
     rewards = [env.step(1).reward for _ in range(150)]  # keep firing: invaders are worth 5-30
     assert max(rewards) >= 5.0
+
+
+def test_make_env_accepts_render_mode_and_renders() -> None:
+    """`worldflux eval --video` passes render_mode='rgb_array'; ALE keeps the screen."""
+    env = make_env("atari:Pong", seed=0, render_mode="rgb_array")
+    assert env.reset().obs.shape == (64, 64, 3)
+    frame = env.render()
+    assert frame.shape == (210, 160, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    with pytest.raises(ConfigError, match="render_mode: expected None or 'rgb_array'"):
+        make_env("atari:Pong", render_mode="human")
+    with pytest.raises(ConfigError, match=r"env\.nosuch: unknown option for AtariEnv"):
+        make_env("atari:Pong", nosuch=1)
+    with pytest.raises(ConfigError, match=r"env\.sticky: expected float, got 'high'"):
+        make_env("atari:Pong", sticky="high")

@@ -105,3 +105,23 @@ def test_get_set_state_resumes_exactly() -> None:
     for r, g in zip(ref, got, strict=True):
         assert np.array_equal(r.obs, g.obs) and r.reward == g.reward
     assert np.array_equal(env.reset().obs, other.reset().obs)  # task RNG restored too
+
+
+def test_make_env_accepts_render_mode_and_renders(render_ok) -> None:
+    """`worldflux eval --video` passes render_mode='rgb_array'; dm_control renders offscreen."""
+    env = make_env("dmc:cartpole-swingup", seed=0, render_mode="rgb_array")
+    assert env.reset().obs.shape == (5,)
+    frame = env.render((48, 64))
+    assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    img = make_env("dmc:cartpole-swingup", seed=0, image=True, size=16, render_mode="rgb_array")
+    assert img.reset().obs.shape == (16, 16, 3)
+    with pytest.raises(ConfigError, match="render_mode: expected None or 'rgb_array'"):
+        make_env("dmc:cartpole-swingup", render_mode="human")
+
+
+def test_make_env_names_bad_dmc_options() -> None:
+    with pytest.raises(ConfigError, match=r"env\.nosuch: unknown option for DMCEnv; valid: "
+                       r"env\.camera, env\.shadow_size$"):  # fmt: skip
+        make_env("dmc:cartpole-swingup", nosuch=1)
+    with pytest.raises(ConfigError, match=r"env\.camera: expected int or None, got 'top'"):
+        make_env("dmc:cartpole-swingup", camera="top")

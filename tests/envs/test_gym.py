@@ -195,3 +195,36 @@ def test_two_room_task_and_bad_ids() -> None:
         make_env("dmc:cartpole")
     with pytest.raises(ConfigError, match="action_repeat"):
         make_env("CartPole-v1", action_repeat=0)
+
+
+def test_make_env_accepts_render_mode_for_videos() -> None:
+    """`worldflux eval --video` adds render_mode='rgb_array' to the env kwargs."""
+    env = make_env("CartPole-v1", seed=0, image=True, render_mode="rgb_array")
+    assert env.reset().obs.shape == (64, 64, 3)
+    frame = env.render()
+    assert frame.shape == (400, 600, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    env = make_env("Pendulum-v1", seed=0, render_mode="rgb_array")  # vector obs, video frames
+    env.reset()
+    assert env.reset().obs.shape == (3,) and env.render().shape == (500, 500, 3)
+    with pytest.raises(ConfigError, match=r"render_mode: expected None or 'rgb_array'.*'human'"):
+        make_env("CartPole-v1", image=True, render_mode="human")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"nosuch": 1}, r"env\.nosuch: unknown option for PendulumEnv; valid: .*env\.g"),
+     ({"max_episode_steps": "abc"}, r"env\.max_episode_steps: expected int or None, got 'abc'"),
+     ({"image": 3}, "image: expected true or false, got 3"),
+     ({"size": "big"}, r"size: expected an int or \[height, width\], got 'big'"),
+     ({"action_repeat": 1.5}, r"action_repeat: expected an int >= 1, got 1\.5"),
+     ({"seed": "x"}, "seed: expected an int or None")],
+)  # fmt: skip
+def test_make_env_rejects_bad_options_clearly(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_env("Pendulum-v1", **kwargs)
+
+
+def test_make_env_checks_the_env_constructors_annotations() -> None:
+    with pytest.raises(ConfigError, match=r"env\.max_steps: expected int, got 'a' \(str\)"):
+        make_env("worldflux/TwoRoom-v0", max_steps="a")
+    assert make_env("worldflux/TwoRoom-v0", max_steps=5, max_episode_steps=3).reset().is_first

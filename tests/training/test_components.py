@@ -141,3 +141,86 @@ def test_cpu_with_cuda_present_warns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.warns(UserWarning, match="CUDA is available but device='cpu'"):
         setup_runtime(1, "cpu")
+
+
+BAD_OVERRIDES = [
+    ("tdmpc2:debug", "agent.nosuch=1",
+     r"agent\.nosuch: unknown option for TDMPC2Agent; valid: agent\.act, agent\.batch_size$"),
+    ("tdmpc2:debug", "agent.batch_size=abc", r"agent\.batch_size: expected int, got 'abc' \(str\)"),
+    ("tdmpc2:debug", "agent.seed=3", r"agent\.seed: set by worldflux itself"),
+    ("dreamerv3:debug", "agent.train_ratio=abc", r"agent\.train_ratio: expected float, got 'abc'"),
+    ("tdmpc2:debug", "env.nosuch=1",
+     r"env\.nosuch: unknown option for PendulumEnv; valid: .*env\.g"),
+    ("tdmpc2:debug", "env.max_episode_steps=abc",
+     r"env\.max_episode_steps: expected int or None, got 'abc' \(str\)"),
+    ("tdmpc2:debug", "env.image=3", r"image: expected true or false, got 3"),
+    ("tdmpc2:debug", "env.action_repeat=two", r"action_repeat: expected an int >= 1, got 'two'"),
+    ("tdmpc2:debug", "dataset=/nonexistent/data", r"dataset: cannot open '/nonexistent/data'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "item", "message"), BAD_OVERRIDES)
+def test_bad_overrides_are_config_errors_and_leave_no_run_dir(
+    model: str, item: str, message: str, tmp_path: Path
+) -> None:
+    from worldflux.training.run import build_trainer
+
+    spec = parse_overrides(model, "Pendulum-v1", [item, "progress=false", "tensorboard=false"])
+    with pytest.raises(ConfigError, match=message):
+        build_trainer(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # validated before run.json is written
+
+
+def test_cuda_is_checked_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worldflux.training.run as run
+    from worldflux.training.config import check_device
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the agent must not be built for an unavailable device")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(run, "make_agent", no_build)
+    spec = parse_overrides("tdmpc2:debug", "Pendulum-v1", ["device=cuda"])
+    with pytest.raises(ConfigError, match="device: 'cuda' requested but CUDA is not available"):
+        run.build_trainer(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"'cuda:3' requested but only 1 CUDA device"):
+        check_device("cuda:3")
+
+
+def test_eval_video_for_an_image_env_with_render_mode(tmp_path: Path) -> None:
+    """What `worldflux eval --video` does: env kwargs gain render_mode='rgb_array'."""
+    from torch import nn
+
+    from worldflux.agents.base import Agent
+    from worldflux.training.evaluate import evaluate
+    from worldflux.training.run import RunSpec, env_factory
+
+    class RandomAgent(Agent):
+        batch_size, seq_len, default_train_ratio = 1, 1, 1.0
+
+        def act(self, obs, state, explore, is_first=None):  # type: ignore[no-untyped-def]
+            assert obs["obs"].shape[1:] == (64, 64, 3)
+            return torch.nn.functional.one_hot(torch.randint(0, 2, (1,)), 2).float(), None
+
+        def learn(self, batch):  # type: ignore[no-untyped-def]
+            return {}
+
+        def modules(self) -> dict[str, nn.Module]:
+            return {}
+
+        def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+            return {}
+
+    spec = RunSpec("dreamerv3:debug", "CartPole-v1", env_kwargs={"image": True})
+    spec.env_kwargs = {**spec.env_kwargs, "render_mode": "rgb_array"}  # as the CLI adds it
+    result = evaluate(RandomAgent(), env_factory(spec), 1, 0, video=tmp_path / "eval.gif")
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(tmp_path / "eval.gif")
+    assert 1 <= len(frames) <= result["lengths"][0]  # GIF merges identical frames
+    assert frames[0].shape[:2] == (400, 600)  # the env's own render, not the 64x64 obs

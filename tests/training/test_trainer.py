@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import torch
 from training_stub import StubAgent
 
 from worldflux.data.replay import Replay
-from worldflux.envs import make_env
+from worldflux.envs import GymEnv, make_env
+from worldflux.training.checkpoint import load_checkpoint
 from worldflux.training.config import TrainerConfig
 from worldflux.training.logging import read_metrics
 from worldflux.training.trainer import Trainer, TrainingError
@@ -121,6 +124,7 @@ def test_logs_and_checkpoints(tmp_path: Path) -> None:
     t.train()
     names = [p.name for p in t.checkpoints.list()]
     assert names == ["step_0000000300", "step_0000000400"]
+    assert not load_checkpoint(t.checkpoints.path_for(300))["partial_step"]  # resumes exactly
     kinds = {r["kind"] for r in read_metrics(tmp_path)}
     assert {"episode", "train", "eval", "profile"} <= kinds
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
@@ -133,3 +137,89 @@ def test_eval_returns_are_real(tmp_path: Path) -> None:
     assert len(result["returns"]) == 2
     assert all(r == length for r, length in zip(result["returns"], result["lengths"], strict=True))
     assert all(1 <= r < 500 for r in result["returns"])
+
+
+def test_resume_without_saved_replay_restarts_episodes(tmp_path: Path) -> None:
+    """save_replay=false: the replay comes back empty, so the envs start fresh episodes (seeded
+    from the saved trainer RNG) and updates pause while the replay refills; not bit-exact."""
+    first = make_trainer(tmp_path / "run", save_replay=False)
+    first.train(stop_at=200)
+    updates_before = first.updates
+    assert not (first.checkpoints.latest() / "replay").exists()  # type: ignore[operator]
+    resumed = []
+    for _ in range(2):
+        t = make_trainer(tmp_path / "run", save_replay=False)
+        t.restore()
+        assert t.step == 200 and t.runner.is_first.all() and t.act_state is None
+        assert t.learn_from == 200 + 60  # refill for seed_steps before updating again
+        result = t.train()
+        assert result["step"] == 400 and result["updates"] > updates_before
+        resumed.append(weights(t))
+        # the rerun must start from the same checkpoint, not the one this run just wrote
+        for ckpt in t.checkpoints.list()[1:]:
+            shutil.rmtree(ckpt)
+    for k in resumed[0]:  # deterministic: the fresh episodes are seeded from the saved RNG
+        assert torch.equal(resumed[0][k], resumed[1][k]), k
+
+
+def _patch_step(monkeypatch: pytest.MonkeyPatch, at: int, effect: Any) -> list[int]:
+    """GymEnv.step calls `effect()` on its `at`-th call (counted over all envs)."""
+    calls = [0]
+    original = GymEnv.step
+
+    def step(self: GymEnv, action: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == at:
+            effect()
+        return original(self, action)
+
+    monkeypatch.setattr(GymEnv, "step", step)
+    return calls
+
+
+def test_ctrl_c_saves_an_exact_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("a custom SIGINT handler is installed; the trainer leaves it alone")
+    full = make_trainer(tmp_path / "full")
+    full.train()
+    t = make_trainer(tmp_path / "split")
+    _patch_step(monkeypatch, 301, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        t.train()
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    stopped = t.step
+    assert 0 < stopped < 400 and t.checkpoints.latest() == t.checkpoints.path_for(stopped)
+    assert not load_checkpoint(t.checkpoints.path_for(stopped))["partial_step"]
+    del t
+    resumed = make_trainer(tmp_path / "split")
+    resumed.restore()
+    assert resumed.step == stopped
+    resumed.train()
+    a, b = weights(full), weights(resumed)
+    for k in a:  # the signal waited for the end of the iteration: the resume is exact
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_keyboard_interrupt_mid_step_saves_a_partial_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    t = make_trainer(tmp_path)
+    _patch_step(monkeypatch, 250, interrupt)  # in the middle of an iteration
+    with pytest.raises(KeyboardInterrupt):
+        t.train()
+    monkeypatch.undo()
+    stopped = t.step
+    assert 0 < stopped < 400
+    tree = load_checkpoint(t.checkpoints.path_for(stopped))
+    assert tree["partial_step"] and tree["counters"]["step"] == stopped
+    del t
+    resumed = make_trainer(tmp_path)
+    resumed.restore()
+    assert resumed.step == stopped and resumed.runner.is_first.all()  # fresh episodes
+    assert len(resumed.replay) > 0  # the saved replay is kept
+    result = resumed.train()
+    assert result["step"] == 400

@@ -10,6 +10,7 @@ import torch
 from worldflux.agents.base import Agent, guarded_step
 from worldflux.core.exceptions import RegistryError
 from worldflux.core.registry import create_world_model
+from worldflux.envs.options import check_options
 
 
 def _dreamer() -> type[Agent]:
@@ -48,15 +49,17 @@ def make_agent(
 ) -> Agent:
     """Build the world model ``"family:preset"`` (seeded) and wrap it in its family's agent.
 
-    `agent_options` are keyword arguments of the agent class (e.g. ``act="policy"`` for TD-MPC2).
+    `agent_options` are keyword arguments of the agent class (e.g. ``act="policy"`` for TD-MPC2);
+    unknown keys and values of the wrong type are a `ConfigError` naming the ``agent.`` option.
     """
     family = model.partition(":")[0]
     if family not in AGENTS:
         raise RegistryError(f"model: no agent for family {family!r}; known: {sorted(AGENTS)}")
+    agent_cls: Any = AGENTS[family]()
+    check_options(agent_cls, agent_options or {}, "agent.", skip=("model", "seed"))
     world_model = create_world_model(
         model, obs_space, action_space, device=device, seed=seed, **(model_overrides or {})
     )
-    agent_cls: Any = AGENTS[family]()
     return agent_cls(world_model, seed=seed, **(agent_options or {}))
 
 

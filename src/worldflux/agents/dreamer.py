@@ -45,7 +45,7 @@ class DreamerAgent(Agent):
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {value!r}")
-        if train_ratio <= 0:
+        if not isinstance(train_ratio, int | float) or train_ratio <= 0:
             raise ConfigError(f"train_ratio: expected a number > 0, got {train_ratio!r}")
         del seed  # weights are seeded by create_world_model; sampling uses torch's RNG
         self.model = model

@@ -2,7 +2,9 @@
 
 The goal is an observation (e.g. `TwoRoomEnv.goal_observation()`) given with `set_goal`; its
 embedding is the planner's target. Acting filters the observation into the JEPA State (the
-predictor's history of reps) and returns the first action of the best CEM plan.
+predictor's history of reps, plus ``prev_action``) and returns the first action of the best CEM
+plan. Online, the `Trainer` calls `set_goal` with every env's goal observation at the start of
+each episode (envs with ``goal_observation()``, e.g. `TwoRoomEnv`).
 
 Learning: the JEPA loss (teacher-forced + autoregressive latent prediction + anti-collapse
 regulariser) with Adam at ``config.lr``, a guarded step, then the EMA target update if used.
@@ -82,9 +84,12 @@ class JEPAAgent(Agent):
         if state is None or is_first is None:
             state = fresh
         else:
-            if self._prev_action is None:
+            prev = state.get("prev_action")
+            prev = self._prev_action if prev is None else prev
+            if prev is None:
                 raise SpecError("act: a continuing State needs the previous action")
-            nxt = model.update(state, self._prev_action, o)
+            reps = State({k: v for k, v in state.tensors.items() if k != "prev_action"})
+            nxt = model.update(reps, prev, o)
             mask = is_first.to(model.device)
             state = State({k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))),
                                           fresh.tensors[k], v)
@@ -96,7 +101,9 @@ class JEPAAgent(Agent):
             )
         action = self.planner.plan(state, self.goal_rep, eval_mode=not explore)
         self._prev_action = action
-        return action, state
+        # The action travels in the returned State (like DreamerV3's), so acting in another
+        # batch of envs (an evaluation between training steps) cannot clobber it.
+        return action, State({**state.tensors, "prev_action": action})
 
     def learn(self, batch: Batch) -> Metrics:
         """One JEPA loss step (guarded), then the EMA target update."""

@@ -41,8 +41,8 @@ class TDMPC2Agent(Agent):
             raise ConfigError(f"model: expected a TDMPC2 world model, got {type(model).__name__}")
         if act not in ("mppi", "policy"):
             raise ConfigError(f"act: expected 'mppi' or 'policy', got {act!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size: expected an int >= 1, got {batch_size}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         del seed  # weights are seeded by create_world_model; planning noise by torch's RNG
         self.model = model
         self.act_mode = act

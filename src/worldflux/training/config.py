@@ -74,12 +74,32 @@ class TrainerConfig:
         return TrainerConfig(**values)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """Resolve `device`; a `ConfigError` when it names a device this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device: expected 'cpu' or 'cuda[:i]', got {device!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device: {str(device)!r} requested but CUDA is not available; use device=cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"device: {str(device)!r} requested but only {count} CUDA device(s) exist "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {str(device)!r} requested but MPS is not available")
+    return dev
+
+
 def setup_runtime(threads: int, device: str) -> torch.device:
     """Set torch's intra-op threads and resolve `device`, warning when CUDA sits unused."""
+    dev = check_device(device)
     torch.set_num_threads(threads)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
     if dev.type == "cpu" and torch.cuda.is_available():
         warnings.warn(
             "CUDA is available but device='cpu' was chosen; pass device='cuda' to use the GPU",

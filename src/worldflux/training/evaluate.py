@@ -100,15 +100,21 @@ def _episode(
     return total, length
 
 
+def goal_layer(env: Any) -> Any:
+    """The wrapper layer of `env` that has ``goal_observation()``, or None."""
+    layer = env
+    while not hasattr(layer, "goal_observation") and hasattr(layer, "env"):
+        layer = layer.env
+    return layer if hasattr(layer, "goal_observation") else None
+
+
 def _set_goal(agent: Agent, env: Any, device: torch.device) -> None:
     """Goal-conditioned agents (JEPA) get the env's goal observation after each reset."""
     set_goal = getattr(agent, "set_goal", None)
     if set_goal is None:
         return
-    layer = env
-    while not hasattr(layer, "goal_observation") and hasattr(layer, "env"):
-        layer = layer.env
-    if not hasattr(layer, "goal_observation"):
+    layer = goal_layer(env)
+    if layer is None:
         raise ConfigError(
             f"evaluate: {type(agent).__name__} needs a goal, but the env has no goal_observation()"
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from worldflux.agents import make_agent
 from worldflux.core.exceptions import ConfigError
-from worldflux.training.config import TrainerConfig
+from worldflux.training.config import TrainerConfig, check_device
 from worldflux.training.trainer import Trainer
 
 RUN_FILE = "run.json"
@@ -91,12 +91,28 @@ def make_replay(config: TrainerConfig, obs_space: Any, action_space: Any) -> Any
 
 
 def build_trainer(spec: RunSpec, run_dir: str | Path) -> Trainer:
-    """A fresh Trainer for `spec`; writes ``run.json`` into `run_dir`."""
-    config = spec.trainer_config()
+    """A fresh Trainer for `spec`; writes ``run.json`` into `run_dir`.
+
+    Everything is validated (config, device, env options, agent options, model overrides) and
+    built first; `run_dir` is only created once the run is known to start, so a rejected command
+    leaves no directory behind.
+    """
+    trainer = _build(spec, run_dir)
+    write_spec(spec, run_dir)
+    return trainer
+
+
+def write_spec(spec: RunSpec, run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / RUN_FILE, "w") as f:
         json.dump(dataclasses.asdict(spec), f, indent=2)
+
+
+def _build(spec: RunSpec, run_dir: str | Path) -> Trainer:
+    config = spec.trainer_config()
+    check_device(config.device)  # before any model is moved there
+    run_dir = Path(run_dir)
     env_fn = env_factory(spec)
     probe = env_fn(0)
     agent = make_agent(
@@ -128,8 +144,9 @@ def resume_trainer(run_dir: str | Path, **trainer_changes: Any) -> Trainer:
     """
     spec = load_spec(run_dir)
     spec.trainer.update(trainer_changes)
-    trainer = build_trainer(spec, run_dir)
+    trainer = _build(spec, run_dir)
     trainer.restore()
+    write_spec(spec, run_dir)  # the changes, once the checkpoint is known to load
     return trainer
 
 
@@ -143,6 +160,7 @@ def load_agent(checkpoint: str | Path, device: str = "cpu") -> tuple[Any, RunSpe
         if latest is None:
             raise CheckpointError(f"checkpoint: run dir {path} has no checkpoints yet")
         path = latest
+    check_device(device)
     tree = load_checkpoint(path)
     spec = RunSpec(**tree["run"])
     probe = env_factory(spec)(0)

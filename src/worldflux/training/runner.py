@@ -61,6 +61,19 @@ class EnvRunner:
         self.ep_return = np.zeros(num_envs, dtype=np.float64)
         self.ep_length = np.zeros(num_envs, dtype=np.int64)
 
+    def restart(self, seeds: list[int]) -> None:
+        """Start a fresh episode in every env (env i reset with ``seeds[i]``); fills `rows`."""
+        if len(seeds) != self.num_envs:
+            raise SpecError(f"seeds: expected {self.num_envs} seeds, got {len(seeds)}")
+        self.rows = []
+        for i, env in enumerate(self.envs):
+            row = env.reset(seed=seeds[i])
+            self.rows.append((i, row))
+            self.obs[i] = obs_to_numpy(row.obs, self.obs_spec)
+        self.is_first[:] = True
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+
     def obs_tensors(self, device: torch.device) -> dict[str, Tensor]:
         """Current observations stacked: key -> (N, *shape)."""
         return {

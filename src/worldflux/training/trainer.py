@@ -11,6 +11,9 @@ Fractional rates are exact: an update credit accumulates across steps (and is ch
 from __future__ import annotations
 
 import random
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from worldflux.agents.base import Agent
-from worldflux.core.exceptions import WorldFluxError
+from worldflux.core.exceptions import ConfigError, WorldFluxError
 from worldflux.core.state import State
 from worldflux.training.checkpoint import (
     CheckpointError,
@@ -30,7 +33,7 @@ from worldflux.training.checkpoint import (
     restore_rng,
 )
 from worldflux.training.config import TrainerConfig, setup_runtime
-from worldflux.training.evaluate import evaluate
+from worldflux.training.evaluate import evaluate, goal_layer
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.runner import EnvFn, EnvRunner, random_actions
 
@@ -80,10 +83,41 @@ class Trainer:
         self.episodes = 0
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
+        self.learn_from = 0  # no updates before this env step (refill after a replay-less resume)
         self.act_state: State | None = None
         self.profile = {"env": 0.0, "act": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0}
         self.logger: Logger | None = None
-        self.dataset: Any = None  # offline mode's OfflineDataset, opened on first use
+        self.dataset: Any = None  # offline mode's OfflineDataset
+        if config.dataset is not None:
+            from worldflux.data.offline import OfflineDataset
+
+            try:
+                self.dataset = OfflineDataset(config.dataset)
+            except WorldFluxError as err:
+                raise ConfigError(f"dataset: cannot open {config.dataset!r}: {err}") from err
+        # Goal-conditioned agents (JEPA) plan toward each training env's goal observation.
+        self.goal_conditioned = hasattr(agent, "set_goal")
+        self.goals_stale = True
+        self._partial = False  # inside a training iteration (a checkpoint now is not exact)
+        needs_goals = config.dataset is None or config.eval_every > 0
+        if self.goal_conditioned and needs_goals:
+            self._check_goal_envs(type(agent).__name__)
+
+    def _check_goal_envs(self, name: str) -> None:
+        if all(goal_layer(env) is not None for env in self.runner.envs):
+            return
+        self.runner.close()
+        if self.config.dataset is None:
+            raise ConfigError(
+                f"env: {name} plans toward a goal, but the env has no goal_observation(), so it "
+                f"cannot act online. Use a goal env (e.g. worldflux/TwoRoom-v0), or train "
+                f"offline: dataset=<folder recorded with worldflux.data.offline.record_tworoom> "
+                f"(and eval_every=0 without a goal env)"
+            )
+        raise ConfigError(
+            f"eval_every: {name} is evaluated by planning toward the env's goal, but the env has "
+            f"no goal_observation(); use a goal env or eval_every=0"
+        )
 
     @property
     def updates_per_step(self) -> float:
@@ -95,30 +129,62 @@ class Trainer:
     # --- the online loop ----------------------------------------------------------------------
 
     def train(self, stop_at: int | None = None) -> dict[str, Any]:
-        """Run until `config.steps` env steps (or `stop_at`, then checkpoint and return)."""
+        """Run until `config.steps` env steps (or `stop_at`, then checkpoint and return).
+
+        Ctrl-C (SIGINT) saves a checkpoint and re-raises `KeyboardInterrupt`. In the main thread
+        the signal is deferred to the end of the current iteration, so that checkpoint is exact
+        (a second Ctrl-C stops at once, still saving). A `KeyboardInterrupt` that lands in the
+        middle of an iteration is saved as a *partial* checkpoint: resuming it starts fresh
+        episodes in every env (like a resume without replay, see `restore`), not bit-exact.
+        """
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
         self.logger = Logger(
             self.run_dir, self.config.steps, self.config.tensorboard, self.config.progress
         )
         self._store_rows()
         last_eval: dict[str, Any] | None = None
+        self._partial = False
+        sigint = _DeferredSigint()
         try:
-            while self.step < end:
-                prev = self.step
-                if self.config.dataset is None:
-                    self._env_step()
-                    self._learn()
-                else:
-                    self._offline_update()
-                if self._crossed(prev, self.config.eval_every):
-                    last_eval = self.run_eval()
-                if self._crossed(prev, self.config.log_every):
-                    self._log_profile()
-                if self._crossed(prev, self.config.checkpoint_every) and self.step < end:
-                    self.save()
-                self.logger.progress(self.step, self.updates)
-            self.save()
+            with sigint:
+                while self.step < end:
+                    self._partial = True
+                    prev = self.step
+                    if self.config.dataset is None:
+                        self._env_step()
+                        self._learn()
+                    else:
+                        self._offline_update()
+                    if self._crossed(prev, self.config.eval_every):
+                        last_eval = self.run_eval()
+                    if self._crossed(prev, self.config.log_every):
+                        self._log_profile()
+                    self._partial = False  # the iteration's state is complete
+                    if self._crossed(prev, self.config.checkpoint_every) and self.step < end:
+                        self.save()
+                    self.logger.progress(self.step, self.updates)
+                    if sigint.requested:
+                        raise KeyboardInterrupt
+                self.save()
+                if sigint.requested:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            here = self.checkpoints.path_for(self.step)
+            if here in self.checkpoints.list():
+                # written at the end of the iteration that reached this step (or resumed from):
+                # nothing has completed since, so it is the right one to keep
+                path, kind = here, "checkpoint"
+            else:
+                path = self.save()
+                kind = "partial checkpoint" if self._partial else "checkpoint"
+            print(
+                f"interrupted at step {self.step}; {kind} saved: {path}\n"
+                f"continue with: worldflux resume {self.run_dir}",
+                file=sys.stderr,
+            )
+            raise
         finally:
+            self._partial = False
             self.logger.close()
             self.logger = None
         return {
@@ -132,10 +198,6 @@ class Trainer:
 
     def _offline_update(self) -> None:
         """Offline mode: one update on a dataset batch; the step counter counts updates."""
-        if self.dataset is None:
-            from worldflux.data.offline import OfflineDataset
-
-            self.dataset = OfflineDataset(self.config.dataset)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         batch = self.dataset.sample(self.agent.batch_size, self.agent.seq_len, self.rng)
         batch = batch.to(self.device)
@@ -159,6 +221,8 @@ class Trainer:
         if self.step < self.config.seed_steps:
             actions = random_actions(self.runner.action_spec, n, self.rng)
         else:
+            if self.goal_conditioned and self.goals_stale:
+                self._set_goals()
             obs = self.runner.obs_tensors(self.device)
             is_first = torch.from_numpy(self.runner.is_first.copy()).to(self.device)
             with torch.no_grad():
@@ -167,17 +231,28 @@ class Trainer:
         t1 = time.perf_counter()
         for env_id, ret, length in self.runner.step(actions):
             self.episodes += 1
+            self.goals_stale = True  # a new episode: a new goal
             assert self.logger is not None
             self.logger.log(
                 self.step + n, "episode", {"return": ret, "length": length, "env": env_id}
             )
         self._store_rows()
-        if self.step >= self.config.seed_steps:  # updates start with the agent's own steps
+        if self.step >= max(self.config.seed_steps, self.learn_from):  # the agent's own steps
             self.credit += n * self.updates_per_step
         self.step += n
         t2 = time.perf_counter()
         self.profile["act"] += t1 - t0
         self.profile["env"] += t2 - t1
+
+    def _set_goals(self) -> None:
+        """Give a goal-conditioned agent the current goal observation of every training env."""
+        goals = []
+        for env in self.runner.envs:
+            layer = goal_layer(env)
+            assert layer is not None  # checked in __init__
+            goals.append(np.asarray(layer.goal_observation()))
+        self.agent.set_goal(torch.from_numpy(np.stack(goals)).to(self.device))  # type: ignore[attr-defined]
+        self.goals_stale = False
 
     def _store_rows(self) -> None:
         for env_id, row in self.runner.rows:
@@ -233,6 +308,7 @@ class Trainer:
             video,
         )
         self.profile["eval"] += time.perf_counter() - t0
+        self.goals_stale = True  # evaluation gave the agent the eval env's goal
         if self.logger is not None:
             self.logger.log(
                 self.step, "eval", {k: v for k, v in result.items() if not isinstance(v, list)}
@@ -257,6 +333,7 @@ class Trainer:
                 "episodes": self.episodes,
                 "nonfinite_total": self.nonfinite_total,
                 "nonfinite_streak": self.nonfinite_streak,
+                "learn_from": self.learn_from,
             },
             "agent": self.agent.state_dict(),
             "act_state": act,
@@ -265,6 +342,8 @@ class Trainer:
             "trainer_rng": self.rng.bit_generator.state,
             "profile": dict(self.profile),
             "replay_saved": self.config.save_replay,
+            "partial_step": self._partial,
+            "goals_stale": self.goals_stale,
             "replay_rng": self.replay.get_state(),
         }
 
@@ -287,6 +366,8 @@ class Trainer:
         self.step, self.updates, self.credit = c["step"], c["updates"], c["credit"]
         self.episodes, self.nonfinite_total = c["episodes"], c["nonfinite_total"]
         self.nonfinite_streak = c["nonfinite_streak"]
+        self.learn_from = int(c.get("learn_from", 0))
+        self.goals_stale = bool(tree.get("goals_stale", True))
         self.profile.update(tree.get("profile", {}))
         self.agent.load_state_dict(tree["agent"])
         act = tree["act_state"]
@@ -295,14 +376,62 @@ class Trainer:
             if act is None
             else State({k: v.to(self.device) for k, v in act["tensors"].items()})
         )
-        self.runner.load_state_dict(tree["runner"])
+        partial = bool(tree.get("partial_step", False))
         if tree["replay_saved"]:
+            if not partial:
+                self.runner.load_state_dict(tree["runner"])
             self.replay = type(self.replay).load(path / "replay")
         self.replay.set_state(tree["replay_rng"])
         restore_rng(tree["rng"])
         truncate_metrics(self.run_dir, self.step)
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = tree["trainer_rng"]
+        if not tree["replay_saved"] or partial:
+            self._restart_episodes(refill=not tree["replay_saved"])
+
+    def _restart_episodes(self, refill: bool) -> None:
+        """Resume without a saved replay (or from a partial checkpoint): the replay is empty, so
+        the envs cannot continue their episodes (each replay stream must begin with a reset row).
+        Every env starts a fresh episode, seeded from the restored trainer RNG (deterministic,
+        but not the episode the interrupted run was in). With `refill`, updates pause until the
+        replay has been refilled for `seed_steps` env steps (at least `seq_len` per env), acting
+        with the restored agent.
+        """
+        n = self.runner.num_envs
+        seeds = self.rng.integers(0, 2**31 - 1, size=n)
+        self.runner.restart([int(s) for s in seeds])
+        self.act_state = None
+        self.goals_stale = True
+        if refill:
+            self.learn_from = self.step + max(self.config.seed_steps, n * self.agent.seq_len)
+
+
+class _DeferredSigint:
+    """While active (main thread, Python's default SIGINT handler in place), the first Ctrl-C only
+    sets `requested`; the trainer checks it between iterations. A second Ctrl-C raises at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _DeferredSigint:
+        self.requested = False
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def train_offline(

@@ -224,3 +224,18 @@ def test_eval_video_for_an_image_env_with_render_mode(tmp_path: Path) -> None:
     frames = imageio.mimread(tmp_path / "eval.gif")
     assert 1 <= len(frames) <= result["lengths"][0]  # GIF merges identical frames
     assert frames[0].shape[:2] == (400, 600)  # the env's own render, not the 64x64 obs
+
+
+def test_load_spec_refuses_collector_runs_and_unknown_keys(tmp_path: Path) -> None:
+    from worldflux.training.run import RUN_FILE, load_spec
+
+    run = tmp_path / RUN_FILE
+    run.write_text('{"model": "tdmpc2:debug", "collectors": {"num_collectors": 2}}')
+    with pytest.raises(ConfigError, match="collector run"):
+        load_spec(tmp_path)
+    (tmp_path / RUN_FILE).write_text('{"model": "tdmpc2:debug", "nosuch": 1}')
+    with pytest.raises(ConfigError, match=r"unknown keys \['nosuch'\]"):
+        load_spec(tmp_path)
+    (tmp_path / RUN_FILE).write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_spec(tmp_path)

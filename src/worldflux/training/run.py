@@ -134,7 +134,19 @@ def load_spec(run_dir: str | Path) -> RunSpec:
     if not path.is_file():
         raise ConfigError(f"run_dir: {run_dir} has no {RUN_FILE}; is it a worldflux run directory?")
     with open(path) as f:
-        return RunSpec(**json.load(f))
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if "collectors" in data:
+        raise ConfigError(
+            f"{path} is a collector run: resume it with `worldflux resume {run_dir}` or "
+            "worldflux.distributed.trainer.resume_collector_trainer"
+        )
+    known = {f.name for f in dataclasses.fields(RunSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
+    return RunSpec(**data)
 
 
 def resume_trainer(run_dir: str | Path, **trainer_changes: Any) -> Trainer:

@@ -9,8 +9,8 @@ import torch
 
 from worldflux.agents.base import Agent, guarded_step
 from worldflux.core.exceptions import RegistryError
+from worldflux.core.options import check_options
 from worldflux.core.registry import create_world_model
-from worldflux.envs.options import check_options
 
 
 def _dreamer() -> type[Agent]:

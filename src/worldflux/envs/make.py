@@ -15,9 +15,9 @@ import gymnasium
 from gymnasium.envs.registration import load_env_creator
 
 from worldflux.core.exceptions import ConfigError, WorldFluxError
+from worldflux.core.options import check_options, matches
 from worldflux.envs.base import Env
 from worldflux.envs.gym import GymEnv
-from worldflux.envs.options import check_options, matches
 from worldflux.envs.vector import VectorEnv
 
 

@@ -11,9 +11,7 @@ Fractional rates are exact: an update credit accumulates across steps (and is ch
 from __future__ import annotations
 
 import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,7 @@ from worldflux.training.config import TrainerConfig, setup_runtime
 from worldflux.training.evaluate import evaluate, goal_layer
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.runner import EnvFn, EnvRunner, random_actions
+from worldflux.training.signals import DeferredSigint
 
 
 class TrainingError(WorldFluxError, RuntimeError):
@@ -144,7 +143,7 @@ class Trainer:
         self._store_rows()
         last_eval: dict[str, Any] | None = None
         self._partial = False
-        sigint = _DeferredSigint()
+        sigint = DeferredSigint()
         try:
             with sigint:
                 while self.step < end:
@@ -404,34 +403,6 @@ class Trainer:
         self.goals_stale = True
         if refill:
             self.learn_from = self.step + max(self.config.seed_steps, n * self.agent.seq_len)
-
-
-class _DeferredSigint:
-    """While active (main thread, Python's default SIGINT handler in place), the first Ctrl-C only
-    sets `requested`; the trainer checks it between iterations. A second Ctrl-C raises at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _DeferredSigint:
-        self.requested = False
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 def train_offline(

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.core.batch import Batch
+from worldflux.core.gradsync import sync_gradients
 from worldflux.core.model import Metrics, WorldModel
 from worldflux.core.state import State
 
@@ -34,14 +35,21 @@ def guarded_step(
     """Backward + clip + step, unless the loss or the gradient norm is NaN/Inf.
 
     Returns (stepped, grad_norm). On a non-finite value the gradients are cleared and the
-    parameters and optimizer state stay untouched.
+    parameters and optimizer state stay untouched. Under data-parallel training the gradients
+    are averaged over ranks right after backward (`worldflux.core.gradsync`), so every rank
+    clips, checks and steps on the same values.
     """
     params = list(params)
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(loss)):
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward(inputs=params)  # gradients only for the parameters this optimizer owns
+    # data-parallel: rank-mean gradients (non-finite on every rank when any rank's loss was)
+    if not sync_gradients(params, poisoned=not finite) and not finite:
         return False, float("nan")
-    loss.backward(inputs=params)  # gradients only for the parameters this optimizer owns
     params = [p for p in params if p.grad is not None]
+    if not params:
+        return False, float("nan")
     if max_grad_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,102 @@ def shard_batch(batch: Batch, ctx: DistContext) -> Batch:
         is_terminal=batch.is_terminal[lo:hi],
         is_last=batch.is_last[lo:hi],
     )
+
+
+class GradientAllReduce:
+    """Rank-mean gradients in one flat all-reduce per call: the synchroniser that
+    `worldflux.core.gradsync.gradient_sync` installs for data-parallel agents.
+
+    The flat buffer holds every gradient (zeros where a parameter has none), one has-gradient
+    flag per parameter and a poison flag. Afterwards a parameter has a gradient when any rank
+    had one (the mean over all ranks, counting the others as zeros, as DDP does for unused
+    parameters); when any rank was poisoned (its loss was NaN/Inf) every gradient is NaN on
+    every rank, so the finiteness check skips the step everywhere. Every rank must call it
+    with the same parameters in the same order, which the shared update code guarantees.
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.calls = 0  # all-reduces issued (one per backward)
+        self.seconds = 0.0  # wall time spent in them (packing, all-reduce, unpacking)
+
+    def __call__(self, params: Sequence[Tensor], poisoned: bool) -> None:
+        if not self.ctx.distributed or not params:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._reduce(params, poisoned)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _reduce(self, params: Sequence[Tensor], poisoned: bool) -> None:
+        dev = params[0].device
+        grads = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+            for p in params
+        ]
+        flags = [0.0 if p.grad is None else 1.0 for p in params]
+        tail = torch.tensor([*flags, 1.0 if poisoned else 0.0], device=dev)
+        flat = torch.cat([*grads, tail])  # (sum numel + n + 1,)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        self.calls += 1
+        n_grad = flat.numel() - len(params) - 1
+        has_grad = flat[n_grad:-1].cpu().tolist()
+        if float(flat[-1]) > 0:  # some rank's loss was not finite: skip everywhere
+            for p in params:
+                p.grad = torch.full_like(p, float("nan"))
+            return
+        mean = flat[:n_grad].div_(self.ctx.world_size)
+        offset = 0
+        for p, seen in zip(params, has_grad, strict=True):
+            n = p.numel()
+            if seen > 0:
+                chunk = mean[offset : offset + n].view_as(p)
+                p.grad = chunk if p.dtype == chunk.dtype else chunk.to(p.dtype)
+            else:
+                p.grad = None
+            offset += n
+
+
+def average_buffers(modules: Sequence[nn.Module], ctx: DistContext) -> None:
+    """Replace every floating-point persistent buffer by its rank mean (one all-reduce).
+
+    Buffers such as DreamerV3's return-percentile EMA and TD-MPC2's Q scale are updated from
+    each rank's own batch; the mean of the ranks' EMAs is the EMA of the rank-mean percentiles
+    (the update is linear), so replicas stay identical. Constant buffers are unchanged.
+    """
+    if not ctx.distributed:
+        return
+    bufs = [
+        b
+        for m in modules
+        for name, b in m.named_buffers()
+        if b.is_floating_point() and _persistent(m, name)
+    ]
+    if not bufs:
+        return
+    flat = torch.cat([b.detach().reshape(-1).double() for b in bufs])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    offset = 0
+    with torch.no_grad():
+        for b in bufs:
+            n = b.numel()
+            b.copy_(flat[offset : offset + n].view_as(b))
+            offset += n
+
+
+def _persistent(module: nn.Module, dotted: str) -> bool:
+    *path, leaf = dotted.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    return leaf not in owner._non_persistent_buffers_set
+
+
+def broadcast_modules(modules: Sequence[nn.Module], ctx: DistContext, src: int = 0) -> None:
+    """Copy rank `src`'s parameters and buffers into every rank's modules (start equal)."""
+    if not ctx.distributed:
+        return
+    with torch.no_grad():
+        for m in modules:
+            for t in [*m.parameters(), *m.buffers()]:
+                dist.broadcast(t.data, src=src)

@@ -70,6 +70,8 @@ class Trainer:
         seed_everything(config.seed)
         self.agent, self.replay = agent, replay
         self.run_dir = Path(run_dir)
+        self.log_dir = self.run_dir  # metrics.jsonl and tb/ (data-parallel ranks > 0: their own)
+        self.world_size = 1  # ranks stepping envs in lockstep (see distributed.online)
         self.run_info = run_info or {}
         self.env_fn = env_fn
         self.eval_env_fn = eval_env_fn or env_fn
@@ -123,7 +125,7 @@ class Trainer:
         if self.config.updates_per_step is not None:
             return float(self.config.updates_per_step)
         ratio = self.config.train_ratio or self.agent.default_train_ratio
-        return ratio / self.agent.replayed_per_update
+        return ratio / (self.agent.replayed_per_update * self.world_size)
 
     # --- the online loop ----------------------------------------------------------------------
 
@@ -137,9 +139,7 @@ class Trainer:
         episodes in every env (like a resume without replay, see `restore`), not bit-exact.
         """
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
-        self.logger = Logger(
-            self.run_dir, self.config.steps, self.config.tensorboard, self.config.progress
-        )
+        self.logger = self._make_logger()
         self._store_rows()
         last_eval: dict[str, Any] | None = None
         self._partial = False
@@ -162,12 +162,14 @@ class Trainer:
                     if self._crossed(prev, self.config.checkpoint_every) and self.step < end:
                         self.save()
                     self.logger.progress(self.step, self.updates)
-                    if sigint.requested:
+                    if self._stop_requested(sigint.requested):
                         raise KeyboardInterrupt
                 self.save()
                 if sigint.requested:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
+            if not self._may_save_on_interrupt():
+                raise
             here = self.checkpoints.path_for(self.step)
             if here in self.checkpoints.list():
                 # written at the end of the iteration that reached this step (or resumed from):
@@ -195,21 +197,33 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
 
+    def _make_logger(self) -> Logger:
+        return Logger(
+            self.log_dir, self.config.steps, self.config.tensorboard, self.config.progress
+        )
+
+    def _stop_requested(self, requested: bool) -> bool:
+        """Whether to stop after this iteration (data-parallel ranks agree on it)."""
+        return requested
+
+    def _may_save_on_interrupt(self) -> bool:
+        """Whether an interrupted run writes a checkpoint on its way out."""
+        return True
+
     def _offline_update(self) -> None:
         """Offline mode: one update on a dataset batch; the step counter counts updates."""
         t0 = time.perf_counter()
         batch = self.dataset.sample(self.agent.batch_size, self.agent.seq_len, self.rng)
         batch = batch.to(self.device)
         t1 = time.perf_counter()
-        metrics = self.agent.learn(batch)
+        metrics = self._update(batch)
         self.profile["sample"] += t1 - t0
         self.profile["update"] += time.perf_counter() - t1
         self.step += 1
         self.updates += 1
         self._check_finite(metrics)
         if self._crossed(self.step - 1, self.config.log_every):
-            assert self.logger is not None
-            self.logger.log(self.step, "train", {**metrics, "updates": self.updates})
+            self._log_train(metrics)
 
     def _crossed(self, prev: int, every: int) -> bool:
         return every > 0 and prev // every != self.step // every
@@ -217,6 +231,7 @@ class Trainer:
     def _env_step(self) -> None:
         t0 = time.perf_counter()
         n = self.runner.num_envs
+        stepped = n * self.world_size  # env steps this iteration, over all ranks
         if self.step < self.config.seed_steps:
             actions = random_actions(self.runner.action_spec, n, self.rng)
         else:
@@ -233,12 +248,12 @@ class Trainer:
             self.goals_stale = True  # a new episode: a new goal
             assert self.logger is not None
             self.logger.log(
-                self.step + n, "episode", {"return": ret, "length": length, "env": env_id}
+                self.step + stepped, "episode", {"return": ret, "length": length, "env": env_id}
             )
         self._store_rows()
         if self.step >= max(self.config.seed_steps, self.learn_from):  # the agent's own steps
-            self.credit += n * self.updates_per_step
-        self.step += n
+            self.credit += stepped * self.updates_per_step
+        self.step += stepped
         t2 = time.perf_counter()
         self.profile["act"] += t1 - t0
         self.profile["env"] += t2 - t1
@@ -269,14 +284,20 @@ class Trainer:
                 device=self.device,
             )
             t1 = time.perf_counter()
-            metrics = self.agent.learn(batch)
+            metrics = self._update(batch)
             self.profile["sample"] += t1 - t0
             self.profile["update"] += time.perf_counter() - t1
             self.updates += 1
             self._check_finite(metrics)
             if self.updates % self._updates_per_log() == 0:
-                assert self.logger is not None
-                self.logger.log(self.step, "train", {**metrics, "updates": self.updates})
+                self._log_train(metrics)
+
+    def _update(self, batch: Any) -> dict[str, Any]:
+        return self.agent.learn(batch)
+
+    def _log_train(self, metrics: dict[str, Any]) -> None:
+        assert self.logger is not None
+        self.logger.log(self.step, "train", {**metrics, "updates": self.updates})
 
     def _updates_per_log(self) -> int:
         return max(1, int(self.config.log_every * self.updates_per_step))
@@ -365,10 +386,15 @@ class Trainer:
         self.step, self.updates, self.credit = c["step"], c["updates"], c["credit"]
         self.episodes, self.nonfinite_total = c["episodes"], c["nonfinite_total"]
         self.nonfinite_streak = c["nonfinite_streak"]
-        self.learn_from = int(c.get("learn_from", 0))
-        self.goals_stale = bool(tree.get("goals_stale", True))
         self.profile.update(tree.get("profile", {}))
         self.agent.load_state_dict(tree["agent"])
+        truncate_metrics(self.log_dir, self.step)
+        self._restore_streams(tree, path)
+
+    def _restore_streams(self, tree: dict[str, Any], path: Path) -> None:
+        """The envs, acting state, replay and RNGs saved in `tree` (replay under `path`)."""
+        self.learn_from = int(tree["counters"].get("learn_from", 0))
+        self.goals_stale = bool(tree.get("goals_stale", True))
         act = tree["act_state"]
         self.act_state = (
             None
@@ -382,7 +408,6 @@ class Trainer:
             self.replay = type(self.replay).load(path / "replay")
         self.replay.set_state(tree["replay_rng"])
         restore_rng(tree["rng"])
-        truncate_metrics(self.run_dir, self.step)
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = tree["trainer_rng"]
         if not tree["replay_saved"] or partial:
@@ -402,7 +427,8 @@ class Trainer:
         self.act_state = None
         self.goals_stale = True
         if refill:
-            self.learn_from = self.step + max(self.config.seed_steps, n * self.agent.seq_len)
+            stream = n * self.world_size * self.agent.seq_len  # seq_len rows in every stream
+            self.learn_from = self.step + max(self.config.seed_steps, stream)
 
 
 def train_offline(

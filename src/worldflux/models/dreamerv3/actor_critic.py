@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldflux.core.gradsync import sync_gradients
 from worldflux.core.spec import ActionSpec
 from worldflux.core.state import State
 from worldflux.models.dreamerv3.config import DreamerV3Config
@@ -289,6 +290,7 @@ class DreamerV3ActorCritic(nn.Module):
             params = list(module.parameters())
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=params)
+            sync_gradients(params)  # rank-mean under data-parallel training
             clip = self.cfg.ac_grad_clip if self.cfg.optimizer == "adam" else math.inf
             norm = nn.utils.clip_grad_norm_(params, clip)  # LaProp clips per tensor (AGC)
             metrics[f"ac/{name}_grad_norm"] = norm.detach()

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import StateError
+from worldflux.core.gradsync import sync_gradients
 from worldflux.core.model import Metrics, Policy, WorldModel
 from worldflux.core.spec import ActionSpec, Obs, ObsSpec
 from worldflux.core.state import State
@@ -214,8 +215,10 @@ class DreamerV3(WorldModel):
         loss, metrics, post = self.world_model_loss(batch)
         opt.wm.zero_grad(set_to_none=True)
         loss.backward()
+        wm_params = self.world_model_parameters()
+        sync_gradients(wm_params)  # rank-mean under data-parallel training
         clip = self.config.wm_grad_clip if self.config.optimizer == "adam" else math.inf
-        norm = nn.utils.clip_grad_norm_(self.world_model_parameters(), clip)
+        norm = nn.utils.clip_grad_norm_(wm_params, clip)
         opt.wm.step()
         metrics["wm/grad_norm"] = norm.detach()
         start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)

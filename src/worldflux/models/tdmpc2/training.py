@@ -19,6 +19,7 @@ from torch import Tensor
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import SpecError
+from worldflux.core.gradsync import sync_gradients
 from worldflux.nn.functional import soft_cross_entropy, symlog, two_hot
 
 if TYPE_CHECKING:
@@ -151,12 +152,14 @@ def train_step(model: TDMPC2, batch: Batch) -> dict[str, Tensor]:
     total, metrics, latents = world_model_loss(model, batch)
     total.backward()
     wm_params = [p for g in optim.param_groups for p in g["params"]]
+    sync_gradients(wm_params)  # rank-mean under data-parallel training
     metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(wm_params, model.config.grad_clip_norm)
     optim.step()
     optim.zero_grad(set_to_none=True)
     pi_loss, pi_metrics = policy_loss(model, latents)
     pi_loss.backward()
     pi_params = list(model.pi_net.parameters())
+    sync_gradients(pi_params)
     pi_metrics["pi_grad_norm"] = torch.nn.utils.clip_grad_norm_(
         pi_params, model.config.grad_clip_norm
     )

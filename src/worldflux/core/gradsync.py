@@ -1,0 +1,48 @@
+"""The point between backward and clipping where data-parallel training averages gradients.
+
+Every update in worldflux calls `sync_gradients(params)` right after its ``backward``: the
+agents' guarded steps, DreamerV3's world-model and actor-critic steps, TD-MPC2's model and
+policy steps. In a single process nothing is installed and the call returns False at once.
+A data-parallel learner installs an all-reduce with `gradient_sync`
+(`worldflux.distributed.ddp.GradientAllReduce`), so gradient clipping, the NaN/Inf check and
+the optimizer step all see the rank-mean gradient, as under DDP, for update code that does not
+run through a module's ``forward``.
+
+``poisoned=True`` says this rank's loss was not finite and it did not call backward; the
+synchroniser must still take part (the other ranks are waiting in the collective) and must
+leave non-finite gradients on every rank, so every rank skips the step together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+from torch import Tensor
+
+GradSync = Callable[[Sequence[Tensor], bool], None]
+
+_active: list[GradSync] = []
+
+
+def sync_gradients(params: Iterable[Tensor], poisoned: bool = False) -> bool:
+    """Hand `params`' gradients to the installed synchroniser; False when none is installed."""
+    if not _active:
+        return False
+    _active[-1](list(params), poisoned)
+    return True
+
+
+@contextmanager
+def gradient_sync(fn: GradSync) -> Iterator[None]:
+    """Install `fn` as the synchroniser for the duration of the block (blocks nest)."""
+    _active.append(fn)
+    try:
+        yield
+    finally:
+        _active.remove(fn)
+
+
+def active() -> bool:
+    """True while a synchroniser is installed."""
+    return bool(_active)

@@ -1,0 +1,197 @@
+"""Data-parallel online training: replicas stay identical, resume is exact (also across world
+sizes), gradients are rank means, and one rank is exactly the single-process Trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import online_helpers as H
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from worldflux.agents.base import guarded_step
+from worldflux.core.exceptions import ConfigError
+from worldflux.distributed import ddp
+from worldflux.distributed.online import DataParallelTrainer, build_data_parallel_trainer
+from worldflux.training.logging import read_metrics
+from worldflux.training.run import build_trainer, load_spec, parse_overrides, resume_trainer
+
+WORLD = 2
+CPU = ddp.DistContext(0, 1, 0, "none", torch.device("cpu"))
+
+
+def _spawn(fn, args: tuple, timeout: float = 240.0) -> None:  # noqa: ANN001
+    ctx = mp.start_processes(fn, args, nprocs=WORLD, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout  # a hung collective fails the test, not CI
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"ranks did not finish within {timeout:.0f} s")
+
+
+def _weights(out: Path, tag: str) -> dict[str, torch.Tensor]:
+    return load_file(str(out / f"{tag}.safetensors"))
+
+
+def _info(out: Path, tag: str) -> dict:
+    return json.loads((out / f"{tag}.json").read_text())
+
+
+def _assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _evals(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["return_mean"]) for r in read_metrics(run_dir, "eval")]
+
+
+@pytest.mark.parametrize("model", sorted(H.FAMILIES))
+def test_two_ranks_stay_identical_and_resume_exactly(tmp_path: Path, model: str) -> None:
+    """2 gloo ranks: replicas bitwise equal; stop at half + resume == one uninterrupted run."""
+    job = {"model": model, "items": H.items(model), "out": str(tmp_path)}
+    full = {**job, "name": "full", "run_dir": str(tmp_path / "full")}
+    half = {**job, "name": "half", "run_dir": str(tmp_path / "split"), "stop_at": H.STEPS // 2}
+    _spawn(H.online_worker, (WORLD, str(tmp_path / "init1"), [full, half]))
+    rest = {**job, "name": "rest", "run_dir": str(tmp_path / "split"), "resume": True}
+    _spawn(H.online_worker, (WORLD, str(tmp_path / "init2"), [rest]))
+
+    a0, a1 = _weights(tmp_path, "full_rank0"), _weights(tmp_path, "full_rank1")
+    _assert_equal(a0, a1)  # gradients and buffers synchronised: identical replicas
+    _assert_equal(a0, _weights(tmp_path, "rest_rank0"))  # exact resume, every rank
+    _assert_equal(a1, _weights(tmp_path, "rest_rank1"))
+    info = _info(tmp_path, "full_rank0")
+    assert info["step"] == H.STEPS and info["batch_size"] == 2  # global batch 4 over 2 ranks
+    # (192 - 64 seed steps) * 0.25 updates per global env step
+    assert info["updates"] == _info(tmp_path, "full_rank1")["updates"] == 32
+    assert info["sync_calls"] >= info["updates"]  # at least one all-reduce per update
+    # the same evaluations and the same per-rank episodes, resumed or not
+    assert _evals(tmp_path / "full") == _evals(tmp_path / "split")
+    assert len(_evals(tmp_path / "full")) == 2
+    ep_full = read_metrics(tmp_path / "full" / "ranks" / "rank1", "episode")
+    ep_split = read_metrics(tmp_path / "split" / "ranks" / "rank1", "episode")
+    assert [e["return"] for e in ep_full] == [e["return"] for e in ep_split]
+    assert ep_full  # rank 1 stepped its own envs
+    ep_rank0 = read_metrics(tmp_path / "full", "episode")
+    assert [e["return"] for e in ep_rank0] != [e["return"] for e in ep_full]  # own seeds
+    train = read_metrics(tmp_path / "full", "train")
+    assert train and all("updates" in r for r in train)
+    shards = tmp_path / "full" / "checkpoints" / f"step_{H.STEPS:010d}" / "shards"
+    assert (shards / "rank1" / "replay").is_dir()
+
+
+def test_resume_on_another_world_size(tmp_path: Path) -> None:
+    """2 ranks -> 1 (rank 1's shard dropped, with a warning); 1 rank -> 2 (rank 1 refills)."""
+    model = "dreamerv3:debug"
+    job = {"model": model, "items": H.items(model), "out": str(tmp_path)}
+    two = {**job, "name": "two", "run_dir": str(tmp_path / "two")}
+    one_dir = tmp_path / "one"
+    spec = parse_overrides(model, H.FAMILIES[model][0], H.items(model, steps=96))
+    build_data_parallel_trainer(spec, one_dir, CPU).train()
+    grow = {**job, "name": "grow", "run_dir": str(one_dir), "resume": True,
+            "changes": {"steps": H.STEPS}}  # fmt: skip
+    _spawn(H.online_worker, (WORLD, str(tmp_path / "init"), [two, grow]))
+
+    g0, g1 = _weights(tmp_path, "grow_rank0"), _weights(tmp_path, "grow_rank1")
+    _assert_equal(g0, g1)
+    i0, i1 = _info(tmp_path, "grow_rank0"), _info(tmp_path, "grow_rank1")
+    assert i0["step"] == i1["step"] == H.STEPS
+    assert i0["updates"] == i1["updates"]
+    # rank 1 had no shard: every rank paused updates until it refilled seed_steps
+    assert i0["learn_from"] == i1["learn_from"] == 96 + 64
+
+    spec = load_spec(tmp_path / "two")
+    spec.trainer["steps"] = H.STEPS + 64
+    shrunk = build_data_parallel_trainer(spec, tmp_path / "two", CPU)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shrunk.restore()
+    assert any("ranks 1..1 are dropped" in str(w.message) for w in caught)
+    assert shrunk.agent.batch_size == 4  # the whole global batch on one rank
+    assert shrunk.train()["step"] == H.STEPS + 64
+    # the checkpoint is also an ordinary single-process one (rank 0's view)
+    plain = resume_trainer(tmp_path / "two", steps=H.STEPS + 64, progress=False)
+    assert plain.step == H.STEPS + 64  # the checkpoint written by the run above
+
+
+def test_one_rank_is_exactly_the_single_process_trainer(tmp_path: Path) -> None:
+    spec = parse_overrides("dreamerv3:debug", "CartPole-v1", H.items("dreamerv3:debug", 128))
+    single = build_trainer(spec, tmp_path / "single")
+    single.train()
+    dp = build_data_parallel_trainer(spec, tmp_path / "dp", CPU)
+    assert isinstance(dp, DataParallelTrainer)
+    dp.train()
+    _assert_equal(H.agent_weights(single.agent), H.agent_weights(dp.agent))
+    assert _evals(tmp_path / "single") == _evals(tmp_path / "dp")
+    assert dp.sync.calls == 0  # no process group: nothing is communicated
+
+
+def test_gradients_are_rank_means_and_a_nan_on_one_rank_skips_every_rank(
+    tmp_path: Path,
+) -> None:
+    _spawn(H.grad_sync_worker, (WORLD, str(tmp_path / "init"), str(tmp_path)))
+    r0, r1 = (
+        json.loads((tmp_path / "grad0.json").read_text()),
+        json.loads((tmp_path / "grad1.json").read_text()),
+    )
+    w0, w1 = (
+        load_file(str(tmp_path / "grad0.safetensors")),
+        load_file(str(tmp_path / "grad1.safetensors")),
+    )
+    # the single-process step on the whole batch: mean of the two halves' losses
+    model, opt = H.grad_model()
+    x, y = H.grad_batch()
+    loss = (H.grad_loss(model, x[:4], y[:4], 0) + H.grad_loss(model, x[4:], y[4:], 1)) / 2
+    stepped, norm = guarded_step(loss, opt, model.parameters(), 0.5)
+    assert stepped and norm > 0.5  # clipping is active, and applied to the rank-mean gradient
+    for r in (r0, r1):
+        assert r["step1"][0] is True and r["step1"][1] == pytest.approx(norm, rel=1e-6)
+        assert r["step2"][0] is False  # rank 1's loss was NaN: skipped on both ranks
+        assert r["unchanged"] is True
+        assert r["stat"] == pytest.approx(1.5)  # buffers averaged: (1 + 2) / 2
+        assert r["calls"] == 2
+    ref = {k: v for k, v in model.state_dict().items() if k != "stat"}
+    for k, v in ref.items():
+        assert torch.equal(w0[k], w1[k]), k
+        torch.testing.assert_close(w0[k], v, atol=1e-6, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_batch_and_device_mismatches_are_clear_errors(tmp_path: Path) -> None:
+    spec = parse_overrides("dreamerv3:debug", "CartPole-v1", H.items("dreamerv3:debug"))
+    three = ddp.DistContext(0, 3, 0, "gloo", torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"agent.batch_size: .* multiple of 3; got 4"):
+        build_data_parallel_trainer(spec, tmp_path / "a", three)
+    cuda = ddp.DistContext(0, 1, 0, "none", torch.device("cuda", 0))
+    with pytest.raises(ConfigError, match=r"device: the process group runs on cuda"):
+        build_data_parallel_trainer(spec, tmp_path / "b", cuda)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_torchrun_online_run_then_resume_with_more_steps(tmp_path: Path) -> None:
+    """`torchrun -m worldflux.distributed.online` on 2 ranks; the same command resumes."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "worldflux.distributed.online", "dreamerv3:debug", "--env", "CartPole-v1",
+        "--run-dir", str(run_dir), *H.items("dreamerv3:debug", 128),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for steps in (128, 192):
+        args = [c if not c.startswith("steps=") else f"steps={steps}" for c in cmd]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"done: {steps} env steps" in done.stderr
+        assert "on 2 rank(s)" in done.stderr
+    assert json.loads((run_dir / "run.json").read_text())["trainer"]["steps"] == 192
+    assert [s for s, _ in _evals(run_dir)] == [96, 192]
+    assert (run_dir / "checkpoints" / f"step_{192:010d}" / "shards" / "rank1").is_dir()

@@ -24,14 +24,17 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_name(model: str, env: str) -> str:
-    return f"{model.replace(':', '-')}_{env.replace('/', '-').replace(':', '-')}"
+def run_name(model: str, env: str, tag: str = "") -> str:
+    name = f"{model.replace(':', '-')}_{env.replace('/', '-').replace(':', '-')}"
+    return f"{name}_{tag}" if tag else name
 
 
-def train_seed(model: str, env: str, steps: int, seed: int, overrides: list[str]) -> Path:
+def train_seed(
+    model: str, env: str, steps: int, seed: int, overrides: list[str], tag: str = ""
+) -> Path:
     from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
 
-    run_dir = RESULTS / "logs" / run_name(model, env) / f"seed{seed}"
+    run_dir = RESULTS / "logs" / run_name(model, env, tag) / f"seed{seed}"
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         trainer = resume_trainer(run_dir, progress=False)  # continue an interrupted run
     else:
@@ -43,11 +46,11 @@ def train_seed(model: str, env: str, steps: int, seed: int, overrides: list[str]
     return run_dir
 
 
-def collect(model: str, env: str, steps: int, overrides: list[str]) -> Path:
+def collect(model: str, env: str, steps: int, overrides: list[str], tag: str = "") -> Path:
     """Write the curve JSON from the run directories of every seed found."""
     from worldflux.training.logging import read_metrics
 
-    root = RESULTS / "logs" / run_name(model, env)
+    root = RESULTS / "logs" / run_name(model, env, tag)
     seeds: dict[str, Any] = {}
     for seed_dir in sorted(root.glob("seed*")):
         evals = read_metrics(seed_dir, "eval")
@@ -64,6 +67,7 @@ def collect(model: str, env: str, steps: int, overrides: list[str]) -> Path:
     doc = {
         "model": model,
         "env": env,
+        "tag": tag,
         "step_budget": steps,
         "overrides": overrides,
         "run_spec": json.loads(settings_file.read_text()) if settings_file.is_file() else None,
@@ -72,7 +76,7 @@ def collect(model: str, env: str, steps: int, overrides: list[str]) -> Path:
         "complete": all(s["steps"] and s["steps"][-1] >= steps for s in seeds.values()),
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    out = RESULTS / f"learn_{run_name(model, env)}.json"
+    out = RESULTS / f"learn_{run_name(model, env, tag)}.json"
     out.write_text(json.dumps(doc, indent=1))
     return out
 
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--collect", action="store_true", help="only rebuild the JSON")
     parser.add_argument(
+        "--tag", default="", help="suffix of the run name: keeps a variant's curve apart"
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         nargs="*",
@@ -96,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if not args.collect:
         for seed in args.seeds:
-            train_seed(args.model, args.env, args.steps, seed, args.overrides)
-    print(collect(args.model, args.env, args.steps, args.overrides))
+            train_seed(args.model, args.env, args.steps, seed, args.overrides, args.tag)
+    print(collect(args.model, args.env, args.steps, args.overrides, args.tag))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def plot(curve_file: Path) -> Path:
         ax.axhline(target[0], ls="--", color="green", label=f"target {target[0]:g}")
     ax.axhline(random_baseline(doc["env"]), ls=":", color="red", label="random policy")
     status = "complete" if doc.get("complete") else "PARTIAL (budget not reached)"
-    ax.set_title(f"{doc['model']} on {doc['env']} ({status})", fontsize=9)
+    tag = f" [{doc['tag']}]" if doc.get("tag") else ""
+    ax.set_title(f"{doc['model']}{tag} on {doc['env']} ({status})", fontsize=9)
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (mean of 10 episodes)")
     ax.set_xlim(0, doc["step_budget"])

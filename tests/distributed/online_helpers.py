@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,23 @@ COMMON = [
     "progress=false",
     "tensorboard=false",
     "updates_per_step=0.25",
+    "replay_capacity=2000",
 ]
 FAMILIES = {
     "dreamerv3:debug": ("CartPole-v1", ["agent.batch_size=4", "agent.seq_len=8"]),
     "tdmpc2:debug": ("Pendulum-v1", ["agent.batch_size=4", "env.max_episode_steps=50"]),
+    "jepa:debug": (
+        "worldflux/TwoRoom-v0",
+        [
+            "agent.batch_size=4",
+            "agent.seq_len=4",
+            "agent.samples=16",
+            "agent.elites=4",
+            "agent.iterations=2",
+            "agent.horizon=2",
+            "env.max_steps=16",
+        ],
+    ),  # fmt: skip
 }
 STEPS = 192
 
@@ -68,6 +82,7 @@ def run_job(ctx: ddp.DistContext, job: dict[str, Any]) -> None:
         "sync_calls": trainer.sync.calls,
         "batch_size": trainer.agent.batch_size,
         "learn_from": trainer.learn_from,
+        "replay_digest": hashlib.sha256(trainer.replay.arrays["action"].tobytes()).hexdigest(),
     }
     (out / f"{tag}.json").write_text(json.dumps(info))
 

@@ -96,3 +96,40 @@ def test_a_single_process_run_does_not_resume_with_collectors_by_accident(tmp_pa
     (tmp_path / "run.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="num_collectors"):
         load_run_file(tmp_path)
+
+
+def test_jepa_collectors_plan_toward_each_episode_goal(tmp_path: Path) -> None:
+    """Collectors act with the agent from their first step, so a goal-conditioned agent that
+    were not given its envs' goals would fail at once (JEPA raises without a goal)."""
+    from worldflux.distributed.trainer import build_collector_trainer
+
+    trainer_cfg = {
+        "steps": 64, "seed_steps": 16, "updates_per_step": 0.1, "eval_every": 0,
+        "checkpoint_every": 0, "log_every": 32, "progress": False, "tensorboard": False,
+        "replay_capacity": 400, "num_envs": 2, "save_replay": False,
+    }  # fmt: skip
+    agent = {"batch_size": 4, "seq_len": 4, "samples": 16, "elites": 4, "iterations": 2,
+             "horizon": 2}  # fmt: skip
+    spec = RunSpec("jepa:debug", "worldflux/TwoRoom-v0", trainer_cfg, agent=agent,
+                   env_kwargs={"max_steps": 8})  # fmt: skip
+    trainer = build_collector_trainer(
+        spec, tmp_path, num_collectors=2, start_method="fork", chunk_len=4, pool_slots=2
+    )
+    result = trainer.train()
+    assert result["step"] >= 64 and result["updates"] >= 1
+    assert all(c["restarts"] == 0 for c in result["collectors"]["collectors"])
+    assert trainer.episodes >= 4  # 8-step episodes: every collector env reset several times
+
+
+def test_a_rejected_collector_run_leaves_no_run_dir(tmp_path: Path) -> None:
+    from worldflux.core.exceptions import ConfigError
+    from worldflux.distributed.trainer import build_collector_trainer
+
+    base = {"steps": 64, "progress": False, "tensorboard": False}
+    bad_device = RunSpec("tdmpc2:debug", "CartPole-v1", {**base, "device": "cuda:7"})
+    with pytest.raises(ConfigError, match="device"):
+        build_collector_trainer(bad_device, tmp_path / "a", num_collectors=1)
+    bad_agent = RunSpec("tdmpc2:debug", "CartPole-v1", base, agent={"bogus": 1})
+    with pytest.raises(ConfigError, match="bogus"):
+        build_collector_trainer(bad_agent, tmp_path / "b", num_collectors=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -128,3 +129,24 @@ class AgentPolicy:
 
     def acting_module(self) -> nn.Module | None:
         return self.module
+
+    def update_goals(self, envs: list[Any]) -> None:
+        """Give a goal-conditioned agent (one with ``set_goal``, e.g. JEPA) the current goal
+        observation of each env; a no-op for other agents. `ConfigError` when an env has none."""
+        set_goal = getattr(self.agent, "set_goal", None)
+        if set_goal is None:
+            return
+        from worldflux.training.evaluate import goal_layer
+
+        goals = []
+        for i, env in enumerate(envs):
+            layer = goal_layer(env)
+            if layer is None:
+                raise ConfigError(
+                    f"env: {type(self.agent).__name__} plans toward a goal, but collector env "
+                    f"{i} ({type(env).__name__}) has no goal_observation(); use a goal env "
+                    f"(e.g. worldflux/TwoRoom-v0)"
+                )
+            goals.append(np.asarray(layer.goal_observation()))
+        with torch.no_grad():
+            set_goal(torch.from_numpy(np.stack(goals)))

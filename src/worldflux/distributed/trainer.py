@@ -213,17 +213,16 @@ def build_collector_trainer(
     from worldflux.agents import make_agent
     from worldflux.data.replay import Replay
     from worldflux.envs import make_env
+    from worldflux.training.config import check_device
 
     config = spec.trainer_config()
+    check_device(config.device)  # before any model is moved there
     options = {"seed": config.seed, **collector_options}
     collectors = CollectorConfig(
         num_collectors=num_collectors, envs_per_collector=config.num_envs, **options
     )
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     info = dataclasses.asdict(spec)  # checkpoint "run": a plain RunSpec (`load_agent` reads it)
-    if write_run_file:
-        _write_run_file(run_dir, spec, collectors)
     env_fn = functools.partial(make_env, spec.env, **spec.env_kwargs)
     probe = env_fn()
     obs_space, action_space = probe.observation_space, probe.action_space
@@ -241,7 +240,12 @@ def build_collector_trainer(
         config.replay_capacity, obs_space, action_space, num_envs=streams, seed=config.seed,
         track_versions=True,
     )  # fmt: skip
-    return CollectorTrainer(agent, env_fn, agent_fn, replay, config, run_dir, collectors, info)
+    trainer = CollectorTrainer(agent, env_fn, agent_fn, replay, config, run_dir, collectors, info)
+    # Only once everything is validated and built: a rejected command leaves no run dir.
+    if write_run_file:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_file(run_dir, spec, collectors)
+    return trainer
 
 
 def resume_collector_trainer(

@@ -111,6 +111,10 @@ class _Collector:
         self.publisher: transport.SlotPublisher | None = None
         self.env = VectorEnv([spec.env_fn for _ in range(spec.num_envs)])
         self.policy = spec.policy_fn()
+        # goal-conditioned agents (JEPA): the goals of the envs, refreshed after each reset
+        # and after new weights (the goal is embedded with the current encoder)
+        self.update_goals = getattr(self.policy, "update_goals", None)
+        self.goals_stale = True
         self.version = 0
         if spec.weights is not None:
             self._load_weights(spec.weights)
@@ -135,6 +139,9 @@ class _Collector:
             self._handle_messages(block=False)
             obs = _obs_tensors(rows)
             is_first = torch.from_numpy(rows.is_first)
+            if self.update_goals is not None and (self.goals_stale or rows.is_first.any()):
+                self.update_goals(self.env.envs)
+                self.goals_stale = False
             with torch.no_grad():
                 action, agent_state = self.policy.act(obs, agent_state, self.spec.explore, is_first)
             # Row t holds a_{t-1}: the policy version that chose it, or the current one on resets.
@@ -210,6 +217,7 @@ class _Collector:
                 transport.load_weights(module, state)
             finally:
                 transport.detach(state)
+            self.goals_stale = True
         self.version = version
         transport.send(self.conn, {"type": "weights_loaded", "version": version})
 

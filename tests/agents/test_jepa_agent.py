@@ -116,3 +116,26 @@ def test_online_jepa_without_a_goal_env_is_rejected_up_front(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"no goal_observation\(\).*train offline: dataset="):
         build_trainer(spec, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("regularizer", ["sigreg", "vicreg", "ema", "none"])
+def test_agent_learns_with_every_regularizer(regularizer: str, tmp_path: Path) -> None:
+    """The EMA variant carries a frozen target encoder: the update steps the online weights,
+    moves the target by EMA, and never asks autograd for the frozen ones."""
+    data = OfflineDataset(
+        record_tworoom(tmp_path / "data", RecordConfig(episodes=2, episode_length=8))
+    )
+    env = GymEnv(TwoRoomEnv())
+    agent = make_agent("jepa:debug", env.observation_space, env.action_space, seed=0,
+                       model_overrides={"regularizer": regularizer},
+                       agent_options={"batch_size": 4, "seq_len": 4})  # fmt: skip
+    before = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    result = train_offline(agent, lambda b, t: data.sample(b, t, rng), updates=2)
+    assert result["nonfinite"] == 0.0 and np.isfinite(result["loss"])
+    after = agent.model.state_dict()
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("encoder.") for k in changed)
+    frozen = [n for n, p in agent.model.named_parameters() if not p.requires_grad]
+    assert bool(frozen) == (regularizer == "ema")
+    assert all(n in changed for n in frozen)  # the EMA target moved toward the online encoder

@@ -39,7 +39,7 @@ def guarded_step(
     are averaged over ranks right after backward (`worldflux.core.gradsync`), so every rank
     clips, checks and steps on the same values.
     """
-    params = list(params)
+    params = [p for p in params if p.requires_grad]  # frozen ones (an EMA target) get none
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(loss))
     if finite:

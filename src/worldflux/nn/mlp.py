@@ -26,7 +26,13 @@ def make_act(kind: str) -> nn.Module:
 
 
 class NormedLinear(nn.Sequential):
-    """Linear (no bias when normalised) -> Norm -> Activation, with optional dropout first."""
+    """Linear -> Norm -> Activation, with optional dropout first.
+
+    The Linear keeps its bias even when a norm follows: without it ``norm(W x)`` is invariant to
+    the scale of ``x`` (RMSNorm and LayerNorm both divide it out), so inputs on one ray from the
+    origin, such as (0.1, 0.2) and (0.3, 0.6), would map to the same features. The official
+    DreamerV3 ``Linear`` has a bias too.
+    """
 
     def __init__(
         self,
@@ -37,7 +43,7 @@ class NormedLinear(nn.Sequential):
         dropout: float = 0.0,
     ) -> None:
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
-        layers += [nn.Linear(in_dim, out_dim, bias=norm in (None, "none"))]
+        layers += [nn.Linear(in_dim, out_dim)]
         layers += [make_norm(norm, out_dim), make_act(act)]
         super().__init__(*layers)
 

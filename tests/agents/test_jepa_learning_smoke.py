@@ -1,0 +1,82 @@
+"""JEPA + CEM goal planning learns to reach goals from random-walk data (debug preset, offline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from point_goal import PointGoal, RandomWalks
+
+from worldflux.agents import make_agent
+from worldflux.agents.jepa import JEPAAgent
+from worldflux.training.trainer import train_offline
+
+SEED = 0
+EPISODES = 20
+OPTIONS = {"batch_size": 32, "seq_len": 8, "horizon": 4, "samples": 64, "elites": 8,
+           "iterations": 3}  # fmt: skip
+
+Policy = Callable[[PointGoal, np.ndarray, bool], np.ndarray]  # (env, obs, is_first) -> action
+
+
+def rollouts(policy: Policy, seed: int) -> tuple[float, float]:
+    """-> (success rate, mean final distance to the goal) over `EPISODES` seeded episodes."""
+    successes, distances = [], []
+    for ep in range(EPISODES):
+        env = PointGoal()
+        obs, _ = env.reset(seed=1000 + seed * EPISODES + ep)
+        done, first = False, True
+        while not done:
+            obs, _, terminated, truncated, info = env.step(policy(env, obs, first))
+            done, first = terminated or truncated, False
+        successes.append(info["success"])
+        distances.append(env.distance())
+    return float(np.mean(successes)), float(np.mean(distances))
+
+
+def planner(agent: JEPAAgent) -> Policy:
+    """The agent acting without exploration towards each episode's goal observation."""
+    state = None
+
+    @torch.no_grad()
+    def act(env: PointGoal, obs: np.ndarray, first: bool) -> np.ndarray:
+        nonlocal state
+        if first:
+            agent.set_goal(torch.from_numpy(env.goal_observation()[None]))
+        obs_t = {"obs": torch.from_numpy(obs[None])}
+        action, state = agent.act(obs_t, state, explore=False, is_first=torch.tensor([first]))
+        return action[0].numpy()
+
+    return act
+
+
+def measure(seed: int) -> dict[str, tuple[float, float]]:
+    """(success rate, final distance) of the untrained agent, the agent after 150 offline
+    updates on random walks, and uniformly random actions."""
+    env = PointGoal()
+    agent = make_agent("jepa:debug", env.observation_space, env.action_space, seed=seed,
+                       agent_options=OPTIONS)  # fmt: skip
+    assert isinstance(agent, JEPAAgent)
+    torch.manual_seed(seed)  # the CEM samples from torch's global RNG
+    untrained = rollouts(planner(agent), seed)
+    data = RandomWalks(episodes=64, length=32, seed=seed)
+    result = train_offline(agent, data.sample, updates=150)
+    assert result["nonfinite"] == 0.0
+    torch.manual_seed(seed)
+    trained = rollouts(planner(agent), seed)
+    rng = np.random.default_rng(seed)
+    random = rollouts(lambda env, obs, first: rng.uniform(-1.0, 1.0, 2), seed)
+    return {"untrained": untrained, "trained": trained, "random": random}
+
+
+def test_jepa_learns_to_reach_goals() -> None:
+    """Goals start 0.4 away; the untrained predictor ignores the action, so its plans all tie
+    and the point barely moves. Measured (seeds 0, 1, 2; seed 0 first), success / final
+    distance: trained 0.95 / 0.09 (0.80-1.00 / 0.07-0.09); random actions 0.10 / 0.42
+    (0.00-0.25 / 0.37-0.42); untrained 0.00 / 0.39 (0.00-0.05 / 0.39-0.42). With a bias-free
+    first encoder layer (scale-invariant, see `NormedLinear`) training reached only 0.40-0.53."""
+    m = measure(SEED)
+    assert m["trained"][0] >= 0.7 and m["trained"][1] <= 0.15, m
+    assert m["random"][0] <= 0.3 and m["untrained"][0] <= 0.3, m
+    assert m["random"][1] >= 0.3 and m["untrained"][1] >= 0.3, m

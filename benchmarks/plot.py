@@ -107,8 +107,9 @@ def table_row(curve_file: Path) -> str:
     steps = min((t for t, _ in last), default=0)
     lasts = ", ".join(f"{r:.0f}" for _, r in last) or "-"
     mean = f"{np.mean([r for _, r in last]):.0f}" if last else "-"
+    tag = f" [{doc['tag']}]" if doc.get("tag") else ""
     return (
-        f"| {doc['model']} | {doc['env']} | {' '.join(doc['overrides'])} | {len(seeds)} | "
+        f"| {doc['model']}{tag} | {doc['env']} | {' '.join(doc['overrides'])} | {len(seeds)} | "
         f"{steps:,} / {doc['step_budget']:,} | {lasts} | {mean} | {target:g} | "
         f"{', '.join(reached)} | {mean_hit[0] if mean_hit else '-'} | "
         f"{random_baseline(doc['env']):.0f} |"

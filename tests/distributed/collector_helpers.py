@@ -160,6 +160,12 @@ def shm_entries(namespace: str) -> list[str]:
 
 
 if __name__ == "__main__":  # the Ctrl-C test's learner
+    import signal
+
+    # Like a program in a terminal: Ctrl-C raises KeyboardInterrupt even when the test run
+    # itself was started in the background, where shells start commands with SIGINT ignored
+    # (and Python then leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     cfg = CollectorConfig(num_collectors=2, namespace=sys.argv[1], start_method=sys.argv[2])
     with CollectorPool(env_fn(0.001), random_policy_fn(), cfg) as pool:

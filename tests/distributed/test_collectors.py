@@ -254,6 +254,7 @@ def test_stopping_the_learner_cleans_everything(sig: int) -> None:
     """Ctrl-C: the learner cleans up. SIGKILL: the orphaned collectors clean up after themselves."""
     ns = _ns()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    env["PYTHONFAULTHANDLER"] = "1"
     proc = subprocess.Popen(
         [sys.executable, C.__file__, ns, "fork"],
         env=env,
@@ -267,11 +268,18 @@ def test_stopping_the_learner_cleans_everything(sig: int) -> None:
         assert line.strip() == "collecting", proc.stderr.read() if proc.stderr else ""
         assert C.shm_entries(ns)
         proc.send_signal(sig)
-        proc.wait(timeout=30)
+        # communicate, not wait: it drains stderr (a full pipe would block the learner), and
+        # close() alone may take ~20 s by design (10 s for collectors to stop, then kill + join)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is
+            _, err = proc.communicate(timeout=10)
+            pytest.fail(f"the learner did not exit after {sig!r}:\n{err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0  # KeyboardInterrupt propagates after cleanup
+    assert proc.returncode != 0, err  # KeyboardInterrupt propagates after cleanup
     deadline = time.monotonic() + 15
     while C.shm_entries(ns) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -136,17 +135,8 @@ class AgentPolicy:
         set_goal = getattr(self.agent, "set_goal", None)
         if set_goal is None:
             return
-        from worldflux.training.evaluate import goal_layer
+        from worldflux.training.evaluate import goal_observations
 
-        goals = []
-        for i, env in enumerate(envs):
-            layer = goal_layer(env)
-            if layer is None:
-                raise ConfigError(
-                    f"env: {type(self.agent).__name__} plans toward a goal, but collector env "
-                    f"{i} ({type(env).__name__}) has no goal_observation(); use a goal env "
-                    f"(e.g. worldflux/TwoRoom-v0)"
-                )
-            goals.append(np.asarray(layer.goal_observation()))
+        goals = goal_observations(envs)  # ConfigError naming a collector env without a goal
         with torch.no_grad():
-            set_goal(torch.from_numpy(np.stack(goals)))
+            set_goal(torch.from_numpy(goals))

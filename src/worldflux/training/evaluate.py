@@ -108,6 +108,21 @@ def goal_layer(env: Any) -> Any:
     return layer if hasattr(layer, "goal_observation") else None
 
 
+def goal_observations(envs: list[Any]) -> np.ndarray:
+    """The goal observation of every env, stacked (N, *obs_shape); `ConfigError` naming the
+    first env without ``goal_observation()``."""
+    goals = []
+    for i, env in enumerate(envs):
+        layer = goal_layer(env)
+        if layer is None:
+            raise ConfigError(
+                f"env: env {i} ({type(env).__name__}) has no goal_observation(), but the agent "
+                "plans toward a goal; use a goal env (e.g. worldflux/TwoRoom-v0)"
+            )
+        goals.append(np.asarray(layer.goal_observation()))
+    return np.stack(goals)
+
+
 def _set_goal(agent: Agent, env: Any, device: torch.device) -> None:
     """Goal-conditioned agents (JEPA) get the env's goal observation after each reset."""
     set_goal = getattr(agent, "set_goal", None)

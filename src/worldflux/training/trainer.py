@@ -31,7 +31,7 @@ from worldflux.training.checkpoint import (
     restore_rng,
 )
 from worldflux.training.config import TrainerConfig, setup_runtime
-from worldflux.training.evaluate import evaluate, goal_layer
+from worldflux.training.evaluate import evaluate, goal_layer, goal_observations
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.runner import EnvFn, EnvRunner, random_actions
 from worldflux.training.signals import DeferredSigint
@@ -260,12 +260,8 @@ class Trainer:
 
     def _set_goals(self) -> None:
         """Give a goal-conditioned agent the current goal observation of every training env."""
-        goals = []
-        for env in self.runner.envs:
-            layer = goal_layer(env)
-            assert layer is not None  # checked in __init__
-            goals.append(np.asarray(layer.goal_observation()))
-        self.agent.set_goal(torch.from_numpy(np.stack(goals)).to(self.device))  # type: ignore[attr-defined]
+        goals = torch.from_numpy(goal_observations(self.runner.envs))  # checked in __init__
+        self.agent.set_goal(goals.to(self.device))  # type: ignore[attr-defined]
         self.goals_stale = False
 
     def _store_rows(self) -> None:

@@ -7,7 +7,10 @@ Each seed is a normal run directory under ``benchmarks/results/logs/<name>/seed<
 checkpoints; git-ignored). The curve JSON ``benchmarks/results/learn_<name>.json`` holds the
 settings and, per seed, the evaluation points (env step, mean return over the eval episodes).
 ``--collect`` rebuilds the JSON from whatever the run directories hold (partial runs included),
-and ``--seed`` runs a single seed (to start seeds as separate background processes).
+and ``--seeds K`` runs a single seed (to start seeds as separate background processes). A seed
+whose run directory already has checkpoints is resumed from the latest one (its saved settings;
+``--set`` is ignored) and trained up to ``--steps``: that finishes an interrupted run or extends a
+finished one to a larger budget, with the same result as one uninterrupted run (exact resume).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def train_seed(
 
     run_dir = RESULTS / "logs" / run_name(model, env, tag) / f"seed{seed}"
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        trainer = resume_trainer(run_dir, progress=False)  # continue an interrupted run
+        # continue an interrupted run, or extend a finished one to the new budget
+        trainer = resume_trainer(run_dir, progress=False, steps=steps)
     else:
         items = [*overrides, f"steps={steps}", f"seed={seed}", "progress=false"]
         trainer = build_trainer(parse_overrides(model, env, items), run_dir)

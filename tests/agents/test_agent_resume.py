@@ -37,6 +37,28 @@ def test_resume_is_exact_for_real_agents(model: str, tmp_path: Path) -> None:
     assert all((x["obs"] == y["obs"]).all() for x, y in zip(ra, rb, strict=True))
 
 
+def test_extending_a_finished_run_equals_one_longer_run(tmp_path: Path) -> None:
+    """A run that finished its budget, resumed with a larger ``steps`` (what
+    ``benchmarks/learn.py`` does for an existing run dir), ends where one longer run ends."""
+    items = ["agent.batch_size=4", "agent.seq_len=8", "seed_steps=30", "num_envs=2",
+             "updates_per_step=0.25", "eval_every=0", "checkpoint_every=0", "progress=false",
+             "tensorboard=false", "replay_capacity=1000"]  # fmt: skip
+    full = build_trainer(parse_overrides("dreamerv3:debug", "Pendulum-v1", [*items, "steps=80"]),
+                         tmp_path / "full")  # fmt: skip
+    full.train()
+    short = build_trainer(parse_overrides("dreamerv3:debug", "Pendulum-v1", [*items, "steps=50"]),
+                          tmp_path / "short")  # fmt: skip
+    short.train()
+    assert short.step == 50
+    del short
+    longer = resume_trainer(tmp_path / "short", steps=80)
+    longer.train()
+    assert (longer.step, longer.updates) == (full.step, full.updates)
+    a, b = full.agent.state_dict(), longer.agent.state_dict()
+    for k, v in a["modules"]["model"].items():
+        assert torch.equal(v, b["modules"]["model"][k]), k
+
+
 def test_dreamer_nonfinite_update_is_skipped() -> None:
     from bandit import make_match_env
 

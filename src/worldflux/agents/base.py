@@ -107,7 +107,8 @@ class Agent(ABC):
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
-        """Actions (N, A) for a batch of observations, and the new acting state."""
+        """Actions (N, A) for a batch of observations, and the new acting state. Acting never
+        records an autograd graph: the action and the State tensors do not require grad."""
 
     @abstractmethod
     def learn(self, batch: Batch) -> Metrics:

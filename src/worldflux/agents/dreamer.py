@@ -54,6 +54,7 @@ class DreamerAgent(Agent):
         self.opt = model.make_optimizers()
         self.guard = NonFiniteGuard([self.opt.wm, self.opt.actor, self.opt.critic])
 
+    @torch.no_grad()
     def act(
         self,
         obs: dict[str, Tensor],

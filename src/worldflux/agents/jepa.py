@@ -68,6 +68,7 @@ class JEPAAgent(Agent):
         self.goal_rep = self.model.embed(goal_obs)
         self.planner.reset()
 
+    @torch.no_grad()
     def act(
         self,
         obs: dict[str, Tensor],

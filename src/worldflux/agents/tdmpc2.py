@@ -52,6 +52,7 @@ class TDMPC2Agent(Agent):
         self.planner = MPPI.from_config(model.config)
         self.optim, self.pi_optim = make_optimizers(model)
 
+    @torch.no_grad()
     def act(
         self,
         obs: dict[str, Tensor],

@@ -9,19 +9,26 @@ import pytest
 import torch
 
 from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
+from worldflux.training.trainer import Trainer
 
 CASES = {
     "tdmpc2:debug": ["agent.batch_size=8"],  # MPPI acting with warm starts
     "dreamerv3:debug": ["agent.batch_size=4", "agent.seq_len=8"],
 }
+LOOP = ["seed_steps=30", "num_envs=2", "updates_per_step=0.25", "eval_every=0",
+        "checkpoint_every=0", "progress=false", "tensorboard=false",
+        "replay_capacity=1000"]  # fmt: skip
+
+
+def assert_same_model_weights(a: Trainer, b: Trainer) -> None:
+    wa, wb = a.agent.state_dict()["modules"]["model"], b.agent.state_dict()["modules"]["model"]
+    for k, v in wa.items():
+        assert torch.equal(v, wb[k]), k
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
 def test_resume_is_exact_for_real_agents(model: str, tmp_path: Path) -> None:
-    items = [*CASES[model], "steps=80", "seed_steps=30", "num_envs=2", "updates_per_step=0.25",
-             "eval_every=0", "checkpoint_every=0", "progress=false", "tensorboard=false",
-             "replay_capacity=1000"]  # fmt: skip
-    spec = parse_overrides(model, "Pendulum-v1", items)
+    spec = parse_overrides(model, "Pendulum-v1", [*CASES[model], *LOOP, "steps=80"])
     full = build_trainer(spec, tmp_path / "full")
     full.train()
     half = build_trainer(spec, tmp_path / "split")
@@ -30,9 +37,7 @@ def test_resume_is_exact_for_real_agents(model: str, tmp_path: Path) -> None:
     resumed = resume_trainer(tmp_path / "split")
     resumed.train()
     assert resumed.updates == full.updates > 0
-    a, b = full.agent.state_dict(), resumed.agent.state_dict()
-    for k, v in a["modules"]["model"].items():
-        assert torch.equal(v, b["modules"]["model"][k]), k
+    assert_same_model_weights(full, resumed)
     ra, rb = full.runner.obs, resumed.runner.obs
     assert all((x["obs"] == y["obs"]).all() for x, y in zip(ra, rb, strict=True))
 
@@ -40,9 +45,7 @@ def test_resume_is_exact_for_real_agents(model: str, tmp_path: Path) -> None:
 def test_extending_a_finished_run_equals_one_longer_run(tmp_path: Path) -> None:
     """A run that finished its budget, resumed with a larger ``steps`` (what
     ``benchmarks/learn.py`` does for an existing run dir), ends where one longer run ends."""
-    items = ["agent.batch_size=4", "agent.seq_len=8", "seed_steps=30", "num_envs=2",
-             "updates_per_step=0.25", "eval_every=0", "checkpoint_every=0", "progress=false",
-             "tensorboard=false", "replay_capacity=1000"]  # fmt: skip
+    items = [*CASES["dreamerv3:debug"], *LOOP]
     full = build_trainer(parse_overrides("dreamerv3:debug", "Pendulum-v1", [*items, "steps=80"]),
                          tmp_path / "full")  # fmt: skip
     full.train()
@@ -54,9 +57,7 @@ def test_extending_a_finished_run_equals_one_longer_run(tmp_path: Path) -> None:
     longer = resume_trainer(tmp_path / "short", steps=80)
     longer.train()
     assert (longer.step, longer.updates) == (full.step, full.updates)
-    a, b = full.agent.state_dict(), longer.agent.state_dict()
-    for k, v in a["modules"]["model"].items():
-        assert torch.equal(v, b["modules"]["model"][k]), k
+    assert_same_model_weights(full, longer)
 
 
 def test_dreamer_nonfinite_update_is_skipped() -> None:

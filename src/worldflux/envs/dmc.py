@@ -202,7 +202,9 @@ class DMCEnv(Env):
     def render(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """Offscreen RGB render (H, W, 3) uint8 from `camera` (default: 240x320)."""
         h, w = size if size is not None else (240, 320)
-        return np.asarray(self.env.physics.render(h, w, camera_id=self.camera), np.uint8)
+        # MuJoCo's frame is a vertically flipped view (negative stride); torch cannot wrap that.
+        frame = self.env.physics.render(h, w, camera_id=self.camera)
+        return np.ascontiguousarray(frame, dtype=np.uint8)
 
     def close(self) -> None:
         self.env.close()

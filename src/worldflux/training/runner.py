@@ -26,7 +26,8 @@ def obs_to_numpy(obs: Any, spec: ObsSpec) -> dict[str, np.ndarray]:
     out = {}
     for key, field in spec.fields.items():
         dtype = np.uint8 if field.is_image else np.float32
-        out[key] = np.asarray(raw[key], dtype=dtype)
+        # contiguous: envs may hand out flipped or strided views that torch cannot wrap
+        out[key] = np.ascontiguousarray(raw[key], dtype=dtype)
     return out
 
 

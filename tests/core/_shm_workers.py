@@ -1,12 +1,13 @@
-"""Module-level workers for the multi-process tests of test_shm.py (importable under 'spawn').
-
-Only JSON descriptors cross the process boundary; results come back as plain values.
+"""Helpers of the shared-memory tests, and module-level workers for the multi-process ones
+(importable under 'spawn'). Only JSON descriptors cross the process boundary; results come back
+as plain values.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import pickle
 import sys
 
@@ -14,6 +15,19 @@ import torch
 
 from worldflux.core import shm
 from worldflux.core.state import State
+
+
+def make() -> State:
+    return State({"deter": torch.randn(4, 16), "stoch": torch.randn(4, 2, 2)}, {"step": 1})
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def own_segments() -> list[str]:
+    """Segments this process created, in any namespace (other jobs share /dev/shm)."""
+    return sorted(e for e in os.listdir("/dev/shm") if f"_{os.getpid()}_" in e)
 
 
 def serve(conn) -> None:

@@ -47,9 +47,13 @@ def seeds() -> list[bytes]:
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
     """One random corruption: bit flips, byte writes, truncation, extension, a splice, header
-    edits, or a shape with a zero dim hiding huge ones (prod(dims) is 0 whatever they are)."""
+    edits, or a shape with a zero dim hiding huge ones (prod(dims) is 0 whatever they are).
+
+    Any bytes are accepted, the output of earlier mutations included (empty, a few bytes, a
+    length field of 2**64 - 1): only the parser under test may raise, never the mutator.
+    """
     buf = bytearray(data)
-    kind = rng.randrange(8)
+    kind = rng.randrange(8) if len(buf) > 8 else rng.choice((3, 4, 5))  # room for edits
     if kind == 0:
         for _ in range(rng.randint(1, 3)):
             i = rng.randrange(len(buf))
@@ -63,11 +67,11 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
         buf += bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
     elif kind == 4:
         other = rng.choice(pool)
-        cut = rng.randrange(min(len(buf), len(other)))
+        cut = rng.randrange(min(len(buf), len(other)) + 1)
         buf = buf[:cut] + bytearray(other[cut:])
     elif kind == 5:  # rewrite the header length
         buf[:8] = struct.pack(
-            "<Q", rng.choice([0, 1, 2, len(buf), 2**63, 2**64 - 1, rng.randrange(len(buf))])
+            "<Q", rng.choice([0, 1, 2, len(buf), 2**63, 2**64 - 1, rng.randrange(len(buf) + 1)])
         )
     elif kind == 6:  # insert or delete a run inside the header
         i = rng.randrange(8, len(buf))
@@ -84,7 +88,8 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
             new = b'"shape":' + json.dumps(dims[rng.randrange(2) :]).replace(" ", "").encode()
             b, e = rng.choice(shapes).span()
             buf[8 + b : 8 + e] = new
-            buf[:8] = struct.pack("<Q", hlen + len(new) - (e - b))
+            # (an earlier mutation may have left hlen near 2**64: the field wraps, as in C)
+            buf[:8] = struct.pack("<Q", (hlen + len(new) - (e - b)) % 2**64)
     return bytes(buf)
 
 
@@ -100,6 +105,20 @@ def test_mutation_fuzz_only_state_error_escapes() -> None:
         except StateError:
             outcomes["error"] += 1
     assert outcomes["error"] > FUZZ_CASES // 2  # the fuzzer really produces bad payloads
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 7])
+def test_the_mutator_never_crashes_on_its_own_output(seed: int) -> None:
+    """Chains of mutations (as benchmarks/fuzz_state.py stacks them), from any bytes."""
+    rng = random.Random(seed)
+    pool = seeds()
+    for start in (b"", b"\x00", bytes(8), b"\xff" * 8 + b"{}", rng.choice(pool)):
+        data = start
+        for _ in range(400):
+            data = mutate(rng, data, pool)
+            if len(data) > 4096:  # (extensions add up; keep the chain cheap)
+                data = data[:4096]
+        assert isinstance(data, bytes)
 
 
 def test_checksummed_payloads_never_load_corrupted() -> None:
@@ -208,6 +227,7 @@ def test_zero_dim_mutations_only_state_error_escapes() -> None:
 
 def worldflux_md(**overrides: str) -> dict:
     md = {"format": "worldflux.state", "version": "v1", "integrity": "none", "meta": "{}"}
+    md |= {"requires_grad": "[]", "device": "cpu"}
     md.update(overrides)
     return {k: v for k, v in md.items() if v != "<drop>"}
 
@@ -229,6 +249,12 @@ def worldflux_md(**overrides: str) -> dict:
         (worldflux_md(requires_grad='["nope"]'), "floating tensors"),
         (worldflux_md(requires_grad='"x"'), "floating tensors"),
         ({"checksum": "xxh3_64:" + "0" * 16}, "mismatch"),
+        (worldflux_md(format="worldflux.stapt"), "carries worldflux fields"),
+        (worldflux_md(format="<drop>"), "carries worldflux fields"),
+        ({"format": "pt", "meta": "{}"}, "carries worldflux fields"),
+        (worldflux_md(meta="<drop>", mdta="{}"), "exactly the keys"),
+        (worldflux_md(requires_grad="<drop>"), "exactly the keys"),
+        (worldflux_md(extra="1"), "exactly the keys"),
         ({"checksum": "sha1:00"}, "malformed checksum"),
     ],
 )

@@ -74,6 +74,7 @@ def test_tdmpc2_and_jepa_tensors(obs: torch.Tensor) -> None:
     state = model_for("tdmpc2").encode(obs)
     latent = state.tensors["latent"]
     assert latent.shape[0] == 32
+    assert state["latent"] is latent  # the README's "State with key latent"
     state = model_for("jepa").encode(obs)
     rep = state.tensors["rep"]
     assert rep.shape[0] == 32
@@ -173,5 +174,5 @@ def test_user_guide_examples_run() -> None:
         for block in blocks:
             exec(compile(block, str(guide), "exec"), namespace)  # noqa: S102 - our own docs
     finally:
-        cleanup_namespace("my-state", include_live=True)
+        cleanup_namespace("my_state", include_live=True)
     assert namespace["restored"].equal(namespace["state"])

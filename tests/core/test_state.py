@@ -122,6 +122,21 @@ def test_indexing_slices_masks_lists() -> None:
         s[torch.tensor([True, False])]
 
 
+def test_a_string_key_returns_its_tensor() -> None:
+    s = make(6)
+    assert s["deter"] is s.tensors["deter"]  # as in a dict or TensorDict
+    assert State({"latent": torch.zeros(2, 4)})["latent"].shape == (2, 4)
+    assert State({"x": torch.tensor(1.0), "y": torch.zeros(3)})["x"].dim() == 0  # no validate()
+    assert isinstance(s[1:3], State) and isinstance(s[torch.tensor([0, 2])], State)
+    assert isinstance(s[np.array([True, False] * 3)], State)
+    with pytest.raises(KeyError, match=r"State\['latent'\]: no tensor .*\['deter', 'stoch'\]"):
+        s["latent"]
+    with pytest.raises(KeyError, match=r"keys: \[\]"):
+        State()["x"]
+    with pytest.raises(StateShapeError, match="int index would drop"):
+        s[0]
+
+
 def test_stack_and_cat() -> None:
     a, b = make(2), make(2)
     st = State.stack([a, b])

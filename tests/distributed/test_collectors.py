@@ -343,8 +343,10 @@ def test_config_errors_name_the_field() -> None:
         CollectorConfig(num_collectors=0)
     with pytest.raises(ConfigError, match="start_method"):
         CollectorConfig(start_method="threads")
-    with pytest.raises(ConfigError, match="namespace"):
-        CollectorConfig(namespace="bad_name")
+    for bad in ("bad/name", "bad name", "_leading", "x" * 41):
+        with pytest.raises(ConfigError, match="namespace"):
+            CollectorConfig(namespace=bad)
+    assert CollectorConfig(namespace="my_state.v2").namespace == "my_state.v2"  # as State's rule
     with pytest.raises(ConfigError, match="weight_slots"):
         CollectorConfig(weight_slots=1)
 

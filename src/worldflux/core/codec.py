@@ -14,25 +14,24 @@ header (with the checksum digits zeroed) followed by the data.
 
 Tensors are written as their values: a conjugate or negative view (`c.conj()`,
 `c.conj().imag`) is resolved while it is copied, never copied as raw memory.
+The header and the place of each tensor are planned in `codec_plan`; parsing is hardened
+in `payload` / `codec_header`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-import operator
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from worldflux.core import checksum as _checksum
-from worldflux.core import codec_header as _header
 from worldflux.core.codec_header import Entry, Layout
-from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
-from worldflux.core.payload import parse_header, remember
+from worldflux.core.codec_plan import FORMAT, VERSION, Plan, Run, plan
+from worldflux.core.exceptions import StateError, StateFormatError
+from worldflux.core.payload import parse_header
 
 __all__ = [
     "FORMAT",
@@ -49,9 +48,6 @@ __all__ = [
     "tensors_from_layout",
 ]
 
-FORMAT = "worldflux.state"
-VERSION = "v1"
-
 _PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
 _PyBytes_FromStringAndSize.restype = ctypes.py_object
 _PyBytes_FromStringAndSize.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
@@ -60,193 +56,7 @@ _PyBytes_AsString.restype = ctypes.c_void_p
 _PyBytes_AsString.argtypes = [ctypes.py_object]
 _memmove = ctypes.memmove
 
-
-_Run = tuple[tuple[tuple[int, int, int], ...], int, int, torch.dtype, tuple[int, ...]]
-# ((tensor index, begin, nbytes) per tensor, begin, nbytes, dtype, shape of the run);
-# offsets are relative to the data region
 _CAT_MIN = 12  # runs this long are copied by one torch.cat instead of a memmove per tensor
-
-
-@dataclass(frozen=True)
-class _Template:
-    """What a State's structure (keys, dtypes, shapes, grads, device) fixes; cached.
-
-    The header JSON is `prefix + <meta as a JSON string> + suffix`, so a meta that changes
-    from call to call (a step counter) does not defeat the cache.
-    """
-
-    prefix: bytes  # header JSON up to `"meta":`; the checksum digits (zeroed) are in here
-    suffix: bytes  # header JSON after the meta string
-    groups: tuple[_Run, ...]
-    data_len: int
-    checksum_pos: int  # offset of the checksum digits in the header JSON, -1 when off
-    algo: str  # "none", "xxh3_64" or "crc32"
-    on_cpu: bool
-    headers: dict[str, bytes] = field(default_factory=dict, compare=False)  # meta -> header
-
-    def header(self, meta_text: str) -> bytes:
-        """8-byte length + JSON padded so the data starts 8-aligned (last few memoized)."""
-        header = self.headers.get(meta_text)
-        if header is None:
-            raw = self.prefix + json.dumps(meta_text).encode() + self.suffix
-            raw += b" " * (-(8 + len(raw)) % 8)
-            header = len(raw).to_bytes(8, "little") + raw
-            if len(self.headers) >= 4:
-                self.headers.clear()
-            self.headers[meta_text] = header
-        return header
-
-
-class Plan(NamedTuple):  # a NamedTuple: built on every serialize, and cheap to build
-    """A template, the header for this call's meta and the tensors: what `_write` needs."""
-
-    template: _Template
-    header: bytes  # 8-byte length + padded JSON, checksum digits zeroed
-    values: list[Tensor]  # the State's tensors, in key order
-
-    @property
-    def total(self) -> int:
-        return len(self.header) + self.template.data_len
-
-
-def _source_device(tensors: dict[str, Tensor]) -> str:
-    """The one device every tensor lives on ("cpu" for an empty State)."""
-    device: torch.device | None = None
-    for key, t in tensors.items():
-        if not isinstance(key, str):
-            raise StateError(f"State.serialize: tensor keys must be str, got {key!r}")
-        if not isinstance(t, Tensor):
-            raise StateError(
-                f"State.serialize: tensors[{key!r}] must be a Tensor, got {type(t).__name__}"
-            )
-        if device is None:
-            device = t.device
-        elif t.device != device:
-            raise StateDeviceError(
-                f"State.serialize: tensors[{key!r}] is on {t.device}, expected {device} "
-                "(all tensors of a State share one device)"
-            )
-        if t.is_nested or t.layout != torch.strided or t.is_meta:
-            kind = "nested" if t.is_nested else "meta" if t.is_meta else str(t.layout)
-            raise StateError(
-                f"State.serialize: tensors[{key!r}] must be a dense (strided) tensor with "
-                f"data, got a {kind} tensor"
-            )
-    return "cpu" if device is None else str(device)
-
-
-def _meta_text(meta: Any) -> str:
-    """`meta` as JSON text; refuse what JSON would silently change (tuples, int keys, NaN)."""
-    if not isinstance(meta, dict):
-        raise StateError(f"State.serialize: meta must be a dict, got {type(meta).__name__}")
-    if not meta:
-        return "{}"
-    try:
-        text = json.dumps(meta, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as err:
-        raise StateError(f"State.serialize: meta is not JSON-serializable: {err}") from None
-    if text.count("[") + text.count("{") > _header.MAX_META_DEPTH:
-        _header.check_depth(text, _header.MAX_META_DEPTH, "State.serialize: meta")
-    if json.loads(text) != meta:
-        raise StateError(
-            "State.serialize: meta does not survive a JSON round trip unchanged "
-            "(tuples, non-str dict keys?); use lists and str keys"
-        )
-    return text
-
-
-_structure = operator.attrgetter("dtype", "shape", "requires_grad", "device")
-_templates: dict[Any, _Template] = {}
-_TEMPLATES = 64  # structures remembered
-
-
-def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | str = False) -> Plan:
-    """Lay out a State: header bytes, tensor positions and total size. Nothing is copied."""
-    if not isinstance(tensors, dict):
-        raise StateError(f"State.serialize: tensors must be a dict, got {type(tensors).__name__}")
-    try:  # the structure, read at C speed: keys, then (dtype, shape, grad, device) per tensor
-        sig: Any = (tuple(tensors), tuple(map(_structure, tensors.values())))
-    except (AttributeError, RuntimeError):  # not a Tensor, or nested: _build_template says
-        sig = None
-    meta_text = _meta_text(meta)
-    key = (sig, _checksum.resolve_algo(checksum))
-    template = _templates.get(key) if sig is not None else None
-    if template is None:
-        template = _build_template(tensors, key[1])
-        remember(_templates, key, template, _TEMPLATES)
-    return Plan(template, template.header(meta_text), list(tensors.values()))
-
-
-def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:
-    """Larger items first (alignment without holes), then runs that one `torch.cat` can fill."""
-
-    def rank(i: int) -> tuple[Any, ...]:
-        t = rows[i][1]
-        return (-t.element_size(), rows[i][2], t.dim() == 0, tuple(t.shape[1:]), i)
-
-    return sorted(range(len(rows)), key=rank)
-
-
-def _groups(rows: list[tuple[str, Tensor, str]], order: list[int]) -> tuple:
-    """Runs of the data order sharing dtype and trailing shape, with each tensor's place."""
-    groups: list[_Run] = []
-    pos = 0
-    for i in order:
-        t = rows[i][1]
-        nbytes = t.numel() * t.element_size()
-        item = (i, pos, nbytes)
-        pos += nbytes
-        if groups and t.dim() > 0:
-            items, b, n, dtype, shape = groups[-1]
-            if dtype == t.dtype and shape and shape[1:] == tuple(t.shape[1:]):
-                groups[-1] = (
-                    items + (item,),
-                    b,
-                    n + nbytes,
-                    dtype,
-                    (shape[0] + t.shape[0], *shape[1:]),
-                )
-                continue
-        groups.append(((item,), item[1], nbytes, t.dtype, tuple(t.shape)))
-    return tuple(groups)
-
-
-def _build_template(tensors: dict[str, Tensor], algo: str) -> _Template:
-    device = _source_device(tensors)
-    md: dict[str, str] = {"format": FORMAT, "version": VERSION, "integrity": algo}
-    if algo != "none":
-        md["checksum"] = _checksum.placeholder(algo)
-    md["requires_grad"] = json.dumps([k for k, t in tensors.items() if t.requires_grad])
-    md["device"] = device
-    md["meta"] = ""  # last: the template is split around its value
-    names = _header.DTYPE_NAMES
-    rows = []
-    for key, t in tensors.items():
-        name = names.get(t.dtype)
-        if name is None:
-            raise StateError(
-                f"State.serialize: tensors[{key!r}] has dtype {t.dtype}, expected one of "
-                f"{sorted(str(d) for d in names)}"
-            )
-        if key == "__metadata__":
-            raise StateError("State.serialize: '__metadata__' is reserved, not a tensor key")
-        rows.append((key, t, name))
-    order = _data_order(rows)
-    spans: list[list[int]] = [[0, 0]] * len(rows)
-    pos = 0
-    for i in order:
-        nbytes = rows[i][1].numel() * rows[i][1].element_size()
-        spans[i] = [pos, pos + nbytes]
-        pos += nbytes
-    header: dict[str, Any] = {"__metadata__": md}
-    for (key, t, name), span in zip(rows, spans, strict=True):
-        header[key] = {"dtype": name, "shape": list(t.shape), "data_offsets": span}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    cut = raw.index(b'"meta":""') + len(b'"meta":')  # __metadata__ comes first in the JSON
-    checksum_pos = -1 if algo == "none" else _checksum.find_checksum(raw, md["checksum"])
-    return _Template(
-        raw[:cut], raw[cut + 2 :], _groups(rows, order), pos, checksum_pos, algo, device == "cpu"
-    )
 
 
 class _Memory:
@@ -268,7 +78,7 @@ def _raw_view(addr: int, nbytes: int) -> Tensor:
     return torch.from_numpy(np.asarray(_Memory(addr, nbytes)))
 
 
-def _copy_group(values: list[Tensor], run: _Run, addr: int, on_cpu: bool) -> None:
+def _copy_group(values: list[Tensor], run: Run, addr: int, on_cpu: bool) -> None:
     """Copy one run of tensors to its place: memmove each, or one `torch.cat(out=...)`."""
     items, begin, nbytes, dtype, shape = run
     if nbytes == 0:

@@ -24,6 +24,10 @@ MAX_EXTENT = 2**63  # bound on the product of a shape's dims, zeros counted as 1
 _FAST_BRACKETS = 256  # below this many brackets JSON cannot nest deep enough to matter
 
 FORMAT = "worldflux.state"
+# The __metadata__ keys a worldflux writer always writes ("checksum" too, with integrity on),
+# and those no other writer uses: a foreign-looking header carrying one is a damaged own one.
+_TAGS = frozenset(("format", "version", "integrity", "requires_grad", "device", "meta"))
+_OWN_TAGS = frozenset(("integrity", "requires_grad", "meta"))
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
 
 _DTYPE_CANDIDATES = {
@@ -295,8 +299,26 @@ def _tags(md: dict[str, str], raw: bytes) -> tuple[str, str, int]:
         if ours and md.get("integrity") != algo:
             raise StateFormatError("payload: checksum algorithm disagrees with integrity tag")
         pos = find_checksum(raw, value)
+    _check_tag_set(md, ours, algo)
     meta_text = md.get("meta", "{}") if ours else "{}"
     return algo, meta_text, pos
+
+
+def _check_tag_set(md: dict[str, str], ours: bool, algo: str) -> None:
+    """Refuse a damaged tag set: one flipped bit in the `format` tag, or in a key such as
+    `meta`, would otherwise load the payload as a foreign file and drop `meta` and grads."""
+    if ours:
+        expected = _TAGS | {"checksum"} if algo != "none" else _TAGS
+        if md.keys() != expected:
+            raise StateFormatError(
+                f"payload: a worldflux header's __metadata__ must hold exactly the keys "
+                f"{sorted(expected)}, got {sorted(md)!r:.200} (damaged?)"
+            )
+    elif not _OWN_TAGS.isdisjoint(md):
+        raise StateFormatError(
+            f"payload: __metadata__ carries worldflux fields {sorted(_OWN_TAGS & md.keys())} "
+            f"but its format tag is {md.get('format')!r:.50}, expected {FORMAT!r} (damaged?)"
+        )
 
 
 def build_layout(raw: bytes, total: int) -> Layout:

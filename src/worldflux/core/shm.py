@@ -41,21 +41,21 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 SHM_DIR = "/dev/shm"
 DESCRIPTOR_FORMAT = "worldflux.shm"
-_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
-_NAME = re.compile(
-    r"/worldflux_([A-Za-z0-9][A-Za-z0-9.-]{0,63})_([0-9]{1,10})_[0-9]{1,20}_[0-9a-f]{8}"
-)
+# A namespace is 1-64 ASCII letters, digits, '_', '-' or '.'. The name's last three fields
+# hold no '_', so a name splits from the right whatever '_'s the namespace holds.
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NAME = re.compile(r"/worldflux_([A-Za-z0-9_.-]{1,64})_([0-9]{1,10})_[0-9]{1,20}_[0-9a-f]{8}")
 _KEYS = frozenset(("format", "name", "size", "capacity", "header_len", "generation"))
 _GEN = 8  # bytes of the generation counter in front of the payload
 _counter = count()
 
 
 def check_namespace(namespace: Any) -> str:
-    """A namespace is 1-64 chars of [A-Za-z0-9.-] (no '_', which separates name fields)."""
+    """A namespace is 1-64 ASCII letters, digits, '_', '-' or '.' (it becomes part of a file
+    name in /dev/shm: no '/', no spaces, nothing a shell or another OS would mangle)."""
     if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
         raise SharedMemoryError(
-            f"namespace must be 1-64 characters of [A-Za-z0-9.-] starting alphanumeric, "
-            f"got {namespace!r}"
+            f"namespace must be 1-64 ASCII letters, digits, '_', '-' or '.', got {namespace!r:.100}"
         )
     return namespace
 
@@ -337,12 +337,17 @@ def attach(
 def list_segments(namespace: str) -> list[str]:
     """Names of the existing segments of `namespace` (Linux: read from /dev/shm)."""
     check_namespace(namespace)
-    prefix = f"worldflux_{namespace}_"
     try:
         entries = os.listdir(SHM_DIR)
     except FileNotFoundError:  # pragma: no cover - no /dev/shm (macOS)
         raise SharedMemoryError(f"cannot list segments: {SHM_DIR} does not exist") from None
-    return sorted("/" + e for e in entries if e.startswith(prefix) and _NAME.fullmatch("/" + e))
+    # Matched by the parsed namespace, not a prefix: "a" must not list the segments of "a_b".
+    return sorted("/" + e for e in entries if _namespace_of("/" + e) == namespace)
+
+
+def _namespace_of(name: str) -> str | None:
+    match = _NAME.fullmatch(name)
+    return None if match is None else match.group(1)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,14 +10,13 @@ import copy
 import numbers
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 from worldflux.core import codec, shm
 from worldflux.core.exceptions import (
-    SharedMemoryError,
     StateDeviceError,
     StateError,
     StateShapeError,
@@ -166,14 +165,29 @@ class State:
                 )
         return self
 
-    def __getitem__(self, index: Any) -> State:
-        """Select along the batch dimension: `state[2:5]`, `state[mask]`, `state[[0, 3]]`.
+    @overload
+    def __getitem__(self, index: str) -> Tensor: ...
 
-        Every result keeps the batch dimension, so `StateShapeError` refuses an int (or any
-        0-d index: numpy ints, 0-d tensors, bools) and None. A tuple is refused too, even a
+    @overload
+    def __getitem__(self, index: Any) -> State: ...
+
+    def __getitem__(self, index: Any) -> Tensor | State:
+        """`state["latent"]`: the tensor under a key (missing: `KeyError`, as in a dict or a
+        TensorDict). Any other index selects along the batch dimension: `state[2:5]`,
+        `state[mask]`, `state[[0, 3]]`.
+
+        Every batch selection keeps the batch dimension, so `StateShapeError` refuses an int (or
+        any 0-d index: numpy ints, 0-d tensors, bools) and None. A tuple is refused too, even a
         1-tuple such as `state[mask,]`: a State indexes the batch dimension only, and the
         tensors' other dimensions differ from key to key; write `state[x]`, not `state[(x,)]`.
         """
+        if isinstance(index, str):
+            try:
+                return self.tensors[index]
+            except KeyError:
+                raise KeyError(
+                    f"State[{index!r:.100}]: no tensor under this key; keys: {list(self.tensors)}"
+                ) from None
         _check_index(index)
         self.validate()
         out = {}
@@ -233,7 +247,11 @@ class State:
     # -- shared memory -------------------------------------------------------------------------
 
     def to_shared_memory(self, namespace: str = "default", *, checksum: bool | str = False) -> dict:
-        """Write the State into one new POSIX segment; returns a JSON-able descriptor."""
+        """Write the State into one new POSIX segment; returns a JSON-able descriptor.
+
+        `namespace`: 1-64 ASCII letters, digits, '_', '-' or '.' (e.g. "my_state"); the segment
+        is named /worldflux_<namespace>_<pid>_<n>_<nonce>.
+        """
         descriptor = shm.publish(self.tensors, self.meta, namespace, checksum)
         if self._published is None:
             self._published = []
@@ -257,12 +275,10 @@ class State:
 
         A State published several times removes every segment it published.
         Views already handed out stay valid: the mapping lives until the last one is freed.
+        Like closing a closed file, closing again, or closing a State that was never shared,
+        does nothing (so `finally:` blocks can close unconditionally).
         """
         handle, names = self._attachment, self._published or []
-        if handle is None and not names:
-            raise SharedMemoryError(
-                "State.close_shared_memory: this State was neither published nor attached"
-            )
         if handle is not None:
             handle.close(unlink=unlink)
         if unlink:

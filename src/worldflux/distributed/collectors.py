@@ -41,7 +41,7 @@ from worldflux.distributed.weights import WeightBroadcaster
 from worldflux.distributed.worker import CollectorPolicy, WorkerSpec, collector_main
 from worldflux.envs.base import Env
 
-_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,39}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 
 
 class CollectorError(WorldFluxError, RuntimeError):
@@ -84,7 +84,7 @@ class CollectorConfig:
             )
         if self.namespace and not _NAMESPACE.fullmatch(self.namespace):
             raise ConfigError(
-                f"namespace: expected 1-40 characters of [A-Za-z0-9.-] starting alphanumeric "
+                f"namespace: expected 1-40 characters of [A-Za-z0-9._-] starting alphanumeric "
                 f"(suffixes are appended), got {self.namespace!r}"
             )
 

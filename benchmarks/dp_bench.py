@@ -22,7 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COMMON = ["seed_steps=200", "eval_every=0", "checkpoint_every=0", "progress=false",
+COMMON = ["seed_steps=200", "eval_every=0", "checkpoint_every=1000000000", "progress=false",
           "tensorboard=false", "save_replay=false"]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ def train_seed(
         # continue an interrupted run, or extend a finished one to the new budget
         trainer = resume_trainer(run_dir, progress=False, steps=steps)
     else:
+        if run_dir.is_dir():  # stopped before its first checkpoint: nothing to continue from
+            print(f"seed {seed}: {run_dir} has no checkpoint; starting it again", flush=True)
+            shutil.rmtree(run_dir)
         items = [*overrides, f"steps={steps}", f"seed={seed}", "progress=false"]
         trainer = build_trainer(parse_overrides(model, env, items), run_dir)
     start = time.time()

@@ -42,7 +42,7 @@ def measure(model: str, env: str, overrides: list[str], steps: int, seed_steps: 
     from worldflux.training.run import build_trainer, parse_overrides
 
     items = [*overrides, f"seed_steps={seed_steps}", f"steps={seed_steps + steps}",
-             "eval_every=0", "checkpoint_every=0", "progress=false", "tensorboard=false",
+             "eval_every=0", "checkpoint_every=1000000000", "progress=false", "tensorboard=false",
              "save_replay=false"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(parse_overrides(model, env, items), tmp)

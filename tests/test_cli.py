@@ -25,9 +25,13 @@ def test_help(command: str | None) -> None:
 
 
 def test_models_lists_presets_with_counts() -> None:
-    result = runner.invoke(app, ["models"])
+    result = runner.invoke(app, ["models"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "tdmpc2:debug" in result.output and "dreamerv3:size1m" in result.output
+    # a bare family name builds its default: the listing says which one
+    for default in ("dreamerv3:size12m", "tdmpc2:5m", "jepa:small"):
+        assert f"{default} (default)" in result.output
+    assert result.output.count("(default)") == 3 + 1  # one per family, one in the caption
 
 
 def test_train_eval_resume(tmp_path: Path) -> None:
@@ -46,6 +50,39 @@ def test_train_eval_resume(tmp_path: Path) -> None:
     assert "resumed at env step 60" in result.output
     assert (run / "checkpoints" / "step_0000000080").is_dir()
     assert "env steps:   80" in result.output
+
+
+def test_resume_a_finished_run_says_how_to_extend_it(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "tdmpc2:debug", "--env", "Pendulum-v1", "--run-dir", str(run), "steps=50",
+            "agent.act=policy", "agent.batch_size=8", *FAST]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["resume", str(run)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "is finished (at env step 50 of 50)" in result.output
+    assert f"worldflux resume {run} --steps 100" in result.output
+    assert "resumed at" not in result.output
+    result = runner.invoke(app, ["resume", str(run), "--steps", "50"])
+    assert result.exit_code == 2
+    assert "--steps: expected a new total above the 50 env steps" in result.output
+    assert json.loads((run / "run.json").read_text())["trainer"]["steps"] == 50
+
+
+def test_eval_is_reproducible(tmp_path: Path) -> None:
+    """MPPI acting samples from torch's global RNG: `eval --seed` seeds it too."""
+    run = tmp_path / "run"
+    args = ["train", "tdmpc2:debug", "--env", "Pendulum-v1", "--run-dir", str(run), "steps=50",
+            "agent.batch_size=8", "env.max_episode_steps=30", *FAST]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+
+    def returns(*extra: str) -> str:
+        result = runner.invoke(app, ["eval", str(run), "--episodes", "2", *extra])
+        assert result.exit_code == 0, result.output
+        return result.output.split("returns: ")[1]
+
+    first = returns()
+    assert returns() == first and returns("--seed", "0") == first
+    assert returns("--seed", "1") != first  # other env starts (and planner noise)
 
 
 def _our_shm_segments() -> list[str]:
@@ -76,7 +113,7 @@ def test_train_with_collectors_then_resume_with_them(tmp_path: Path) -> None:
     assert "collectors:  2 (fork)" in result.output, result.output
     assert int(sorted((run / "checkpoints").iterdir())[-1].name.split("_")[-1]) >= 320
     assert _our_shm_segments() == []
-    result = runner.invoke(app, ["resume", str(run), "--collectors", "3"])
+    result = runner.invoke(app, ["resume", str(run), "--collectors", "3", "--steps", "400"])
     assert result.exit_code == 2 and "streams" in result.output
 
 

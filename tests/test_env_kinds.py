@@ -64,7 +64,8 @@ def test_tdmpc2_on_dmc_pixels_evaluates_inside_the_loop(tmp_path: Path) -> None:
     """The reported crash: TD-MPC2 on dm_control pixels died at its first evaluation."""
     _needs("dmc-pixels")
     run = tmp_path / "run"
+    pixels = ["env.image=true", "env.action_repeat=50", "agent.act=policy"]
     out = _ok(["train", "tdmpc2:debug", "--env", "dmc:cartpole-swingup", "--run-dir", str(run),
-               "env.image=true", "env.action_repeat=50", "agent.act=policy", *TINY[:-1]])  # fmt: skip
+               *pixels, *TINY[:-1]])  # fmt: skip
     assert "last eval:" in out
     assert "over 1 episodes" in _ok(["eval", str(run), "--episodes", "1"])

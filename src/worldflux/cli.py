@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from worldflux.core.exceptions import WorldFluxError
+from worldflux.core.exceptions import ConfigError, WorldFluxError
 
 app = typer.Typer(
     help="World models for RL: train, evaluate and inspect DreamerV3, TD-MPC2 and JEPA agents.",
@@ -22,8 +22,10 @@ DEMO_MODEL = "tdmpc2:1m"
 DEMO_ENV = "Pendulum-v1"
 # Policy-prior acting and batch 64 keep the demo to a few minutes on 2 cores; see
 # docs/training.md for the reference settings (MPPI, batch 256, 1 update per step).
+# 5000 steps: evals are still at random level (-1100..-1450) up to 3000, -222 at 4000.
+DEMO_STEPS = 5000
 DEMO_SETTINGS = [
-    "steps=3000", "seed_steps=500", "updates_per_step=0.5", "eval_every=1000",
+    f"steps={DEMO_STEPS}", "seed_steps=500", "updates_per_step=0.5", "eval_every=1000",
     "eval_episodes=3", "checkpoint_every=1000", "log_every=250", "agent.act=policy",
     "agent.batch_size=64", "episode_length=200",
 ]  # fmt: skip
@@ -45,6 +47,61 @@ def _threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def _seed_rngs(seed: int) -> None:
+    """Seed the global RNGs: agents sample from torch's (MPPI noise), so without this two evals
+    of one checkpoint gave different returns."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_imagine_steps(context: int, length: int) -> None:
+    if context < 1:
+        raise ConfigError(f"--context: expected an int >= 1 (real steps to filter), got {context}")
+    if length <= context:
+        raise ConfigError(
+            f"--length: expected more steps than --context={context} (the imagined steps come "
+            f"after them), got {length}"
+        )
+
+
+def _finished(run_dir: Path, steps: int | None) -> bool:
+    """True (having said so) when the run reached its step budget and `steps` does not extend it.
+
+    A `ConfigError` when `steps` is not beyond the latest checkpoint; checked before the run is
+    rebuilt, since resuming rewrites run.json with the new budget.
+    """
+    from worldflux.distributed.trainer import load_run_file
+    from worldflux.training.checkpoint import CheckpointManager
+    from worldflux.training.config import TrainerConfig
+
+    spec, _ = load_run_file(run_dir)
+    latest = CheckpointManager(run_dir).latest()
+    if latest is None:
+        return False  # resuming reports the missing checkpoint
+    done = int(latest.name.removeprefix("step_"))
+    if steps is not None:
+        if steps <= done:
+            raise ConfigError(
+                f"--steps: expected a new total above the {done} env steps {run_dir} has done, "
+                f"got {steps}"
+            )
+        return False
+    total = int(spec.trainer.get("steps", TrainerConfig.steps))
+    if done < total:
+        return False
+    typer.echo(
+        f"{run_dir} is finished (at env step {done} of {total}); to train on, extend it: "
+        f"worldflux resume {run_dir} --steps {2 * total}"
+    )
+    return True
 
 
 def _report(result: dict[str, Any], trainer: Any) -> None:
@@ -71,6 +128,17 @@ def _report(result: dict[str, Any], trainer: Any) -> None:
             f"collectors:  {len(pool['collectors'])} ({trainer.pool.config.start_method}), "
             f"policy version {pool['version']}, restarts {restarts}"
         )
+
+
+def _train(trainer: Any) -> dict[str, Any]:
+    """`trainer.train()`; a stop by SIGTERM (checkpoint saved and reported) exits with 143."""
+    from worldflux.training.signals import Terminated
+
+    try:
+        result: dict[str, Any] = trainer.train()
+    except Terminated:
+        raise typer.Exit(128 + 15) from None
+    return result
 
 
 def _collector_info(run_dir: Path) -> dict[str, Any] | None:
@@ -125,7 +193,7 @@ def train(
             )
         else:
             trainer = build_trainer(spec, out)
-        _report(trainer.train(), trainer)
+        _report(_train(trainer), trainer)
     except WorldFluxError as err:
         _fail(err)
 
@@ -156,6 +224,8 @@ def resume(
     if threads is not None:
         changes["threads"] = threads
     try:
+        if _finished(run_dir, steps):
+            return
         trainer: Any
         if collectors is not None or start_method is not None or _collector_info(run_dir):
             from worldflux.distributed.trainer import resume_collector_trainer
@@ -165,7 +235,7 @@ def resume(
         else:
             trainer = resume_trainer(run_dir, **changes)
         typer.echo(f"resumed at env step {trainer.step}")
-        _report(trainer.train(), trainer)
+        _report(_train(trainer), trainer)
     except WorldFluxError as err:
         _fail(err)
 
@@ -174,15 +244,18 @@ def resume(
 def eval_(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint dir (or run dir: latest)")],
     episodes: Annotated[int, typer.Option(help="episodes to run")] = 10,
-    seed: Annotated[int, typer.Option(help="seed of the evaluation envs")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="seeds the evaluation envs and the agent's sampling")
+    ] = 0,
     video: Annotated[Path | None, typer.Option(help="record episode 0 to .gif/.mp4")] = None,
-    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
 ) -> None:
-    """Real environment returns of a checkpointed agent (no exploration)."""
+    """Real environment returns of a checkpointed agent (no exploration; the same for a seed)."""
     from worldflux.training.evaluate import evaluate
     from worldflux.training.run import env_factory, load_agent
 
     _threads(threads)
+    _seed_rngs(seed)
     try:
         agent, spec = load_agent(checkpoint)
         if video is not None:
@@ -204,8 +277,8 @@ def imagine(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint dir (or run dir: latest)")],
     out: Annotated[Path, typer.Option(help="output .gif or .mp4")] = Path("imagination.gif"),
     context: Annotated[int, typer.Option(help="real steps filtered before imagining")] = 5,
-    length: Annotated[int, typer.Option(help="total steps shown")] = 50,
-    seed: Annotated[int, typer.Option(help="seed of the episode")] = 0,
+    length: Annotated[int, typer.Option(help="total steps shown (more than --context)")] = 50,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the episode")] = 0,
 ) -> None:
     """Video of real observations beside the model's open-loop predictions."""
     from worldflux.training.evaluate import collect_sequence
@@ -213,7 +286,9 @@ def imagine(
     from worldflux.training.video import imagination_video
 
     _threads(1)
+    _seed_rngs(seed)
     try:
+        _check_imagine_steps(context, length)
         agent, spec = load_agent(checkpoint)
         env = env_factory(spec)(0)
         batch = collect_sequence(agent, env, seed, length)
@@ -230,18 +305,24 @@ def models() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from worldflux.core.registry import default_names
     from worldflux.training.presets import preset_table
 
-    table = Table("model", "parameters", "counted for")
+    defaults = set(default_names().values())
+    table = Table(
+        "model", "parameters", "counted for",
+        caption="(default): what the bare family name builds, e.g. `train tdmpc2` = tdmpc2:5m",
+    )  # fmt: skip
     for name, count, space in preset_table():
-        table.add_row(name, f"{count:,}" if count is not None else "-", space)
+        label = f"{name} (default)" if name in defaults else name
+        table.add_row(label, f"{count:,}" if count is not None else "-", space)
     Console().print(table)
 
 
 @app.command()
 def demo(
     run_dir: Annotated[Path | None, typer.Option(help="where to write")] = None,
-    steps: Annotated[int, typer.Option(help="env steps")] = 3000,
+    steps: Annotated[int, typer.Option(min=1, help="env steps")] = DEMO_STEPS,
 ) -> None:
     """A short visible run (TD-MPC2 on Pendulum, a few minutes on 2 cores), then a video."""
     from worldflux.training.evaluate import evaluate

@@ -16,7 +16,7 @@ CASES = {
     "dreamerv3:debug": ["agent.batch_size=4", "agent.seq_len=8"],
 }
 LOOP = ["seed_steps=30", "num_envs=2", "updates_per_step=0.25", "eval_every=0",
-        "checkpoint_every=0", "progress=false", "tensorboard=false",
+        "checkpoint_every=1000000000", "progress=false", "tensorboard=false",
         "replay_capacity=1000"]  # fmt: skip
 
 

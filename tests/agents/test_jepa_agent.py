@@ -57,9 +57,9 @@ def test_offline_mode_resumes_exactly(tmp_path: Path) -> None:
 
     data = record_tworoom(tmp_path / "data", RecordConfig(episodes=3, episode_length=12))
     items = [f"dataset={data}", "steps=6", "eval_every=3", "eval_episodes=1", "log_every=1",
-             "checkpoint_every=0", "progress=false", "tensorboard=false", "env.max_steps=3",
-             "agent.batch_size=4", "agent.seq_len=4", "agent.samples=16", "agent.elites=4",
-             "agent.iterations=2", "agent.horizon=2"]  # fmt: skip
+             "checkpoint_every=1000000000", "progress=false", "tensorboard=false",
+             "env.max_steps=3", "agent.batch_size=4", "agent.seq_len=4", "agent.samples=16",
+             "agent.elites=4", "agent.iterations=2", "agent.horizon=2"]  # fmt: skip
     spec = parse_overrides("jepa:debug", "worldflux/TwoRoom-v0", items)
     full = build_trainer(spec, tmp_path / "full")
     summary = full.train()
@@ -73,10 +73,11 @@ def test_offline_mode_resumes_exactly(tmp_path: Path) -> None:
         assert torch.equal(v, resumed.agent.model.state_dict()[k]), k
 
 
-ONLINE = ["seed_steps=10", "num_envs=2", "eval_episodes=1", "log_every=10", "checkpoint_every=0",
-          "progress=false", "tensorboard=false", "env.max_steps=8", "agent.batch_size=4",
-          "agent.seq_len=4", "agent.samples=16", "agent.elites=4", "agent.iterations=2",
-          "agent.horizon=2", "updates_per_step=0.25", "replay_capacity=400"]  # fmt: skip
+ONLINE = ["seed_steps=10", "num_envs=2", "eval_episodes=1", "log_every=10",
+          "checkpoint_every=1000000000", "progress=false", "tensorboard=false", "env.max_steps=8",
+          "agent.batch_size=4", "agent.seq_len=4", "agent.samples=16", "agent.elites=4",
+          "agent.iterations=2", "agent.horizon=2", "updates_per_step=0.25",
+          "replay_capacity=400"]  # fmt: skip
 
 
 def test_online_training_gives_each_episode_its_goal(

@@ -51,13 +51,16 @@ def planner(agent: JEPAAgent) -> Policy:
     return act
 
 
-def measure(seed: int) -> dict[str, tuple[float, float]]:
+def measure(seed: int, frozen: bool = False) -> dict[str, tuple[float, float]]:
     """(success rate, final distance) of the untrained agent, the agent after 150 offline
-    updates on random walks, and uniformly random actions."""
+    updates on random walks, and uniformly random actions. `frozen`: learning rate 0."""
     env = PointGoal()
     agent = make_agent("jepa:debug", env.observation_space, env.action_space, seed=seed,
                        agent_options=OPTIONS)  # fmt: skip
     assert isinstance(agent, JEPAAgent)
+    if frozen:
+        for group in agent.opt.param_groups:
+            group["lr"] = 0.0
     torch.manual_seed(seed)  # the CEM samples from torch's global RNG
     untrained = rollouts(planner(agent), seed)
     data = RandomWalks(episodes=64, length=32, seed=seed)
@@ -72,11 +75,13 @@ def measure(seed: int) -> dict[str, tuple[float, float]]:
 
 def test_jepa_learns_to_reach_goals() -> None:
     """Goals start 0.4 away; the untrained predictor ignores the action, so its plans all tie
-    and the point barely moves. Measured (seeds 0, 1, 2; seed 0 first), success / final
-    distance: trained 0.95 / 0.09 (0.80-1.00 / 0.07-0.09); random actions 0.10 / 0.42
-    (0.00-0.25 / 0.37-0.42); untrained 0.00 / 0.39 (0.00-0.05 / 0.39-0.42). With a bias-free
-    first encoder layer (scale-invariant, see `NormedLinear`) training reached only 0.40-0.53."""
+    and the point barely moves. Measured on seeds 0-9 (agent, data, CEM and episode seeds),
+    success / final distance: trained 0.80-1.00 / 0.066-0.095; random actions 0.00-0.25 /
+    0.35-0.47; untrained 0.00-0.10 / 0.36-0.45; "trained" with learning
+    rate 0: 0.00-0.10 / 0.36-0.45. With a bias-free first encoder layer
+    (scale-invariant, see `NormedLinear`) training reached only 0.40-0.53. Bars: trained
+    >= 0.6 / <= 0.15, random and untrained <= 0.4 / >= 0.25."""
     m = measure(SEED)
-    assert m["trained"][0] >= 0.7 and m["trained"][1] <= 0.15, m
-    assert m["random"][0] <= 0.3 and m["untrained"][0] <= 0.3, m
-    assert m["random"][1] >= 0.3 and m["untrained"][1] >= 0.3, m
+    assert m["trained"][0] >= 0.6 and m["trained"][1] <= 0.15, m
+    assert m["random"][0] <= 0.4 and m["untrained"][0] <= 0.4, m
+    assert m["random"][1] >= 0.25 and m["untrained"][1] >= 0.25, m

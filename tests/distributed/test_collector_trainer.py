@@ -18,7 +18,7 @@ def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> Non
 
     trainer_cfg = {
         "steps": 256, "seed_steps": 32, "updates_per_step": 0.05, "eval_every": 0,
-        "eval_episodes": 1, "checkpoint_every": 0, "log_every": 64, "progress": False,
+        "eval_episodes": 1, "checkpoint_every": 10**9, "log_every": 64, "progress": False,
         "tensorboard": False, "replay_capacity": 2000, "num_envs": 2, "save_replay": False,
     }  # fmt: skip
     spec = RunSpec(
@@ -62,7 +62,7 @@ def test_collector_run_resumes_with_collectors(tmp_path: Path) -> None:
 
     trainer_cfg = {
         "steps": 64, "seed_steps": 16, "updates_per_step": 0.05, "eval_every": 0,
-        "eval_episodes": 1, "checkpoint_every": 0, "progress": False, "tensorboard": False,
+        "eval_episodes": 1, "checkpoint_every": 10**9, "progress": False, "tensorboard": False,
         "replay_capacity": 1000, "num_envs": 1,
     }  # fmt: skip
     spec = RunSpec("tdmpc2:debug", "CartPole-v1", trainer_cfg, agent={"act": "policy"})
@@ -105,7 +105,7 @@ def test_jepa_collectors_plan_toward_each_episode_goal(tmp_path: Path) -> None:
 
     trainer_cfg = {
         "steps": 64, "seed_steps": 16, "updates_per_step": 0.1, "eval_every": 0,
-        "checkpoint_every": 0, "log_every": 32, "progress": False, "tensorboard": False,
+        "checkpoint_every": 10**9, "log_every": 32, "progress": False, "tensorboard": False,
         "replay_capacity": 400, "num_envs": 2, "save_replay": False,
     }  # fmt: skip
     agent = {"batch_size": 4, "seq_len": 4, "samples": 16, "elites": 4, "iterations": 2,

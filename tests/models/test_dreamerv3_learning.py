@@ -17,14 +17,16 @@ from worldflux.nn.distributions import symexp_bins, symmetric_mean
 from worldflux.nn.functional import two_hot
 
 
-def test_world_model_overfits_one_batch() -> None:
+def overfit_one_batch(seed: int, lr: float = 3e-3) -> dict[str, float]:
+    """Loss ratios (last / first) of 250 world-model steps on one batch."""
     obs_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
     model = create_world_model(
-        "dreamerv3:debug", obs_space, gym.spaces.Discrete(3), seed=0, wm_lr=3e-3
+        "dreamerv3:debug", obs_space, gym.spaces.Discrete(3), seed=seed, wm_lr=3e-3
     )
     assert isinstance(model, DreamerV3)
+    torch.manual_seed(seed)
     B, T = 4, 8
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     obs = torch.rand(B, T, 6, generator=g) * 2 - 1
     # rewards on bin centres (a one-hot two-hot target), a function of the observation
     bins = symexp_bins(255)
@@ -34,7 +36,7 @@ def test_world_model_overfits_one_batch() -> None:
     action = torch.nn.functional.one_hot(torch.randint(0, 3, (B, T), generator=g), 3).float()
     no = torch.zeros(B, T, dtype=torch.bool)
     batch = Batch(obs, action, reward, is_first, no, no.clone())
-    opt = torch.optim.Adam(model.world_model_parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.world_model_parameters(), lr=lr)
     first = last = {}
     for step in range(250):
         loss, metrics = model.loss(batch)
@@ -44,10 +46,18 @@ def test_world_model_overfits_one_batch() -> None:
         if step == 0:
             first = metrics
         last = metrics
-    rec0, rec1 = float(first["loss/rec"]), float(last["loss/rec"])
-    rew0, rew1 = float(first["loss/rew"]), float(last["loss/rew"])
-    assert rec1 < rec0 / 10, (rec0, rec1)
-    assert rew1 < rew0 / 10, (rew0, rew1)
+    return {
+        "rec": float(last["loss/rec"]) / float(first["loss/rec"]),
+        "rew": float(last["loss/rew"]) / float(first["loss/rew"]),
+    }
+
+
+def test_world_model_overfits_one_batch() -> None:
+    """Measured last/first on seeds 0-9 (model, data and torch seeds):
+    reconstruction 0.032-0.055, reward 0.0017-0.0060; learning rate 0: 0.80-1.18 and 1.00. Bars:
+    both < 0.1."""
+    r = overfit_one_batch(0)
+    assert r["rec"] < 0.1 and r["rew"] < 0.1, r
 
 
 class _BanditWorld:
@@ -78,8 +88,10 @@ class _TwoHotStub:
         return symmetric_mean(logits.softmax(-1), self.bins)
 
 
-def test_actor_critic_learns_optimal_action_in_imagination() -> None:
-    torch.manual_seed(0)
+def bandit_actor_critic(seed: int, lr: float = 3e-3) -> dict[str, float]:
+    """After 100 imagined updates: the lowest probability of the best action over the 4
+    states, and the critic's value of the start state (before, after)."""
+    torch.manual_seed(seed)
     cfg = PRESETS["debug"]
     cfg = type(cfg)(**{**cfg.__dict__, "ac_lr": 3e-3})
     feat_dim = cfg.deter + cfg.stoch * cfg.classes
@@ -89,8 +101,8 @@ def test_actor_critic_learns_optimal_action_in_imagination() -> None:
     deter = torch.zeros(N, cfg.deter)
     deter[:, 3] = 1.0  # a distinct start state (no previous action)
     start = State({"deter": deter, "stoch": torch.zeros(N, cfg.stoch, cfg.classes)})
-    opt_a = torch.optim.Adam(ac.actor.parameters(), lr=cfg.ac_lr, eps=cfg.ac_eps)
-    opt_c = torch.optim.Adam(ac.critic.parameters(), lr=cfg.ac_lr, eps=cfg.ac_eps)
+    opt_a = torch.optim.Adam(ac.actor.parameters(), lr=lr, eps=cfg.ac_eps)
+    opt_c = torch.optim.Adam(ac.critic.parameters(), lr=lr, eps=cfg.ac_eps)
     states = torch.zeros(4, feat_dim)
     states[torch.arange(4), torch.arange(4)] = 1.0  # after action 0, 1, 2, and the start
     with torch.no_grad():
@@ -100,9 +112,17 @@ def test_actor_critic_learns_optimal_action_in_imagination() -> None:
     with torch.no_grad():
         probs = ac.actor.params(states)[0].exp()  # (4, A)
         value = float(ac.critic.mean(ac.critic(states[3:])))
-    assert bool((probs[:, 1] > 0.9).all()), probs
+    return {"p_best": float(probs[:, 1].min()), "value0": value0, "value": value}
+
+
+def test_actor_critic_learns_optimal_action_in_imagination() -> None:
+    """Measured on seeds 0-9: lowest probability of the best action 0.961-0.979, start value
+    0.0 -> 6.7-8.7; learning rate 0: 0.30-0.33 and 0.0. Bars: probability > 0.9,
+    value > 3.0."""
+    r = bandit_actor_critic(0)
+    assert r["p_best"] > 0.9, r
     # the critic has learned that the start state is worth several rewards of 1
-    assert value0 == 0.0 and value > 3.0, value
+    assert r["value0"] == 0.0 and r["value"] > 3.0, r
 
 
 class _ContinuousWorld(_BanditWorld):
@@ -124,8 +144,10 @@ class _QuadraticReward(_TwoHotStub):
         return torch.log(two_hot(r, self.bins) + 1e-12)
 
 
-def test_dynamics_backprop_actor_finds_continuous_optimum() -> None:
-    torch.manual_seed(0)
+def continuous_actor(seed: int, lr: float = 3e-3) -> dict[str, float]:
+    """The actor's mean action before and after 60 dynamics-backprop updates: largest |mean|
+    at the start, largest |mean - 0.5| at the end (optimum 0.5 in each dim)."""
+    torch.manual_seed(seed)
     base = PRESETS["debug"]
     cfg = type(base)(**{**base.__dict__, "ac_lr": 3e-3, "actor_grad_cont": "dynamics"})
     feat_dim = cfg.deter + cfg.stoch * cfg.classes
@@ -135,13 +157,23 @@ def test_dynamics_backprop_actor_finds_continuous_optimum() -> None:
     deter = torch.zeros(32, cfg.deter)
     deter[:, 3] = 1.0
     start = State({"deter": deter, "stoch": torch.zeros(32, cfg.stoch, cfg.classes)})
-    opt_a = torch.optim.Adam(ac.actor.parameters(), lr=cfg.ac_lr, eps=cfg.ac_eps)
-    opt_c = torch.optim.Adam(ac.critic.parameters(), lr=cfg.ac_lr, eps=cfg.ac_eps)
+    opt_a = torch.optim.Adam(ac.actor.parameters(), lr=lr, eps=cfg.ac_eps)
+    opt_c = torch.optim.Adam(ac.critic.parameters(), lr=lr, eps=cfg.ac_eps)
     feat = torch.nn.functional.pad(deter[:4], (0, feat_dim - cfg.deter))
     with torch.no_grad():
-        assert float(ac.actor.mode(feat).abs().max()) < 0.1  # starts near 0, not at 0.5
+        start_mean = float(ac.actor.mode(feat).abs().max())
     for _ in range(60):
         ac.train_step(world, start, opt_a, opt_c)  # type: ignore[arg-type]
     with torch.no_grad():
-        mean = ac.actor.mode(feat)
-    assert torch.allclose(mean, torch.full_like(mean, 0.5), atol=0.1), mean
+        error = float((ac.actor.mode(feat) - 0.5).abs().max())
+    return {"start_abs": start_mean, "error": error}
+
+
+def test_dynamics_backprop_actor_finds_continuous_optimum() -> None:
+    """Measured on seeds 0-9: largest |mean| at the start 0.017-0.126 (so >= 0.37 from the
+    optimum), largest |mean - 0.5| after 60 updates 0.001-0.049 (learning rate 0:
+    0.45-0.57). Bars: start < 0.2 (the old
+    < 0.1 failed seed 5), end <= 0.1."""
+    r = continuous_actor(0)
+    assert r["start_abs"] < 0.2, r  # starts near 0, at least 0.3 from the optimum 0.5
+    assert r["error"] <= 0.1, r

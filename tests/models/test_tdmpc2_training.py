@@ -156,19 +156,39 @@ def test_termination_head_for_episodic_tasks() -> None:
     assert debug().loss(batch)[1]["termination_loss"] == 0
 
 
-def test_overfits_one_batch_on_debug() -> None:
-    m = debug(lr=3e-3)  # a higher lr keeps the test short; 3e-4 gets there in ~4x the steps
-    batch = make_batch(b=16, seed=3)
+def overfit_one_batch(seed: int, frozen: bool = False) -> dict[str, float]:
+    """Loss ratios (last / first) of 151 train steps on one batch, and the mean absolute error
+    of the predicted first reward. `frozen`: learning rate 0."""
+    torch.manual_seed(seed)
+    m = create_world_model("tdmpc2:debug", OBS, ACT, seed=seed, lr=3e-3)
+    assert isinstance(m, TDMPC2)  # lr 3e-3 keeps the test short; 3e-4 needs ~4x the steps
+    if frozen:
+        m._optims = make_optimizers(m)
+        for opt in m._optims:
+            for group in opt.param_groups:
+                group["lr"] = 0.0
+    batch = make_batch(b=16, seed=3 + seed)
     first = m.train_step(batch)
     for _ in range(150):
         last = m.train_step(batch)
-    assert last["reward_loss"] < 0.3 * first["reward_loss"]
-    assert last["total_loss"] < 0.25 * first["total_loss"]
-    assert last["consistency_loss"] < 0.2 * first["consistency_loss"]
     m.eval()
-    s = m.encode(batch.obs[:, 0])
-    pred = m.reward(s, batch.action[:, 1])
-    assert (pred - batch.reward[:, 1]).abs().mean() < 0.3  # |r| averages ~0.99 here
+    with torch.no_grad():
+        pred = m.reward(m.encode(batch.obs[:, 0]), batch.action[:, 1])
+    return {
+        "reward": float(last["reward_loss"] / first["reward_loss"]),
+        "total": float(last["total_loss"] / first["total_loss"]),
+        "consistency": float(last["consistency_loss"] / first["consistency_loss"]),
+        "reward_mae": float((pred - batch.reward[:, 1]).abs().mean()),
+    }
+
+
+def test_overfits_one_batch_on_debug() -> None:
+    """Measured last/first on seeds 0-9 (model, batch and torch seeds): reward 0.17-0.23,
+    total 0.12-0.18, consistency 0.04-0.16, reward error 0.08-0.18; learning rate 0: ratios
+    1.00, reward error 0.59-0.99. Bars: 0.4, 0.3, 0.3 and 0.3."""
+    r = overfit_one_batch(0)
+    assert r["reward"] < 0.4 and r["total"] < 0.3 and r["consistency"] < 0.3, r
+    assert r["reward_mae"] < 0.3, r  # |r| averages ~0.99 here
 
 
 def test_discrete_training_step() -> None:

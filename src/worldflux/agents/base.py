@@ -85,6 +85,14 @@ class NonFiniteGuard:
         self.skipped = 0
 
 
+def _first_problem(err: Exception) -> str:
+    """The first line of torch's load_state_dict report that names a problem (it lists every
+    missing key, hundreds of lines), shortened."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [repr(err)]
+    text = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 class Agent(ABC):
     """Base class of agents (see the module docstring for the contract)."""
 
@@ -132,16 +140,34 @@ class Agent(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "model": type(self.model).__name__,  # lets a load name both models on a mismatch
             "modules": {k: m.state_dict() for k, m in self.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
             "extra": self.extra_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, m in self.modules().items():
-            m.load_state_dict(state["modules"][k])
-        for k, o in self.optimizers().items():
-            o.load_state_dict(state["optimizers"][k])
+        """Inverse of `state_dict`; a state of another model family or size is a one-line
+        `CheckpointError` (not torch's list of every missing key)."""
+        # training imports agents: a module-level import of training.checkpoint would be a cycle
+        from worldflux.training.checkpoint import CheckpointError
+
+        mine, saved = type(self.model).__name__, state.get("model")
+        if saved is not None and saved != mine:
+            raise CheckpointError(
+                f"checkpoint: holds a {saved} agent, but this run builds a {mine} agent; "
+                "was the checkpoint copied from another run?"
+            )
+        try:
+            for k, m in self.modules().items():
+                m.load_state_dict(state["modules"][k])
+            for k, o in self.optimizers().items():
+                o.load_state_dict(state["optimizers"][k])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint: its weights do not fit this {mine} agent ({_first_problem(err)}); "
+                "was it saved with another model preset or config?"
+            ) from err
         self.load_extra_state(state.get("extra", {}))
 
     def train(self, mode: bool = True) -> None:

@@ -48,7 +48,30 @@ class Batch:
 
     def validate(self, device: torch.device | None = None) -> Batch:
         """Raise `SpecError` unless every field is a tensor (obs: or a dict of tensors) of shape
-        (B, T, ...) with the right dtype, on `device` when given."""
+        (B, T, ...) with the right dtype, on `device` when given (`validate_layout`), and the
+        flags follow the convention (`validate_flags`). The check for the boundary: where a
+        batch enters from outside (a dataset, a user), before any compiled region."""
+        return self.validate_layout(device).validate_flags()
+
+    def validate_in_loss(self, device: torch.device | None = None) -> Batch:
+        """What a model's ``loss`` checks: the layout always (metadata only, free under
+        torch.compile), the flags only in eager mode. Reading flag values needs a device sync and
+        breaks a compiled graph; compiled callers validate the batch before the compiled region
+        (`validate`), as `Replay.add` already enforces the flags on everything it samples."""
+        self.validate_layout(device)
+        if not torch.compiler.is_compiling():
+            self.validate_flags()
+        return self
+
+    def validate_flags(self) -> Batch:
+        """Raise `SpecError` if a terminal step is not also ``is_last`` (reads the values)."""
+        if bool((self.is_terminal & ~self.is_last).any()):
+            raise SpecError("batch.is_terminal: a terminal step must also be is_last")
+        return self
+
+    def validate_layout(self, device: torch.device | None = None) -> Batch:
+        """Raise `SpecError` unless every field is a tensor (obs: or a dict of tensors) of shape
+        (B, T, ...) with the right dtype, on `device` when given. Reads no tensor values."""
         if not isinstance(self.reward, Tensor) or self.reward.dim() != 2:
             got = tuple(self.reward.shape) if isinstance(self.reward, Tensor) else self.reward
             raise SpecError(f"batch.reward: expected shape (B, T), got {got!r:.80}")
@@ -86,8 +109,6 @@ class Batch:
                 fields_[f"batch.{name}"] = getattr(self, name)
             for name, t in fields_.items():
                 check_device(t, device, name)
-        if bool((self.is_terminal & ~self.is_last).any()):
-            raise SpecError("batch.is_terminal: a terminal step must also be is_last")
         return self
 
     def to(self, device: torch.device | str) -> Batch:

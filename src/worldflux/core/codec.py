@@ -15,7 +15,8 @@ header (with the checksum digits zeroed) followed by the data.
 Tensors are written as their values: a conjugate or negative view (`c.conj()`,
 `c.conj().imag`) is resolved while it is copied, never copied as raw memory.
 The header and the place of each tensor are planned in `codec_plan`; parsing is hardened
-in `payload` / `codec_header`.
+in `payload` / `codec_header`; decoded tensors are views of one buffer (`packing`), which
+makes writing such a State again one copy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from torch import Tensor
 from worldflux.core import checksum as _checksum
 from worldflux.core.codec_header import Entry, Layout
 from worldflux.core.codec_plan import FORMAT, VERSION, Plan, Run, plan
-from worldflux.core.exceptions import StateError, StateFormatError
+from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
+from worldflux.core.packing import Packing, copy_out, unpack
 from worldflux.core.payload import parse_header
 
 __all__ = [
@@ -42,10 +44,12 @@ __all__ = [
     "decode",
     "encode",
     "encode_into",
+    "write_at",
+    "pack",
     "parse_header",
     "plan",
     "copy_out",
-    "tensors_from_layout",
+    "unpack",
 ]
 
 _PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
@@ -87,8 +91,13 @@ def _copy_group(values: list[Tensor], run: Run, addr: int, on_cpu: bool) -> None
         # (nbytes,) uint8 -> dtype -> the run's shape; cat gathers strided tensors in one pass
         # and, like copy_, writes the values of conj/neg views (resolving their bits)
         dst = _raw_view(addr + begin, nbytes).view(dtype).view(shape)
+        first, last = items[0][0], items[-1][0]
+        if last - first == len(items) - 1 and first < last:  # consecutive keys: one slice
+            parts = values[first : last + 1]
+        else:
+            parts = [values[i] for i, _, _ in items]
         with torch.no_grad():
-            torch.cat([values[i] for i, _, _ in items], 0, out=dst)
+            torch.cat(parts, 0, out=dst)
         return
     complex_ = dtype.is_complex  # only complex tensors can carry the conj bit
     for i, b, n in items:
@@ -113,75 +122,54 @@ def encode_into(p: Plan, buf: Any, offset: int = 0) -> int:
             f"encode_into: buf must be a writable buffer of at least {p.total} bytes, "
             f"got {arr.size} bytes, writable={arr.flags.writeable}"
         )
-    _write(p, arr.ctypes.data, arr.data)
+    write_at(p, arr.ctypes.data, arr.data)
     return p.total
 
 
-def _write(p: Plan, addr: int, view: memoryview) -> None:
+def write_at(p: Plan, addr: int, view: memoryview) -> None:
     """Copy header and tensors to `addr`, then patch in the checksum (`view` covers `addr`)."""
     tp, start = p.template, len(p.header)
     _memmove(addr, p.header, start)
-    for group in tp.groups:
-        _copy_group(p.values, group, addr + start, tp.on_cpu)
+    if p.base is not None:  # a packed State: its buffer is the data region
+        if tp.data_len:
+            _memmove(addr + start, p.base.data_ptr(), tp.data_len)
+    else:
+        for group in tp.groups:
+            _copy_group(p.values, group, addr + start, tp.on_cpu)
     if tp.checksum_pos >= 0:
         digits = _checksum.digest(tp.algo, p.header[8:], view[start : p.total])
         _memmove(addr + 8 + tp.checksum_pos, digits, len(digits))
 
 
 def encode(
-    tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | str = False
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    *,
+    checksum: bool | str = False,
+    packing: Packing | None = None,
 ) -> bytes:
     """The v1 payload as immutable `bytes`, filled with exactly one copy of each tensor."""
-    p = plan(tensors, meta, checksum=checksum)
+    p = plan(tensors, meta, checksum=checksum, packing=packing)
     # A fresh, not yet shared bytes object is filled in place (what C extensions do): no
     # zero-fill pass, no second copy, and `safetensors.torch.load` accepts the result.
     out = _PyBytes_FromStringAndSize(None, p.total)
-    _write(p, _PyBytes_AsString(out), memoryview(out))
+    write_at(p, _PyBytes_AsString(out), memoryview(out))
     return out
 
 
-_RUN_MIN = 8  # runs this long: one view + unbind/split beats one as_strided per tensor
+def decode(
+    buf: Any, *, copy: bool = True
+) -> tuple[dict[str, Tensor], dict[str, Any], Packing | None]:
+    """Parse and validate a payload; tensors are fresh (`copy=True`) or views into `buf`.
 
-
-def tensors_from_layout(layout: Layout, base: Tensor) -> dict[str, Tensor]:
-    """Views into `base` (uint8 over the data region, storage offset 0), in header order."""
-    out: dict[str, Tensor] = {}
-    addr = base.data_ptr()
-    typed: dict[torch.dtype, Tensor] = {}
-    for g in layout.groups:
-        size = g.dtype.itemsize
-        if g.begin % size or (addr + g.begin) % size:  # misaligned (foreign writer): copy
-            for e in g.entries:
-                out[e.name] = base[e.begin : e.end].clone().view(e.dtype).view(e.shape)
-        elif len(g.entries) >= _RUN_MIN:
-            flat = base[g.begin : g.end].view(g.dtype)  # (nbytes,) uint8 -> (numel,) dtype
-            if g.sizes is None:  # (k,) -> k scalars
-                parts = flat.unbind(0)
-            elif g.equal:  # (k * n0, *rest) -> (k, n0, *rest) -> k views
-                parts = flat.view(len(g.entries), *g.entries[0].shape).unbind(0)
-            else:
-                parts = flat.view(g.shape).split(g.sizes)
-            out.update(zip(g.names, parts, strict=True))
-        else:
-            t = typed.get(g.dtype)
-            if t is None:  # the whole region as `dtype` (trailing odd bytes cut off)
-                whole = base if base.numel() % size == 0 else base[: base.numel() // size * size]
-                t = typed[g.dtype] = whole.view(g.dtype)
-            for e in g.entries:
-                out[e.name] = t.as_strided(e.shape, e.stride, e.begin // size)
-    ordered = out if layout.in_data_order else {name: out[name] for name in layout.names}
-    for name in layout.requires_grad:
-        ordered[name].requires_grad_(True)
-    return ordered
-
-
-def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str, Any], Layout]:
-    """Parse and validate a payload; tensors are fresh (`copy=True`) or views into `buf`."""
+    Either way they are views of one buffer, which the returned `Packing` describes (None
+    when a misaligned foreign tensor had to be copied out of it).
+    """
     if type(copy) is not bool:
         raise StateError(f"State.deserialize: copy must be a bool, got {copy!r:.50}")
     if copy and type(buf) is bytes:  # the common case, without a numpy detour
         layout = parse_header(memoryview(buf))
-        return copy_out(layout, _PyBytes_AsString(buf)), layout.meta(), layout
+        return _with_meta(copy_out(layout, _PyBytes_AsString(buf)), layout)
     try:
         arr = np.frombuffer(buf, dtype=np.uint8)
     except (TypeError, ValueError, BufferError) as err:  # BufferError: a strided memoryview
@@ -191,23 +179,30 @@ def decode(buf: Any, *, copy: bool = True) -> tuple[dict[str, Tensor], dict[str,
         ) from None
     layout = parse_header(arr.data)
     if copy:
-        return copy_out(layout, arr.ctypes.data), layout.meta(), layout
+        return _with_meta(copy_out(layout, arr.ctypes.data), layout)
     if not arr.flags.writeable:
         raise StateError(
             "State.deserialize: copy=False needs a writable buffer (bytearray, writable "
             f"memoryview, mmap), got a read-only {type(buf).__name__}; pass copy=True"
         )
-    data = arr[layout.data_start :]
-    base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
-    return tensors_from_layout(layout, base), layout.meta(), layout
+    return _with_meta(unpack(layout, arr[layout.data_start :]), layout)
 
 
-def copy_out(layout: Layout, addr: int) -> dict[str, Tensor]:
-    """The one copy of a deserialize: the data region at `addr` into one fresh allocation."""
-    base = torch.empty(layout.data_len, dtype=torch.uint8)
-    if layout.data_len:
-        _memmove(base.data_ptr(), addr + layout.data_start, layout.data_len)
-    return tensors_from_layout(layout, base)
+def _with_meta(
+    unpacked: tuple[dict[str, Tensor], Packing | None], layout: Layout
+) -> tuple[dict[str, Tensor], dict[str, Any], Packing | None]:
+    return unpacked[0], layout.meta(), unpacked[1]
+
+
+def pack(
+    tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> tuple[dict[str, Tensor], dict[str, Any], Packing | None]:
+    """CPU tensors copied into one buffer laid out as a v1 data region; views into it."""
+    if not plan(tensors, meta).template.on_cpu:
+        raise StateDeviceError("State.packed: the tensors must be on the CPU; use .to('cpu')")
+    # Two copies, once: deserialize's buffer is a fresh torch allocation (64-byte aligned,
+    # which later memmoves out of it are measurably faster for than a bytearray's 8 bytes).
+    return decode(encode(tensors, meta), copy=True)
 
 
 def check_version(version: str, fmt: str) -> None:

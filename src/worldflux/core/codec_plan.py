@@ -1,7 +1,7 @@
 """The write plan of a v1 payload: header bytes and where each tensor goes; nothing copied.
 
 A State's structure (keys, dtypes, shapes, `requires_grad`, device, checksum choice) fixes
-everything but `meta`, so its header is built once into a `_Template` (64 remembered) and
+everything but `meta`, so its header is built once into a `Template` (64 remembered) and
 `meta` is spliced in per call. `codec.encode` / `codec.encode_into` then do the copying.
 """
 
@@ -29,7 +29,7 @@ Run = tuple[tuple[tuple[int, int, int], ...], int, int, torch.dtype, tuple[int, 
 
 
 @dataclass(frozen=True)
-class _Template:
+class Template:
     """What a State's structure (keys, dtypes, shapes, grads, device) fixes; cached.
 
     The header JSON is `prefix + <meta as a JSON string> + suffix`, so a meta that changes
@@ -61,9 +61,10 @@ class _Template:
 class Plan(NamedTuple):  # a NamedTuple: built on every serialize, and cheap to build
     """A template, the header for this call's meta and the tensors: what `_write` needs."""
 
-    template: _Template
+    template: Template
     header: bytes  # 8-byte length + padded JSON, checksum digits zeroed
-    values: list[Tensor]  # the State's tensors, in key order
+    values: list[Tensor]  # the State's tensors, in key order (unused with `base`)
+    base: Tensor | None = None  # a packed State's buffer: the whole data region, one copy
 
     @property
     def total(self) -> int:
@@ -96,7 +97,7 @@ def _source_device(tensors: dict[str, Tensor]) -> str:
     return "cpu" if device is None else str(device)
 
 
-def _meta_text(meta: Any) -> str:
+def meta_text(meta: Any) -> str:
     """`meta` as JSON text; refuse what JSON would silently change (tuples, int keys, NaN)."""
     if not isinstance(meta, dict):
         raise StateError(f"State.serialize: meta must be a dict, got {type(meta).__name__}")
@@ -117,25 +118,38 @@ def _meta_text(meta: Any) -> str:
 
 
 _structure = operator.attrgetter("dtype", "shape", "requires_grad", "device")
-_templates: dict[Any, _Template] = {}
+_templates: dict[Any, Template] = {}
 _TEMPLATES = 64  # structures remembered
 
 
-def plan(tensors: dict[str, Tensor], meta: dict[str, Any], *, checksum: bool | str = False) -> Plan:
-    """Lay out a State: header bytes, tensor positions and total size. Nothing is copied."""
+def plan(
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    *,
+    checksum: bool | str = False,
+    packing: Any = None,
+) -> Plan:
+    """Lay out a State: header bytes, tensor positions and total size. Nothing is copied.
+
+    `packing` (a packed State's `packing.Packing`) gives the one-copy plan while it holds.
+    """
     if not isinstance(tensors, dict):
         raise StateError(f"State.serialize: tensors must be a dict, got {type(tensors).__name__}")
+    if packing is not None:
+        packed = packing.plan(tensors, meta, checksum)
+        if packed is not None:
+            return packed
     try:  # the structure, read at C speed: keys, then (dtype, shape, grad, device) per tensor
         sig: Any = (tuple(tensors), tuple(map(_structure, tensors.values())))
-    except (AttributeError, RuntimeError):  # not a Tensor, or nested: _build_template says
+    except (AttributeError, RuntimeError):  # not a Tensor, or nested: build_template says
         sig = None
-    meta_text = _meta_text(meta)
+    text = meta_text(meta)
     key = (sig, _checksum.resolve_algo(checksum))
     template = _templates.get(key) if sig is not None else None
     if template is None:
-        template = _build_template(tensors, key[1])
+        template = build_template(tensors, key[1])
         remember(_templates, key, template, _TEMPLATES)
-    return Plan(template, template.header(meta_text), list(tensors.values()))
+    return Plan(template, template.header(text), list(tensors.values()))
 
 
 def _data_order(rows: list[tuple[str, Tensor, str]]) -> list[int]:
@@ -172,7 +186,7 @@ def _groups(rows: list[tuple[str, Tensor, str]], order: list[int]) -> tuple:
     return tuple(groups)
 
 
-def _build_template(tensors: dict[str, Tensor], algo: str) -> _Template:
+def build_template(tensors: dict[str, Tensor], algo: str) -> Template:
     device = _source_device(tensors)
     md: dict[str, str] = {"format": FORMAT, "version": VERSION, "integrity": algo}
     if algo != "none":
@@ -205,6 +219,6 @@ def _build_template(tensors: dict[str, Tensor], algo: str) -> _Template:
     raw = json.dumps(header, separators=(",", ":")).encode()
     cut = raw.index(b'"meta":""') + len(b'"meta":')  # __metadata__ comes first in the JSON
     checksum_pos = -1 if algo == "none" else _checksum.find_checksum(raw, md["checksum"])
-    return _Template(
+    return Template(
         raw[:cut], raw[cut + 2 :], _groups(rows, order), pos, checksum_pos, algo, device == "cpu"
     )

@@ -83,6 +83,11 @@ def list_models() -> list[str]:
     return [f"{name}:{p}" for name, load in FAMILIES.items() for p in load().presets]
 
 
+def default_names() -> dict[str, str]:
+    """family -> the ``"family:preset"`` a bare family name (``"tdmpc2"``) builds."""
+    return {name: f"{name}:{load().default}" for name, load in FAMILIES.items()}
+
+
 def make_config(name: str, **overrides: Any) -> Any:
     """The preset's config with `overrides` applied (validated by the config's __post_init__)."""
     family, preset = resolve(name)

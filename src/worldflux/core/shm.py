@@ -26,12 +26,12 @@ from itertools import count
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from worldflux.core import checksum as _checksum
 from worldflux.core import codec
 from worldflux.core.exceptions import SharedMemoryError, StateError, StateFormatError
+from worldflux.core.packing import Packing
 from worldflux.core.payload import parse_header
 
 try:  # CPython's own binding of shm_open/shm_unlink (what multiprocessing uses underneath)
@@ -110,11 +110,15 @@ def _write(mm: mmap.mmap, p: codec.Plan, generation: int) -> None:
 
 
 def publish(
-    tensors: dict[str, Tensor], meta: dict[str, Any], namespace: str, checksum: bool | str = False
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    namespace: str,
+    checksum: bool | str = False,
+    packing: Packing | None = None,
 ) -> dict[str, Any]:
     """Write a State into a fresh segment and return its descriptor (the segment persists)."""
     check_namespace(namespace)
-    p = codec.plan(tensors, meta, checksum=checksum)
+    p = codec.plan(tensors, meta, checksum=checksum, packing=packing)
     capacity = _GEN + p.total
     name, mm = _create(namespace, capacity)
     try:
@@ -142,20 +146,35 @@ class _Segment:
         self.capacity = 0
         self.generation = 0
         self._mm: mmap.mmap | None = None
+        # The mapping's address and a view of its payload, found once per segment: looking
+        # them up again (numpy, ctypes) cost more than a small State's copy.
+        self._arr: np.ndarray | None = None
+        self._addr = 0
+        self._view: memoryview | None = None
 
     def publish(self, p: codec.Plan) -> dict[str, Any]:
         if self._mm is None or _GEN + p.total > self.capacity:
-            self.close(unlink=True)
-            capacity = (int((_GEN + p.total) * self.headroom) + 7) & ~7  # 8-aligned
-            self.name, self._mm = _create(self.namespace, capacity)
-            self.capacity, self.generation = capacity, 0
-        assert self.name is not None
+            self._replace(p.total)
+        assert self._mm is not None and self._view is not None and self.name is not None
         self.generation += 1
-        _write(self._mm, p, self.generation)
+        codec.write_at(p, self._addr + _GEN, self._view)
+        self._mm[:_GEN] = self.generation.to_bytes(_GEN, "little")
         return _descriptor(self.name, p, self.capacity, self.generation)
+
+    def _replace(self, total: int) -> None:
+        """Move to a new segment with room for `total` payload bytes plus headroom."""
+        self.close(unlink=True)
+        capacity = (int((_GEN + total) * self.headroom) + 7) & ~7  # 8-aligned
+        self.name, self._mm = _create(self.namespace, capacity)
+        self.capacity, self.generation = capacity, 0
+        self._arr = np.frombuffer(self._mm, dtype=np.uint8)
+        self._addr, self._view = self._arr.ctypes.data, self._arr.data[_GEN:]
 
     def close(self, unlink: bool) -> None:
         mm, self._mm = self._mm, None
+        if self._view is not None:
+            self._view.release()  # drop our exports first, or mm.close() refuses
+        self._arr = self._view = None
         if mm is not None:
             with contextlib.suppress(BufferError):  # a live export: GC unmaps it later
                 mm.close()
@@ -205,7 +224,9 @@ class SegmentPool:
             raise SharedMemoryError(
                 f"SegmentPool.publish: state must be a State, got {type(state).__name__}"
             )
-        return self._slots[slot].publish(codec.plan(tensors, meta, checksum=self.checksum))
+        packing = getattr(state, "_packing", None)  # a packed State: one copy of its buffer
+        p = codec.plan(tensors, meta, checksum=self.checksum, packing=packing)
+        return self._slots[slot].publish(p)
 
     def close(self, unlink: bool = True) -> None:
         """Drop every mapping and (by default) remove the segments; attached views stay valid."""
@@ -306,8 +327,11 @@ def _check_segment(mm: mmap.mmap, d: _Desc) -> None:
 
 def attach(
     descriptor: Any, copy: bool = False, namespace: str | None = None
-) -> tuple[dict[str, Tensor], dict[str, Any], Attachment | None]:
-    """Map a published State: views into the segment, or (`copy=True`) fresh tensors."""
+) -> tuple[dict[str, Tensor], dict[str, Any], Attachment | None, Packing | None]:
+    """Map a published State: views into the segment, or (`copy=True`) fresh tensors.
+
+    Either way the tensors are views of one buffer, described by the returned `Packing`.
+    """
     if type(copy) is not bool:
         raise SharedMemoryError(f"from_shared_memory: copy must be a bool, got {copy!r:.50}")
     d = check_descriptor(descriptor, namespace)
@@ -317,12 +341,9 @@ def attach(
         arr = np.frombuffer(mm, dtype=np.uint8, count=d.size, offset=_GEN)
         layout = parse_header(arr.data)
         if copy:
-            tensors = codec.copy_out(layout, arr.ctypes.data)
+            tensors, packing = codec.copy_out(layout, arr.ctypes.data)
         else:
-            data = arr[layout.data_start :]
-            base = torch.frombuffer(data, dtype=torch.uint8) if data.size else torch.empty(0)
-            del data
-            tensors = codec.tensors_from_layout(layout, base)
+            tensors, packing = codec.unpack(layout, arr[layout.data_start :])
         del arr
     except BaseException:
         Attachment(d.name, mm).close()
@@ -330,8 +351,8 @@ def attach(
     handle = Attachment(d.name, mm)
     if copy:
         handle.close()
-        return tensors, layout.meta(), None
-    return tensors, layout.meta(), handle
+        return tensors, layout.meta(), None, packing
+    return tensors, layout.meta(), handle, packing
 
 
 def list_segments(namespace: str) -> list[str]:

@@ -21,6 +21,7 @@ from worldflux.core.exceptions import (
     StateError,
     StateShapeError,
 )
+from worldflux.core.packing import Packing
 
 _devices: dict[Any, tuple[torch.device, bool]] = {}  # device -> (parsed, is cpu); parsing costs
 
@@ -54,6 +55,7 @@ class State:
     meta: dict[str, Any] = field(default_factory=dict)
     _attachment: shm.Attachment | None = field(default=None, init=False, repr=False)
     _published: list[str] | None = field(default=None, init=False, repr=False)  # segments
+    _packing: Packing | None = field(default=None, init=False, repr=False)  # one-buffer views
 
     def __post_init__(self) -> None:
         if not isinstance(self.tensors, dict):
@@ -232,7 +234,7 @@ class State:
         `checksum=True` (xxh3_64, or crc32 without xxhash) makes any corruption detectable.
         """
         codec.check_version(version, format)
-        return codec.encode(self.tensors, self.meta, checksum=checksum)
+        return codec.encode(self.tensors, self.meta, checksum=checksum, packing=self._packing)
 
     @classmethod
     def deserialize(cls, data: bytes | bytearray | memoryview, *, copy: bool = True) -> State:
@@ -241,8 +243,18 @@ class State:
         The tensors of one call share a single fresh allocation (or `data` itself).
         Malformed input raises `StateError` and nothing else.
         """
-        tensors, meta, _ = codec.decode(data, copy=copy)
-        return _new(tensors, meta) if cls is State else cls(tensors, meta)  # keys/values checked
+        tensors, meta, packing = codec.decode(data, copy=copy)
+        state = _new(tensors, meta) if cls is State else cls(tensors, meta)  # keys/values checked
+        state._packing = packing
+        return state
+
+    def packed(self) -> State:
+        """A copy (CPU tensors only) whose tensors are views of one buffer, so serializing or
+        publishing it again copies that buffer once. Write new values into the tensors."""
+        tensors, meta, packing = codec.pack(self.tensors, self.meta)
+        state = _new(tensors, meta)
+        state._packing = packing
+        return state
 
     # -- shared memory -------------------------------------------------------------------------
 
@@ -252,7 +264,7 @@ class State:
         `namespace`: 1-64 ASCII letters, digits, '_', '-' or '.' (e.g. "my_state"); the segment
         is named /worldflux_<namespace>_<pid>_<n>_<nonce>.
         """
-        descriptor = shm.publish(self.tensors, self.meta, namespace, checksum)
+        descriptor = shm.publish(self.tensors, self.meta, namespace, checksum, self._packing)
         if self._published is None:
             self._published = []
         self._published.append(descriptor["name"])  # close_shared_memory removes every one
@@ -263,9 +275,9 @@ class State:
         cls, descriptor: dict, copy: bool = False, *, namespace: str | None = None
     ) -> State:
         """Attach to a published State: one mapping, zero-copy views (or fresh tensors)."""
-        tensors, meta, handle = shm.attach(descriptor, copy=copy, namespace=namespace)
+        tensors, meta, handle, packing = shm.attach(descriptor, copy=copy, namespace=namespace)
         state = _new(tensors, meta) if cls is State else cls(tensors, meta)  # keys/values checked
-        state._attachment = handle
+        state._attachment, state._packing = handle, packing
         if copy:
             state._published = [descriptor["name"]]  # lets the consumer unlink after copying
         return state
@@ -280,6 +292,7 @@ class State:
         """
         handle, names = self._attachment, self._published or []
         if handle is not None:
+            self._packing = None  # it holds the mapping too: unmap once the views are gone
             handle.close(unlink=unlink)
         if unlink:
             for name in names:

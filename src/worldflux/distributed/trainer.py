@@ -214,7 +214,10 @@ def build_collector_trainer(
     from worldflux.data.replay import Replay
     from worldflux.envs import make_env
     from worldflux.training.config import check_device
+    from worldflux.training.run import check_new_run_dir
 
+    if write_run_file:
+        check_new_run_dir(run_dir)
     config = spec.trainer_config()
     check_device(config.device)  # before any model is moved there
     options = {"seed": config.seed, **collector_options}

@@ -92,6 +92,12 @@ def make_env(
         raise ConfigError(f"id: gymnasium cannot make {id!r}: {e}") from e
     except WorldFluxError:
         raise
+    except ImportError as e:  # "module:Env-v0" ids import the module first
+        cause = e.__cause__ or e  # gymnasium re-raises the import error with a long note
+        raise ConfigError(
+            f"env: {id!r} needs a module that cannot be imported ({cause}); install it or "
+            "check the id ('module:EnvName-vN' imports module first)"
+        ) from e
     except (TypeError, ValueError) as e:  # the env's constructor rejected an option
         options = ", ".join(f"env.{k}={v!r}" for k, v in kwargs.items()) or "no env.* options"
         raise ConfigError(f"env: {id!r} rejected its options ({options}): {e}") from e

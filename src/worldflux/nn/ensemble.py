@@ -74,26 +74,43 @@ def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
     Dropped positions form a Bernoulli(p) process, generated from geometric gaps: about
     n * p random numbers instead of n, then one scaling pass (F.dropout's per-element RNG
-    dominates its cost on CPU). Other devices, or p > 0.05, use ``F.dropout``.
+    dominates its cost on CPU). Other devices, or p > 0.05, use ``F.dropout``. Under
+    torch.compile the same positions become a dense keep-mask (static shapes, no sync); in
+    eager mode the sparse zeroing is ~3x faster than the mask, and both give the same values.
     """
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p > 0.05 or not x.is_contiguous():
         return F.dropout(x, p, True)
-    n = x.numel()
+    n, scale = x.numel(), 1.0 / (1.0 - p)
+    drop = _drop_positions(n, p)
+    if torch.compiler.is_compiling():
+        keep = torch.ones(n + 1, dtype=torch.bool).index_fill_(0, drop.clamp(max=n), False)
+        return torch.where(keep[:n].view(x.shape), x * scale, 0.0)  # slot n: beyond the end
+    out = _MaskedScale.apply(x, drop[drop < n], scale)
+    assert isinstance(out, Tensor)
+    return out
+
+
+def _drop_positions(n: int, p: float) -> Tensor:
+    """Sorted flat positions of a Bernoulli(p) process over n elements; the last lies >= n.
+
+    Positions are cumulative Geometric(p) gaps, drawn in chunks sized so that one chunk almost
+    always reaches n: eager mode draws another chunk when it does not; compiled code takes the
+    single chunk (static shape), where the tail beyond it (probability < 1e-9) is not dropped.
+    """
     mean = n * p
-    chunk = int(mean + 6.0 * math.sqrt(mean) + 16)  # almost always a single draw
+    chunk = int(mean + 6.0 * math.sqrt(mean) + 16)
     log_keep = math.log1p(-p)
     found, last = [], -1
     while last < n:
         gaps = (torch.log1p(-torch.rand(chunk)) / log_keep).floor_().long() + 1  # Geometric(p)
         pos = gaps.cumsum_(0).add_(last)
         found.append(pos)
+        if torch.compiler.is_compiling():
+            break
         last = int(pos[-1])
-    drop = torch.cat(found)
-    out = _MaskedScale.apply(x, drop[drop < n], 1.0 / (1.0 - p))
-    assert isinstance(out, Tensor)
-    return out
+    return torch.cat(found)
 
 
 class _MaskedScale(torch.autograd.Function):

@@ -91,20 +91,21 @@ class CEM:
                 f"mask: expected a bool tensor of shape ({self._prev.shape[0]},), "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
-        mid = self._mid(self._prev.device)
+        mid = self._mid(self._prev.device, self._prev.dtype)
         self._prev = torch.where(mask.to(self._prev.device)[:, None, None], mid, self._prev)
 
-    def _mid(self, device: torch.device) -> Tensor:
-        return ((self.low + self.high) / 2).to(device)  # (A,)
+    def _mid(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return ((self.low + self.high) / 2).to(device, dtype)  # (A,)
 
-    def _normal(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    def _normal(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
         if self.generator is None:
-            return torch.randn(shape, device=device)
+            return torch.randn(shape, device=device, dtype=dtype)
         gen_dev = self.generator.device
-        return torch.randn(shape, generator=self.generator, device=gen_dev).to(device)
+        return torch.randn(shape, generator=self.generator, device=gen_dev, dtype=dtype).to(device)
 
-    def _initial_mean(self, batch_size: int, device: torch.device) -> Tensor:
-        mean = self._mid(device).expand(batch_size, self.horizon, self.action_dim).clone()
+    def _initial_mean(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        mid = self._mid(device, dtype)
+        mean = mid.expand(batch_size, self.horizon, self.action_dim).clone()
         prev = self._prev
         if prev is not None and prev.shape[0] == batch_size:
             mean[:, :-1] = prev[:, 1:].to(device)  # shift: step t+1 of the last plan is step t
@@ -116,8 +117,9 @@ class CEM:
         batch_size: int,
         device: torch.device | str,
         eval_mode: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """Run CEM; return the first action (B, A).
+        """Run CEM in `dtype` (the model's); return the first action (B, A).
 
         `objective(actions (B, N, H, A)) -> (B, N)` scores (higher is better). In eval mode the
         action is the final mean's first step; otherwise Gaussian noise with the final std is
@@ -127,17 +129,17 @@ class CEM:
             raise SpecError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         device = torch.device(device)
         b, n, h, a = batch_size, self.samples, self.horizon, self.action_dim
-        low, high = self.low.to(device), self.high.to(device)
-        mean = self._initial_mean(b, device)
-        std = torch.full((b, h, a), self.std_init, device=device)
+        low, high = self.low.to(device, dtype), self.high.to(device, dtype)
+        mean = self._initial_mean(b, device, dtype)
+        std = torch.full((b, h, a), self.std_init, device=device, dtype=dtype)
         for _ in range(self.iterations):
-            eps = self._normal((b, n, h, a), device)
+            eps = self._normal((b, n, h, a), device, dtype)
             actions = (mean[:, None] + std[:, None] * eps).clamp(low, high)  # (B, N, H, A)
             scores = objective(actions)
             if not isinstance(scores, Tensor) or tuple(scores.shape) != (b, n):
                 got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
                 raise SpecError(f"objective: expected scores of shape ({b}, {n}), got {got}")
-            scores = torch.nan_to_num(scores.detach().float(), nan=-torch.inf)
+            scores = torch.nan_to_num(scores.detach().to(dtype), nan=-torch.inf)
             idx = scores.topk(self.elites, dim=1).indices  # (B, K)
             elite = actions.gather(1, idx[:, :, None, None].expand(b, self.elites, h, a))
             new_mean = elite.mean(1)  # (B, K, H, A) -> (B, H, A)
@@ -148,5 +150,5 @@ class CEM:
         self._prev = mean
         action = mean[:, 0]
         if not eval_mode:
-            action = action + std[:, 0] * self._normal((b, a), device)
+            action = action + std[:, 0] * self._normal((b, a), device, dtype)
         return action.clamp(low, high)

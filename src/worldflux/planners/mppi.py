@@ -93,29 +93,37 @@ class MPPI:
                 f"mask: expected a bool tensor of shape ({prev.shape[0]},), "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
-        fresh = self._fresh(prev.shape[0], prev.shape[-1], prev.device)
+        fresh = self._fresh(prev.shape[0], prev.shape[-1], prev.device, prev.dtype)
         self._prev = torch.where(mask.to(prev.device)[:, None, None], fresh, prev)
 
-    def _fresh(self, b: int, a: int, device: torch.device) -> Tensor:
+    def _fresh(
+        self, b: int, a: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """The cold-start mean (B, H, A): zeros, or uniform probabilities if discrete."""
-        return torch.full((b, self.horizon, a), 1.0 / a if self._discrete else 0.0, device=device)
+        fill = 1.0 / a if self._discrete else 0.0
+        return torch.full((b, self.horizon, a), fill, device=device, dtype=dtype)
 
-    def _initial_mean(self, b: int, a: int, device: torch.device) -> Tensor:
-        mean = self._fresh(b, a, device)
+    def _initial_mean(
+        self, b: int, a: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        mean = self._fresh(b, a, device, dtype)
         prev = self._prev
         if prev is not None and prev.shape == mean.shape:
             mean[:, :-1] = prev[:, 1:].to(device)  # step t+1 of the last plan is step t now
         return mean
 
-    def _randn(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
-        if self.generator is None:
-            return torch.randn(shape, device=device)
+    def _randn(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Standard normal noise with `like`'s device and dtype."""
         gen = self.generator
-        return torch.randn(shape, generator=gen, device=gen.device).to(device)
+        if gen is None:
+            return torch.randn(shape, device=like.device, dtype=like.dtype)
+        return torch.randn(shape, generator=gen, device=gen.device, dtype=like.dtype).to(like)
 
-    def _gumbel(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
-        gen = self.generator
-        u = torch.rand(shape, generator=gen, device=gen.device if gen is not None else device)
+    def _gumbel(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Standard Gumbel noise with `like`'s device and dtype."""
+        gen, device = self.generator, like.device
+        u = torch.rand(shape, generator=gen, device=gen.device if gen is not None else device,
+                       dtype=like.dtype)  # fmt: skip
         return -torch.log(-torch.log(u.to(device).clamp(1e-10, 1.0 - 1e-7)))
 
     # --- planning -----------------------------------------------------------------------------
@@ -133,8 +141,8 @@ class MPPI:
         """
         b, n, h, a = actions.shape
         gamma = self._discount(model)
-        ret = torch.zeros(b * n, device=actions.device)
-        alive = torch.ones(b * n, device=actions.device)
+        ret = actions.new_zeros(b * n)
+        alive = actions.new_ones(b * n)
         disc = 1.0
         for t in range(h):
             act = actions[:, :, t].reshape(b * n, a)  # (B, N, A) -> (B*N, A)
@@ -166,9 +174,9 @@ class MPPI:
         b, h, a = mean.shape
         if self._discrete:
             logits = torch.log(mean.clamp_min(1e-8))[:, None]  # (B, 1, H, A)
-            idx = (logits + self._gumbel((b, m, h, a), mean.device)).argmax(-1)  # (B, m, H)
+            idx = (logits + self._gumbel((b, m, h, a), mean)).argmax(-1)  # (B, m, H)
             return F.one_hot(idx, a).to(mean.dtype)
-        eps = self._randn((b, m, h, a), mean.device)
+        eps = self._randn((b, m, h, a), mean)
         return (mean[:, None] + std[:, None] * eps).clamp(-1.0, 1.0)
 
     def _refit(self, elite: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,11 +201,12 @@ class MPPI:
         b, a = state.batch_size, int(model.action_spec.dim)
         self._discrete = bool(model.action_spec.discrete)
         n, k, device = self.samples, self.elites, state.device
+        dtype = next(iter(state.tensors.values())).dtype  # plans in the model's dtype
         p = self.pi_trajs if hasattr(model, "pi") else 0
         pi_seq = self._policy_sequences(model, state, p) if p > 0 else None
         rep = _repeat(state, n)
-        mean = self._initial_mean(b, a, device)
-        std = torch.full((b, self.horizon, a), self.std_max, device=device)
+        mean = self._initial_mean(b, a, device, dtype)
+        std = torch.full((b, self.horizon, a), self.std_max, device=device, dtype=dtype)
         for _ in range(self.iterations):
             cand = self._sample(mean, std, n - p)
             actions = cand if pi_seq is None else torch.cat([pi_seq, cand], 1)  # (B, N, H, A)
@@ -210,10 +219,10 @@ class MPPI:
         if eval_mode:
             choice = score.argmax(1)  # (B,)
         else:
-            choice = (score.clamp_min(1e-30).log() + self._gumbel((b, k), device)).argmax(1)
+            choice = (score.clamp_min(1e-30).log() + self._gumbel((b, k), score)).argmax(1)
         first = elite[torch.arange(b, device=device), choice, 0]  # (B, A)
         if not eval_mode and not self._discrete:
-            first = first + std[:, 0] * self._randn((b, a), device)
+            first = first + std[:, 0] * self._randn((b, a), std)
         return first.clamp(-1.0, 1.0) if not self._discrete else first
 
 

@@ -6,36 +6,48 @@ A checkpoint is a directory ``<run>/checkpoints/step_<N>/`` holding
   moments, the torch RNG state), under a path-like key;
 - ``tree.json``: the rest of the tree (counters, config, python/numpy RNG states, env state), with
   ``{"__tensor__": key}`` markers where tensors were;
-- optionally ``replay/``, written by the replay buffer's own ``save(dir)``.
+- optionally ``replay/``: the replay buffer (``worldflux.data.replay_io``), whose chunks are
+  hard links to the chunks earlier checkpoints of the run already hold (stored once per run);
+- ``checksums.json``: the xxh3_64 of every other file (see `checkpoint_io`), checked on load.
 
 It is written to a temporary directory, every file is fsync'ed, and the directory is renamed into
-place, so a crash leaves either the previous checkpoint or the new one, never half of one.
+place, so a crash leaves either the previous checkpoint or the new one, never half of one. A
+failed write (a full disk) removes its temp directory and raises one `CheckpointError`.
+`CheckpointManager.load_latest` loads the newest checkpoint that verifies, skipping damaged
+ones with a one-line notice. Format-1 checkpoints (no ``checksums.json``) still load.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import random
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+import xxhash
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from worldflux.core.exceptions import WorldFluxError
+from worldflux.core.exceptions import SpecError
+from worldflux.training import checkpoint_io as ckio
+from worldflux.training.checkpoint_io import CheckpointError
+
+__all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "save_checkpoint"]
 
 TENSORS_FILE = "tensors.safetensors"
 TREE_FILE = "tree.json"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(WorldFluxError, ValueError):
-    """A checkpoint directory is missing, incomplete or not in the expected format."""
+REPLAY_DIR = "replay"
+FORMAT_VERSION = 2  # 2: checksums.json and a chunked replay; 1 (no checksums) still loads
+FORMATS = (1, 2)
 
 
 # --- tree <-> (JSON skeleton, flat tensors) ----------------------------------------------------
@@ -126,104 +138,236 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
-# --- atomic directory writes -------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb+") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
+# --- writing -----------------------------------------------------------------------------------
 
 
 def save_checkpoint(
     path: str | Path,
     tree: dict[str, Any],
     write_extra: Callable[[Path], None] | None = None,
+    *,
+    replay: Any = None,
+    share_with: Sequence[Path] = (),
 ) -> Path:
-    """Write `tree` atomically to the directory `path`; `write_extra(tmpdir)` adds files."""
+    """Write `tree` atomically to the directory `path`; `write_extra(tmpdir)` adds files.
+
+    `replay` (a `Replay`) goes to ``replay/``, hard-linking the chunks that the checkpoints
+    `share_with` already hold. Any failure removes the temp directory; an `OSError` (a full
+    disk) becomes one `CheckpointError` saying so.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     tensors: dict[str, Tensor] = {}
     skeleton = pack(tree, tensors)
-    save_file(tensors, str(tmp / TENSORS_FILE))
-    with open(tmp / TREE_FILE, "w") as f:
-        json.dump({"format": FORMAT_VERSION, "tree": skeleton}, f)
-    if write_extra is not None:
-        write_extra(tmp)
-    _fsync_tree(tmp)
-    if path.exists():  # overwriting the same step: move the old one aside first
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, path)
-    _fsync_dir(path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(tmp, tensors, skeleton, write_extra, replay, share_with)
+        _publish(tmp, path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise ckio.write_failed(path, err) from err
+        raise
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a directory written by `save_checkpoint` back into its tree (no pickle involved)."""
+def _write(
+    tmp: Path,
+    tensors: dict[str, Tensor],
+    skeleton: Any,
+    write_extra: Callable[[Path], None] | None,
+    replay: Any,
+    share_with: Sequence[Path],
+) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # Serialized here and written with python I/O: safetensors' save_file ignores a full disk
+    # (ENOSPC) and leaves a short file; the checksum comes from the bytes, not a re-read.
+    data = safetensors_bytes(tensors)
+    with open(tmp / TENSORS_FILE, "wb") as f:
+        f.write(data)
+    known = {TENSORS_FILE: xxhash.xxh3_64_hexdigest(data)}
+    del data
+    with open(tmp / TREE_FILE, "w") as f:
+        json.dump({"format": FORMAT_VERSION, "tree": skeleton}, f)
+    if replay is not None:
+        from worldflux.data.replay_io import save_replay
+
+        save_replay(replay, tmp / REPLAY_DIR, [p / REPLAY_DIR for p in share_with])
+    if write_extra is not None:
+        write_extra(tmp)
+    ckio.write_manifest(tmp, known)
+    ckio.fsync_tree(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`; an existing `path` is moved aside first and put back on failure."""
+    if not path.exists():
+        os.rename(tmp, path)
+    else:  # overwriting the same step
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    ckio.fsync_dir(path.parent)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path, with_replay: bool = False) -> dict[str, Any]:
+    """Read a directory written by `save_checkpoint` back into its tree (no pickle involved).
+
+    Every file is checked against ``checksums.json`` first. `with_replay` also reads
+    ``replay/`` (chunks verified) into ``tree["replay"]`` when the checkpoint has one. A missing,
+    damaged or foreign file raises a one-line `CheckpointError` naming it.
+    """
     path = Path(path)
-    for name in (TENSORS_FILE, TREE_FILE):
-        if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint: {path} has no {name}; not a worldflux checkpoint")
-    with open(path / TREE_FILE) as f:
-        doc = json.load(f)
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
-        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise CheckpointError(f"checkpoint: {path / TREE_FILE} format {got!r}, expected 1")
+    if not (path / TREE_FILE).is_file() and not (path / ckio.MANIFEST).is_file():
+        raise CheckpointError(f"checkpoint: {path} has no {TREE_FILE}; not a worldflux checkpoint")
+    verified = ckio.verify_manifest(path)
+    doc = ckio.read_json(path / TREE_FILE)
+    fmt = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+    if fmt not in FORMATS:
+        raise CheckpointError(f"checkpoint: {path / TREE_FILE} format {fmt!r}, expected 1 or 2")
+    if fmt != 1 and not verified:
+        raise ckio.damaged(path / ckio.MANIFEST, f"missing (format {fmt} checkpoints have one)")
+    tree = _unpack_tree(path, doc, _read_tensors(path / TENSORS_FILE))
+    if with_replay and (path / REPLAY_DIR).is_dir():
+        tree["replay"] = _read_replay(path / REPLAY_DIR)
+    return tree
+
+
+def _read_tensors(file: Path) -> dict[str, Tensor]:
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint: {file} is missing; not a worldflux checkpoint")
+    try:
+        loaded = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ckio.damaged(file, ckio.one_line(e)) from e
     # Fresh (aligned, writable) copies: compute on tensors backed by the file's buffer can take
     # other kernel paths and differ in the last bits, which would break exact resume.
-    tensors = {k: v.clone() for k, v in load_file(str(path / TENSORS_FILE)).items()}
-    tree = unpack(doc["tree"], tensors)
+    return {k: v.clone() for k, v in loaded.items()}
+
+
+def _unpack_tree(path: Path, doc: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+    try:
+        tree = unpack(doc["tree"], tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise ckio.damaged(path / TREE_FILE, f"unexpected content ({ckio.one_line(e)})") from e
     if not isinstance(tree, dict):
         raise CheckpointError(f"checkpoint: {path} does not hold a dict tree")
     return tree
 
 
+def _read_replay(folder: Path) -> Any:
+    from worldflux.data.replay_io import load_replay
+
+    try:
+        return load_replay(folder)
+    except (SpecError, OSError) as e:
+        raise CheckpointError(f"checkpoint: {ckio.one_line(e)}") from e
+
+
+def notice(message: str) -> None:
+    """One line on stderr (a damaged checkpoint skipped, a torn log line dropped)."""
+    print(message, file=sys.stderr)
+
+
+# --- a run's checkpoints -----------------------------------------------------------------------
+
+
 class CheckpointManager:
-    """Numbered checkpoints under ``<run_dir>/checkpoints``, keeping the last `keep`."""
+    """Numbered checkpoints under ``<run_dir>/checkpoints``, keeping the last `keep`.
+
+    Their replays share chunks (hard links), so `keep` checkpoints of a run cost about one
+    replay on disk, not `keep`. Damaged checkpoints found by `load_latest` are left in place
+    (a resumed run overwrites them when it reaches their step) but no longer listed.
+    """
 
     def __init__(self, run_dir: str | Path, keep: int = 3) -> None:
         if keep < 1:
             raise CheckpointError(f"keep: expected an int >= 1, got {keep}")
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
+        self.damaged: set[Path] = set()
+        self._swept = False
 
     def path_for(self, step: int) -> Path:
         return self.root / f"step_{step:010d}"
 
     def list(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
+        """Complete checkpoints not known to be damaged, oldest first."""
         if not self.root.is_dir():
             return []
         found = [p for p in self.root.iterdir() if p.name.startswith("step_") and p.is_dir()]
-        return sorted(p for p in found if (p / TREE_FILE).is_file())
+        return sorted(p for p in found if (p / TREE_FILE).is_file() and p not in self.damaged)
 
     def latest(self) -> Path | None:
         items = self.list()
         return items[-1] if items else None
 
+    def sweep(self) -> builtins.list[Path]:  # `list` here is the method above
+        """Remove temp dirs that writers killed mid-save left behind (see `checkpoint_io`)."""
+        self._swept = True
+        return ckio.sweep(self.root)
+
     def save(
-        self, step: int, tree: dict[str, Any], write_extra: Callable[[Path], None] | None = None
+        self,
+        step: int,
+        tree: dict[str, Any],
+        write_extra: Callable[[Path], None] | None = None,
+        *,
+        replay: Any = None,
     ) -> Path:
-        """Write step `step`, then delete all but the newest `keep` checkpoints."""
-        path = save_checkpoint(self.path_for(step), tree, write_extra)
+        """Write step `step` (with `replay`), then delete all but the newest `keep` checkpoints."""
+        if not self._swept:
+            self.sweep()
+        path = save_checkpoint(
+            self.path_for(step), tree, write_extra, replay=replay, share_with=self.list()[::-1]
+        )
+        self.damaged.discard(path)
         for old in self.list()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            ckio.remove_dir(old)
         return path
+
+    def load_latest(
+        self, with_replay: bool = False, sweep: bool = False
+    ) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint that loads and verifies, and its tree (see `load_checkpoint`).
+
+        Each newer damaged one is skipped with one line on stderr (which, why, which one is
+        used). `sweep` first removes dead writers' temp dirs (a resuming writer; not a reader,
+        which cannot tell a writer in another PID namespace from a dead one).
+        """
+        if sweep:
+            self.sweep()
+        found = self.list()
+        if not found:
+            raise CheckpointError(f"checkpoint: no checkpoint under {self.root}")
+        skipped: dict[Path, str] = {}
+        for path in reversed(found):
+            try:
+                tree = load_checkpoint(path, with_replay)
+            except CheckpointError as err:  # its message names the damaged file
+                skipped[path] = ckio.one_line(err)
+                continue
+            except OSError as err:
+                skipped[path] = f"checkpoint: {path} could not be read ({ckio.one_line(err)})"
+                continue
+            for why in skipped.values():
+                notice(f"{why}; using {path} instead")
+            self.damaged |= set(skipped)
+            return path, tree
+        self.damaged |= set(skipped)
+        raise CheckpointError(
+            f"checkpoint: all {len(found)} checkpoints under {self.root} are damaged; the newest: "
+            f"{skipped[found[-1]].removeprefix('checkpoint: ')}"
+        )

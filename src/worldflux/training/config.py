@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ class TrainerConfig:
     updates_per_step: float | None = None  # overrides train_ratio: gradient updates per env step
     eval_every: int = 10_000  # env steps between evaluations (0: never)
     eval_episodes: int = 10  # episodes per evaluation (real env returns, explore=False)
-    checkpoint_every: int = 10_000  # env steps between checkpoints (0: only at the end)
+    checkpoint_every: int = 10_000  # env steps between checkpoints (>= 1; also one at the end)
     keep_checkpoints: int = 3  # how many checkpoints to keep
     save_replay: bool = True  # store the replay buffer in checkpoints (needed for exact resume)
     log_every: int = 1000  # env steps between train-metric records
@@ -37,26 +38,17 @@ class TrainerConfig:
     progress: bool = True  # show the rich live progress line
 
     def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "num_envs",
-            "eval_episodes",
-            "keep_checkpoints",
-            "threads",
-            "max_nonfinite",
-            "replay_capacity",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}: expected an int >= 1, got {value!r}")
-        for name in ("seed_steps", "eval_every", "checkpoint_every", "log_every", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name}: expected an int >= 0, got {value!r}")
+        # checkpoint_every=0 used to mean "only at the end": a crash then lost the whole run.
+        positive = ("steps", "num_envs", "eval_episodes", "keep_checkpoints", "threads",
+                    "max_nonfinite", "replay_capacity", "checkpoint_every")  # fmt: skip
+        for name in positive:
+            _check_int(name, getattr(self, name), 1)
+        for name in ("seed_steps", "eval_every", "log_every", "seed"):
+            _check_int(name, getattr(self, name), 0)
         for name in ("train_ratio", "updates_per_step"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int | float) and value > 0):
-                raise ConfigError(f"{name}: expected a number > 0 or None, got {value!r}")
+            if value is not None and not (_is_number(value) and 0 < value < math.inf):
+                raise ConfigError(f"{name}: expected a number > 0 or None (finite), got {value!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as err:
@@ -72,6 +64,16 @@ class TrainerConfig:
         if unknown:
             raise ConfigError(f"trainer config: unknown fields {unknown}; known: {sorted(known)}")
         return TrainerConfig(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    # bool is an int subclass: `seed=true` must not pass as seed 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name}: expected an int >= {low}, got {value!r}")
 
 
 def check_device(device: str | torch.device) -> torch.device:

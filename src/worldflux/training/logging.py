@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from worldflux.core.exceptions import WorldFluxError
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -112,31 +115,71 @@ class Logger:
             self._file.close()
 
 
+def _parse_lines(path: Path) -> tuple[list[str], list[dict[str, Any]], bool]:
+    """Lines (each ending in a newline), their records, and whether a torn last line was dropped.
+
+    A kill -9 while appending leaves the last line cut short: it is dropped. A damaged line
+    elsewhere is a `WorldFluxError` naming the file and line.
+    """
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    keep: list[str] = []
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            if number == len(lines):
+                return keep, records, True
+            raise WorldFluxError(f"{path}: line {number} is not a JSON record ({e})") from e
+        keep.append(line if line.endswith("\n") else line + "\n")
+        records.append(record)
+    return keep, records, False
+
+
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``<run_dir>/metrics.jsonl``, optionally only those of one `kind`."""
+    """The records of ``<run_dir>/metrics.jsonl``, optionally only those of one `kind`.
+
+    A torn last line (a crash while appending, or a run still writing it) is skipped.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = _parse_lines(path)[1]
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> int:
     """Drop records after env step `step` (logged after the checkpoint a run resumes from).
 
+    A torn last line (a kill -9 while appending) is dropped too, with a notice on stderr.
     Returns how many records were dropped; the file is replaced atomically.
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return 0
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(keep) == len(lines):
+    lines, records, torn = _parse_lines(path)
+    keep = [line for line, r in zip(lines, records, strict=True) if r.get("step", 0) <= step]
+    if torn:
+        print(
+            f"metrics: dropped the torn last line of {path} (a crash while appending)",
+            file=sys.stderr,
+        )
+    if len(keep) == len(lines) and not torn and _ends_with_newline(path):
         return 0
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as f:
         f.writelines(keep)
     tmp.replace(path)
     return len(lines) - len(keep)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"

@@ -67,9 +67,33 @@ def parse_overrides(model: str, env: str, items: list[str]) -> RunSpec:
 
 
 def default_run_dir(spec: RunSpec, root: str | Path = "runs") -> Path:
+    """``<root>/<model>_<env>_<time stamp>``, with a suffix if two runs start in one second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{spec.model.replace(':', '-')}_{spec.env.replace('/', '-').replace(':', '-')}"
-    return Path(root) / f"{name}_{stamp}"
+    path, n = Path(root) / f"{name}_{stamp}", 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{name}_{stamp}-{n}"
+    return path
+
+
+def check_new_run_dir(run_dir: str | Path) -> Path:
+    """`run_dir` for a new run: absent or an empty directory, else a one-line `ConfigError`.
+
+    A second run written into an existing one would overwrite its run.json and interleave the
+    checkpoints (``keep`` then deletes the newer run's), losing both; nothing is touched here.
+    """
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir: {path} is a file; expected a new or empty directory")
+    if path.is_dir() and any(path.iterdir()):
+        if (path / RUN_FILE).is_file():
+            raise ConfigError(
+                f"run_dir: {path} already holds a run; continue it with `worldflux resume "
+                f"{path}` (add --steps N to extend it) or choose another --run-dir"
+            )
+        raise ConfigError(f"run_dir: {path} is not empty; a new run needs a new or empty directory")
+    return path
 
 
 def env_factory(spec: RunSpec) -> Any:
@@ -95,8 +119,9 @@ def build_trainer(spec: RunSpec, run_dir: str | Path) -> Trainer:
 
     Everything is validated (config, device, env options, agent options, model overrides) and
     built first; `run_dir` is only created once the run is known to start, so a rejected command
-    leaves no directory behind.
+    leaves no directory behind. An existing non-empty `run_dir` is refused (`check_new_run_dir`).
     """
+    check_new_run_dir(run_dir)
     trainer = _build(spec, run_dir)
     write_spec(spec, run_dir)
     return trainer
@@ -162,18 +187,30 @@ def resume_trainer(run_dir: str | Path, **trainer_changes: Any) -> Trainer:
     return trainer
 
 
-def load_agent(checkpoint: str | Path, device: str = "cpu") -> tuple[Any, RunSpec]:
-    """The agent stored in a checkpoint directory (or a run dir: its latest checkpoint)."""
+def read_checkpoint(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint's path and verified tree, from its directory, a run dir or
+    ``<run>/checkpoints/latest`` (the latter two: the newest intact checkpoint, damaged newer
+    ones skipped with a notice on stderr)."""
     from worldflux.training.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 
     path = Path(checkpoint)
-    if (path / RUN_FILE).is_file():
-        latest = CheckpointManager(path).latest()
-        if latest is None:
-            raise CheckpointError(f"checkpoint: run dir {path} has no checkpoints yet")
-        path = latest
+    if path.name == "latest" and path.parent.name == "checkpoints" and not path.exists():
+        path = path.parent.parent  # no such directory: the name stands for the newest one
+    elif not (path / RUN_FILE).is_file():
+        return path, load_checkpoint(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint: run dir {path} does not exist")
+    manager = CheckpointManager(path)
+    if not manager.list():
+        raise CheckpointError(f"checkpoint: run dir {path} has no checkpoints yet")
+    return manager.load_latest()
+
+
+def load_agent(checkpoint: str | Path, device: str = "cpu") -> tuple[Any, RunSpec]:
+    """The agent stored in a checkpoint directory (or a run dir, or ``<run>/checkpoints/latest``:
+    its newest intact checkpoint)."""
     check_device(device)
-    tree = load_checkpoint(path)
+    _, tree = read_checkpoint(checkpoint)
     spec = RunSpec(**tree["run"])
     probe = env_factory(spec)(0)
     agent = make_agent(

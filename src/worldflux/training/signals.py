@@ -1,4 +1,12 @@
-"""Ctrl-C handling for training loops: finish the current iteration, then stop."""
+"""Graceful stops for training loops: Ctrl-C (SIGINT) and SIGTERM finish the current iteration,
+then the trainer checkpoints and stops.
+
+SIGTERM is what ``kill``, ``docker stop``, Slurm and systemd send; a job started in the
+background (``nohup ... &``) ignores SIGINT, so SIGTERM is its only graceful stop. Both are
+treated alike: the first one is deferred to the end of the iteration, a second one stops at once
+(the trainer still saves, as a partial checkpoint). A stop by SIGTERM raises `Terminated`, a
+`KeyboardInterrupt`, so every handler of Ctrl-C handles it too; the CLI exits with 143 for it.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +15,45 @@ import threading
 from typing import Any
 
 
-class DeferredSigint:
-    """While active (main thread, Python's default SIGINT handler in place), the first Ctrl-C only
-    sets `requested`; the trainer checks it between iterations. A second Ctrl-C raises at once."""
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by SIGTERM (after its checkpoint was saved)."""
+
+
+class DeferredStop:
+    """While active, the first SIGINT or SIGTERM only sets `requested`; the trainer checks it
+    between iterations and calls `stop()`. A second signal raises at once.
+
+    A handler is installed only in the main thread and only over the default disposition
+    (Python's Ctrl-C handler, SIG_DFL for SIGTERM): an application's own handlers and a
+    SIGINT ignored by the shell stay as they are. The previous handlers return on exit.
+    """
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.requested: int | None = None  # the signal number received
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.requested is not None:
+            self.stop()
+        self.requested = signum
 
-    def __enter__(self) -> DeferredSigint:
-        self.requested = False
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+    def stop(self) -> None:
+        """Raise the exception of the received signal (`Terminated` for SIGTERM)."""
+        if self.requested == signal.SIGTERM:
+            raise Terminated("stopped by SIGTERM")
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> DeferredStop:
+        self.requested = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}

@@ -34,7 +34,7 @@ from worldflux.training.config import TrainerConfig, setup_runtime
 from worldflux.training.evaluate import evaluate, goal_layer, goal_observations
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.runner import EnvFn, EnvRunner, random_actions
-from worldflux.training.signals import DeferredSigint
+from worldflux.training.signals import DeferredStop, Terminated
 
 
 class TrainingError(WorldFluxError, RuntimeError):
@@ -132,20 +132,22 @@ class Trainer:
     def train(self, stop_at: int | None = None) -> dict[str, Any]:
         """Run until `config.steps` env steps (or `stop_at`, then checkpoint and return).
 
-        Ctrl-C (SIGINT) saves a checkpoint and re-raises `KeyboardInterrupt`. In the main thread
-        the signal is deferred to the end of the current iteration, so that checkpoint is exact
-        (a second Ctrl-C stops at once, still saving). A `KeyboardInterrupt` that lands in the
-        middle of an iteration is saved as a *partial* checkpoint: resuming it starts fresh
-        episodes in every env (like a resume without replay, see `restore`), not bit-exact.
+        Ctrl-C (SIGINT) and SIGTERM save a checkpoint and raise `KeyboardInterrupt` (SIGTERM:
+        its subclass `Terminated`). In the main thread the signal is deferred to the end of the
+        current iteration, so that checkpoint is exact (a second signal stops at once, still
+        saving). An interrupt or any other exception in the middle of an iteration is saved as
+        a *partial* checkpoint: resuming it starts fresh episodes in every env (like a resume
+        without replay, see `restore`), not bit-exact. The exception is then re-raised, after a
+        line on stderr with the checkpoint and the ``worldflux resume`` command.
         """
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
         self.logger = self._make_logger()
         self._store_rows()
         last_eval: dict[str, Any] | None = None
         self._partial = False
-        sigint = DeferredSigint()
+        stop = DeferredStop()
         try:
-            with sigint:
+            with stop:
                 while self.step < end:
                     self._partial = True
                     prev = self.step
@@ -162,27 +164,13 @@ class Trainer:
                     if self._crossed(prev, self.config.checkpoint_every) and self.step < end:
                         self.save()
                     self.logger.progress(self.step, self.updates)
-                    if self._stop_requested(sigint.requested):
-                        raise KeyboardInterrupt
+                    if self._stop_requested(stop.requested is not None):
+                        stop.stop()
                 self.save()
-                if sigint.requested:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            if not self._may_save_on_interrupt():
-                raise
-            here = self.checkpoints.path_for(self.step)
-            if here in self.checkpoints.list():
-                # written at the end of the iteration that reached this step (or resumed from):
-                # nothing has completed since, so it is the right one to keep
-                path, kind = here, "checkpoint"
-            else:
-                path = self.save()
-                kind = "partial checkpoint" if self._partial else "checkpoint"
-            print(
-                f"interrupted at step {self.step}; {kind} saved: {path}\n"
-                f"continue with: worldflux resume {self.run_dir}",
-                file=sys.stderr,
-            )
+                if stop.requested is not None:
+                    stop.stop()
+        except (KeyboardInterrupt, Exception) as err:
+            self._save_on_exit(err)
             raise
         finally:
             self._partial = False
@@ -196,6 +184,39 @@ class Trainer:
             "eval": last_eval,
             "run_dir": str(self.run_dir),
         }
+
+    def _save_on_exit(self, err: BaseException) -> None:
+        """Checkpoint what the stopped run has done (unless nothing has completed since the last
+        checkpoint), then say on stderr where it is and how to continue."""
+        if isinstance(err, Terminated):
+            why = "stopped by SIGTERM"
+        elif isinstance(err, KeyboardInterrupt):
+            why = "interrupted"
+        else:
+            why = f"failed with {type(err).__name__}: {err}"
+        here = self.checkpoints.path_for(self.step)
+        path: Path | None
+        if isinstance(err, CheckpointError) or not self._may_save_on_interrupt():
+            path, saved = self.checkpoints.latest(), ""  # saving itself failed, or ranks differ
+        elif here in self.checkpoints.list():
+            # written at the end of the iteration that reached this step (or resumed from):
+            # nothing has completed since, so it is the right one to keep
+            path, saved = here, "checkpoint saved"
+        else:
+            try:
+                path = self.save()
+                saved = "partial checkpoint saved" if self._partial else "checkpoint saved"
+            except Exception as save_err:  # noqa: BLE001 - report it, re-raise the first error
+                print(f"could not save a checkpoint: {save_err}", file=sys.stderr)
+                path, saved = self.checkpoints.latest(), ""
+        if path is None:
+            print(f"{why} at step {self.step}; no checkpoint was saved", file=sys.stderr)
+            return
+        where = f"{saved}: {path}" if saved else f"newest checkpoint: {path}"
+        print(
+            f"{why} at step {self.step}; {where}\ncontinue with: worldflux resume {self.run_dir}",
+            file=sys.stderr,
+        )
 
     def _make_logger(self) -> Logger:
         return Logger(
@@ -365,19 +386,15 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint everything needed to continue exactly; returns the directory."""
-
-        def extra(tmp: Path) -> None:
-            if self.config.save_replay:
-                self.replay.save(tmp / "replay")
-
-        return self.checkpoints.save(self.step, self.state_tree(), extra)
+        replay = self.replay if self.config.save_replay else None
+        return self.checkpoints.save(self.step, self.state_tree(), replay=replay)
 
     def restore(self, path: str | Path | None = None) -> None:
-        """Load a checkpoint (default: the latest in `run_dir`) into this trainer."""
-        path = Path(path) if path is not None else self.checkpoints.latest()
-        if path is None:
-            raise CheckpointError(f"resume: no checkpoint under {self.run_dir / 'checkpoints'}")
-        tree = load_checkpoint(path)
+        """Load a checkpoint (default: the newest intact one in `run_dir`) into this trainer."""
+        if path is None:  # damaged newer ones are skipped, with a notice
+            path, tree = self.checkpoints.load_latest(with_replay=True, sweep=True)
+        else:
+            path, tree = Path(path), load_checkpoint(path, with_replay=True)
         c = tree["counters"]
         self.step, self.updates, self.credit = c["step"], c["updates"], c["credit"]
         self.episodes, self.nonfinite_total = c["episodes"], c["nonfinite_total"]
@@ -401,7 +418,8 @@ class Trainer:
         if tree["replay_saved"]:
             if not partial:
                 self.runner.load_state_dict(tree["runner"])
-            self.replay = type(self.replay).load(path / "replay")
+            loaded = tree.get("replay")  # verified with the checkpoint (not in rank shards)
+            self.replay = loaded if loaded is not None else type(self.replay).load(path / "replay")
         self.replay.set_state(tree["replay_rng"])
         restore_rng(tree["rng"])
         self.rng = np.random.default_rng()

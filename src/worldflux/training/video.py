@@ -38,13 +38,24 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 15) -> Pa
     return path
 
 
+def shown_field(model: WorldModel) -> str:
+    """The observation field a video shows: the first image field, else the first field."""
+    fields = model.obs_spec.fields
+    return next((k for k, f in fields.items() if f.is_image), next(iter(fields)))
+
+
 @torch.no_grad()
-def imagine(model: WorldModel, batch: Batch, context: int) -> tuple[dict[str, Tensor], Tensor]:
+def imagine(
+    model: WorldModel, batch: Batch, context: int, key: str | None = None
+) -> tuple[dict[str, Tensor], Tensor]:
     """Open-loop predictions for one sequence (batch row 0).
 
-    Returns (real obs dict, key -> (T, *shape)), predicted obs (T - context, *shape) of the
-    first decoded key; steps < context are filtered with real observations.
+    Returns (real obs dict, key -> (T, *shape)), predicted obs (T - context, *shape) of field
+    `key` (default `shown_field`); steps < context are filtered with real observations.
     """
+    key = key or shown_field(model)
+    # Dict specs decode to "obs/<field>", single-field specs to "obs"
+    head = f"obs/{key}" if model.obs_spec.is_dict else "obs"
     obs: dict[str, Tensor] = (
         dict(batch.obs) if not isinstance(batch.obs, Tensor) else {"obs": batch.obs}
     )
@@ -62,8 +73,7 @@ def imagine(model: WorldModel, batch: Batch, context: int) -> tuple[dict[str, Te
     traj = model.rollout(state, actions=actions)
     preds = []
     for t in range(1, traj.horizon + 1):
-        dec = model.decode(traj.state_at(t), ["obs"])["obs"]
-        preds.append(dec if isinstance(dec, Tensor) else next(iter(dec.values())))
+        preds.append(model.decode(traj.state_at(t), ["obs"])[head])
     real = {k: v[0] for k, v in obs.items()}
     return real, torch.cat(preds, 0)
 
@@ -129,8 +139,8 @@ def imagination_video(
     model: WorldModel, batch: Batch, path: str | Path, context: int = 5, fps: int = 10
 ) -> dict[str, Any]:
     """Write the imagination video of `batch` row 0 to `path`; returns path and per-step error."""
-    real, pred = imagine(model, batch, context)
-    key = next(iter(real))
+    key = shown_field(model)
+    real, pred = imagine(model, batch, context, key)
     field = model.obs_spec.fields[key]
     r = real[key]
     if field.is_image:

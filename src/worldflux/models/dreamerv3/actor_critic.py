@@ -97,9 +97,11 @@ class PercentileNormalizer(nn.Module):
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         """Move the EMAs toward the percentiles of `x` (any shape)."""
-        lo, hi = torch.quantile(x.detach().flatten().float(), self.q)
-        self.lo.lerp_(lo, self.rate)
-        self.hi.lerp_(hi, self.rate)
+        # quantile needs at least float32 (no half types); float64 stays float64
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        lo, hi = torch.quantile(x.detach().flatten().to(dtype), self.q.to(dtype))
+        self.lo.lerp_(lo.to(self.lo.dtype), self.rate)
+        self.hi.lerp_(hi.to(self.hi.dtype), self.rate)
 
     def scale(self) -> Tensor:
         """max(limit, hi - lo), a 0-d tensor (no device sync)."""

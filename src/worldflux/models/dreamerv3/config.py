@@ -119,7 +119,13 @@ class DreamerV3Config:
         self._check_choices()
 
     def _check_choices(self) -> None:
-        for name in ("wm_lr", "wm_eps", "wm_grad_clip", "ac_lr", "ac_eps", "ac_grad_clip"):
+        for name in ("wm_lr", "ac_lr", "laprop_lr"):
+            value = getattr(self, name)
+            if not _is_lr(value):
+                raise ConfigError(
+                    f"DreamerV3Config.{name}: expected a float in [0, 1], got {value!r}"
+                )
+        for name in ("wm_eps", "wm_grad_clip", "ac_eps", "ac_grad_clip"):
             if getattr(self, name) <= 0:
                 raise ConfigError(
                     f"DreamerV3Config.{name}: expected > 0, got {getattr(self, name)}"
@@ -128,10 +134,10 @@ class DreamerV3Config:
             raise ConfigError(
                 f"DreamerV3Config.optimizer: expected 'adam' or 'laprop', got {self.optimizer!r}"
             )
-        if self.laprop_lr <= 0 or self.laprop_eps < 0 or self.agc < 0 or self.warmup < 0:
+        if self.laprop_eps < 0 or self.agc < 0 or self.warmup < 0:
             raise ConfigError(
-                "DreamerV3Config: expected laprop_lr > 0 and laprop_eps, agc, warmup >= 0, got "
-                f"{self.laprop_lr}, {self.laprop_eps}, {self.agc}, {self.warmup}"
+                "DreamerV3Config: expected laprop_eps, agc, warmup >= 0, got "
+                f"{self.laprop_eps}, {self.agc}, {self.warmup}"
             )
         if self.actor_grad_cont not in ("reinforce", "dynamics"):
             raise ConfigError(
@@ -164,6 +170,12 @@ class DreamerV3Config:
     def cnn_depths(self) -> tuple[int, ...]:
         """Channels of each CNN stage."""
         return tuple(self.depth * m for m in self.cnn_mults)
+
+
+def _is_lr(value: object) -> bool:
+    """A learning rate in [0, 1]: 0 freezes the weights (allowed, e.g. to show that learning
+    depends on them); NaN, inf and anything above 1 are typos."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def _size(deter: int, hidden: int, classes: int, depth: int, units: int) -> DreamerV3Config:

@@ -73,14 +73,14 @@ class DreamerV3(WorldModel):
         batch_size = self.check_batch_size(batch_size)
         deter, stoch = self.rssm.initial(batch_size, dev)
         shape = (batch_size, cfg.stoch, cfg.classes)
-        uniform = torch.full(shape, -math.log(cfg.classes), device=dev)
+        uniform = torch.full(shape, -math.log(cfg.classes), device=dev, dtype=self.dtype)
         return State({"deter": deter, "stoch": stoch.view(shape), "prior_logits": uniform})
 
     def encode(self, obs: Obs) -> State:
         """Posterior for a first observation (B, ...) from the zero state and a zero action."""
         obs_d = self.check_obs(obs)
         B = next(iter(obs_d.values())).shape[0]
-        action = torch.zeros(B, self.action_spec.dim, device=self.device)
+        action = torch.zeros(B, self.action_spec.dim, device=self.device, dtype=self.dtype)
         return self._filter(self.initial_state(B), action, obs_d)
 
     def update(self, state: State, action: Tensor, obs: Obs) -> State:
@@ -150,7 +150,7 @@ class DreamerV3(WorldModel):
 
     def _observe(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Validated posterior pass: (RSSM outputs, the observations as a dict)."""
-        batch.validate(self.device)
+        batch.validate_in_loss(self.device)
         obs = self.check_obs(batch.obs, arg="batch.obs", batch_dims=2)
         action = self.check_action(batch.action, arg="batch.action", batch_dims=2)
         return self.rssm.observe(self.encoder(obs), action, batch.is_first), obs

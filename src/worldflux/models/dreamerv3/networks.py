@@ -33,6 +33,11 @@ def _to_chw(x: Tensor, channels_last: bool) -> Tensor:
     return x.movedim(-1, -3) if channels_last else x
 
 
+def _dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of `module`'s weights: inputs follow it, so a float64 model runs in float64."""
+    return next(module.parameters()).dtype
+
+
 def _image_geometry(spec: ObsSpec, stages: int) -> tuple[int, int, int]:
     """Total image channels and the (h, w) after `stages` halvings; all images share H, W."""
     chw = [spec.fields[k].chw for k in spec.image_keys]
@@ -74,11 +79,11 @@ class Encoder(nn.Module):
         outs = []
         if self.mlp is not None:
             vec = torch.cat([obs[k].reshape(*lead, -1) for k in self.vec_keys], -1)
-            outs.append(self.mlp(symlog(vec.float())))
+            outs.append(self.mlp(symlog(vec.to(_dtype(self.mlp)))))
         if self.cnn is not None:
             imgs = [_to_chw(obs[k], self.spec.fields[k].channels_last) for k in self.img_keys]
             x = torch.cat(imgs, -3).flatten(0, -4)  # (..., C, H, W) -> (N, C, H, W)
-            x = x.float() / 255.0 - 0.5
+            x = x.to(_dtype(self.cnn)) / 255.0 - 0.5  # uint8 -> the weights' dtype
             outs.append(self.cnn(x).reshape(*lead, -1))  # (N, C', h, w) -> (..., C'*h*w)
         return torch.cat(outs, -1)
 
@@ -149,17 +154,17 @@ class Decoder(nn.Module):
 
     def loss(self, deter: Tensor, stoch: Tensor, obs: dict[str, Tensor]) -> Tensor:
         """Summed reconstruction loss per step: symlog MSE (vectors) + MSE (images). -> (...)."""
-        lead = deter.shape[:-1]
-        total = torch.zeros(lead, device=deter.device)
+        lead, dtype = deter.shape[:-1], deter.dtype
+        total = deter.new_zeros(lead)
         if self.vec_keys:
             preds = self.vectors(torch.cat([deter, stoch], -1))
             for k, p in preds.items():
-                target = symlog(obs[k].reshape(*lead, -1).float())
+                target = symlog(obs[k].reshape(*lead, -1).to(dtype))
                 total = total + (p - target).pow(2).sum(-1)
         if self.img_keys:
             for k, img in self._split_images(deter, stoch).items():
                 f = self.spec.fields[k]
-                target = _to_chw(obs[k], f.channels_last).flatten(0, -4).float() / 255.0
+                target = _to_chw(obs[k], f.channels_last).flatten(0, -4).to(dtype) / 255.0
                 err = (img - target).pow(2).flatten(1).sum(-1)  # (N, C, H, W) -> (N,)
                 total = total + err.view(lead)
         return total

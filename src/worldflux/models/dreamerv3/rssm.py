@@ -71,9 +71,9 @@ class RSSM(nn.Module):
 
     def initial(self, batch_size: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """Zero carry: deter (N, D), stoch (N, S*C) (official ``RSSM.initial``)."""
-        cfg = self.cfg
-        deter = torch.zeros(batch_size, cfg.deter, device=device)
-        return deter, torch.zeros(batch_size, cfg.stoch * cfg.classes, device=device)
+        cfg, dtype = self.cfg, self.hid_x.weight.dtype
+        deter = torch.zeros(batch_size, cfg.deter, device=device, dtype=dtype)
+        return deter, torch.zeros(batch_size, cfg.stoch * cfg.classes, device=device, dtype=dtype)
 
     def embed_action(self, action: Tensor) -> Tensor:
         """Action branch of the core: a / max(1, |a|) -> Linear -> Norm -> act. (.., A) -> (.., Hd)

@@ -66,11 +66,19 @@ class JEPAConfig:
             raise ConfigError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.update_fusion <= 1.0:
             raise ConfigError(f"update_fusion: expected in [0, 1], got {self.update_fusion}")
-        for name in ("reg_weight", "ar_weight", "sigreg_t_max", "lr", "grad_clip"):
+        for name in ("reg_weight", "ar_weight", "sigreg_t_max", "grad_clip"):
             if not getattr(self, name) >= 0.0:
                 raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
-        if self.sigreg_t_max <= 0 or self.lr <= 0:
-            raise ConfigError(f"sigreg_t_max/lr: expected > 0, got {self.sigreg_t_max}/{self.lr}")
+        if self.sigreg_t_max <= 0:
+            raise ConfigError(f"sigreg_t_max: expected > 0, got {self.sigreg_t_max}")
+        if not _is_lr(self.lr):
+            raise ConfigError(f"lr: expected a float in [0, 1], got {self.lr!r}")
+
+
+def _is_lr(value: object) -> bool:
+    """A learning rate in [0, 1]: 0 freezes the weights (allowed, e.g. to show that learning
+    depends on them); NaN, inf and anything above 1 are typos."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -34,7 +34,8 @@ class ConvStack(nn.Module):
         self.channels_last = field.channels_last
 
     def forward(self, img: Tensor) -> Tensor:
-        x = img.float() / 255.0 - 0.5
+        dtype = next(self.net.parameters()).dtype
+        x = img.to(dtype) / 255.0 - 0.5  # uint8 -> the weights' dtype
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
         return self.net(x).flatten(1)  # (B, C', H', W') -> (B, F)

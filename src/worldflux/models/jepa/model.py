@@ -126,9 +126,8 @@ class JEPA(WorldModel):
     def initial_state(self, batch_size: int) -> State:
         """All-zero reps (batch_size, D) (and history (batch_size, k, D))."""
         batch_size = self.check_batch_size(batch_size)
-        zeros = torch.zeros(
-            batch_size, self.config.history, self.config.rep_dim, device=self.device
-        )
+        shape = (batch_size, self.config.history, self.config.rep_dim)
+        zeros = torch.zeros(shape, device=self.device, dtype=self.dtype)
         return self._make_state(zeros)
 
     def encode(self, obs: Obs) -> State:
@@ -181,7 +180,7 @@ class JEPA(WorldModel):
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """Multi-step latent prediction (teacher-forced + autoregressive) + anti-collapse term."""
-        batch.validate(self.device)
+        batch.validate_in_loss(self.device)
         c = self.config
         b, t = batch.shape
         if t < 2:
@@ -235,7 +234,7 @@ class JEPA(WorldModel):
         act = action[:, 1:].reshape(b * (t - 1), -1)  # (B, T-1, A) -> (B*(T-1), A)
         pred = self.predictor(hist, act).reshape(b, t - 1, d)
         err = F.mse_loss(pred, target[:, 1:], reduction="none").mean(-1)  # (B, T-1)
-        mask = self._valid(seg, 0, t - 1).float()
+        mask = self._valid(seg, 0, t - 1).to(err.dtype)
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
     def _ar_loss(
@@ -252,7 +251,7 @@ class JEPA(WorldModel):
             hist = torch.cat([hist[:, 1:], pred[:, None]], 1)
             err = F.mse_loss(pred.reshape(b, n, d), target[:, s : s + n], reduction="none")
             first = (torch.arange(n, device=seg.device) - k + 1).clamp_min(0)
-            mask = (seg[:, first] == seg[:, s : s + n]).float()  # (B, n) same episode
+            mask = (seg[:, first] == seg[:, s : s + n]).to(err.dtype)  # (B, n) same episode
             total = total + (err.mean(-1) * mask).sum()
             count = count + mask.sum()
         return total / count.clamp_min(1.0)

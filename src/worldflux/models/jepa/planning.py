@@ -81,6 +81,7 @@ class GoalPlanner:
             batch_size=rep.shape[0],
             device=rep.device,
             eval_mode=eval_mode,
+            dtype=rep.dtype,
         )
 
     def reset(self, mask: Tensor | None = None) -> None:

@@ -66,7 +66,8 @@ def vicreg(z: Tensor, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
 
 def effective_rank(z: Tensor) -> Tensor:
     """exp(entropy) of the normalised singular values of centred `z` (N, D); in [1, min(N, D)]."""
-    s = torch.linalg.svdvals((z - z.mean(0)).float())
+    # svdvals needs at least float32 (no half types); float64 stays float64
+    s = torch.linalg.svdvals((z - z.mean(0)).to(torch.promote_types(z.dtype, torch.float32)))
     p = s / s.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return torch.exp(entropy)

@@ -94,7 +94,6 @@ class TDMPC2Config:
             "value_coef",
             "termination_coef",
             "entropy_coef",
-            "lr",
             "enc_lr_scale",
             "grad_clip_norm",
             "pi_eps",
@@ -102,12 +101,8 @@ class TDMPC2Config:
             "temperature",
         ):
             self._check(getattr(self, name) >= 0.0, name, ">= 0", getattr(self, name))
-        self._check(
-            self.lr > 0 and self.grad_clip_norm > 0,
-            "lr/grad_clip_norm",
-            "> 0",
-            (self.lr, self.grad_clip_norm),
-        )
+        self._check(self.grad_clip_norm > 0, "grad_clip_norm", "> 0", self.grad_clip_norm)
+        self._check(_is_lr(self.lr), "lr", "a float in [0, 1]", self.lr)
         self._check(
             0.0 < self.discount_min <= self.discount_max < 1.0,
             "discount_min/discount_max",
@@ -158,6 +153,12 @@ class TDMPC2Config:
     def describe(self) -> dict[str, object]:
         """The config as a JSON-able dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _is_lr(value: object) -> bool:
+    """A learning rate in [0, 1]: 0 freezes the weights (allowed, e.g. to show that learning
+    depends on them); NaN, inf and anything above 1 are typos."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 # Widths of the published model sizes (encoder/MLP/latent/encoder layers/Qs), from the

@@ -173,7 +173,7 @@ class TDMPC2(WorldModel):
     def initial_state(self, batch_size: int) -> State:
         """The uniform SimNorm latent (every group at 1/simnorm_dim). -> latent (B, L)."""
         c, batch_size = self.config, self.check_batch_size(batch_size)
-        z = torch.full((batch_size, c.latent_dim), 1.0 / c.simnorm_dim, device=self.bins.device)
+        z = self.bins.new_full((batch_size, c.latent_dim), 1.0 / c.simnorm_dim)
         return State({"latent": z})
 
     def encode(self, obs: Obs) -> State:
@@ -222,7 +222,7 @@ class TDMPC2(WorldModel):
 
     def _continue(self, z: Tensor) -> Tensor:
         logit = self.termination_logit(z)
-        return torch.ones(z.shape[:-1], device=z.device) if logit is None else 1 - logit.sigmoid()
+        return z.new_ones(z.shape[:-1]) if logit is None else 1 - logit.sigmoid()
 
     def imagine_step(self, state: State, action: Tensor) -> tuple[State, dict[str, Tensor]]:
         """r(z_t, a_t) (B,), z_{t+1}, and continue of z_{t+1} (B,)."""

@@ -118,7 +118,7 @@ class PixelEncoder(nn.Module):
         self.norm = SimNorm(group)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.float()
+        x = x.to(next(self.convs.parameters()).dtype)  # uint8 -> the weights' dtype
         if self.training:
             x = self.aug(x)
         x = x / 255.0 - 0.5
@@ -158,7 +158,8 @@ class Encoder(nn.Module):
             if self.spec.fields[self.image_key].channels_last:
                 x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
             return self.net(x)
-        x = torch.cat([obs[k].float() for k in self.spec.vector_keys], -1)  # (N, sum of dims)
+        dtype = next(self.net.parameters()).dtype  # a float64 model runs in float64
+        x = torch.cat([obs[k].to(dtype) for k in self.spec.vector_keys], -1)  # (N, sum of dims)
         return self.net(x)
 
 
@@ -217,8 +218,11 @@ class RunningScale(nn.Module):
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         """x (N, ...) -> per-column percentiles over N; the scale moves toward their range."""
-        pct = torch.quantile(x.detach().float().flatten(1), self.pcts, dim=0)  # (2, cols)
-        self.value.lerp_((pct[1] - pct[0]).clamp_min(1.0).reshape(-1)[:1], self.tau)
+        # quantile needs at least float32 (no half types); float64 stays float64
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        pct = torch.quantile(x.detach().to(dtype).flatten(1), self.pcts.to(dtype), dim=0)
+        scale = (pct[1] - pct[0]).clamp_min(1.0).reshape(-1)[:1]  # pct: (2, cols)
+        self.value.lerp_(scale.to(self.value.dtype), self.tau)
 
     def forward(self, x: Tensor) -> Tensor:
         return x / self.value

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def _split_batch(model: TDMPC2, batch: Batch):
     """Validate; lay out time-major: obs dict, actions (H, B, A), reward/term/valid (H, B)."""
-    batch.validate(model.device)
+    batch.validate_in_loss(model.device)
     h = model.config.horizon
     b, t = batch.shape
     if t != h + 1:
@@ -36,9 +36,10 @@ def _split_batch(model: TDMPC2, batch: Batch):
     obs = model.check_obs(batch.obs, arg="batch.obs", batch_dims=2)
     action = model.check_action(batch.action, arg="batch.action", batch_dims=2)[:, 1:]
     action = action.transpose(0, 1)  # (B, H, A) -> (H, B, A)
-    reward = batch.reward[:, 1:].transpose(0, 1).float()  # (B, H) -> (H, B)
-    term = batch.is_terminal[:, 1:].transpose(0, 1).float()  # (H, B)
-    valid = (~batch.is_first[:, 1:]).transpose(0, 1).float().cumprod(0)  # (H, B)
+    dtype = action.dtype  # the model's
+    reward = batch.reward[:, 1:].transpose(0, 1).to(dtype)  # (B, H) -> (H, B)
+    term = batch.is_terminal[:, 1:].transpose(0, 1).to(dtype)  # (H, B)
+    valid = (~batch.is_first[:, 1:]).transpose(0, 1).to(dtype).cumprod(0)  # (H, B)
     return obs, action, reward, term, valid
 
 
@@ -99,7 +100,7 @@ def _termination_loss(model: TDMPC2, zs: Tensor, term: Tensor, valid: Tensor) ->
     """BCE of the termination head at z_{t+1} (episodic configs; 0 otherwise)."""
     logit = model.termination_logit(zs)  # (H, B)
     if logit is None:
-        return torch.zeros((), device=zs.device)
+        return zs.new_zeros(())
     bce = F.binary_cross_entropy_with_logits(logit, term, reduction="none")
     return (bce * valid).sum() / valid.numel()
 

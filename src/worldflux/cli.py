@@ -52,14 +52,9 @@ def _threads(n: int) -> None:
 def _seed_rngs(seed: int) -> None:
     """Seed the global RNGs: agents sample from torch's (MPPI noise), so without this two evals
     of one checkpoint gave different returns."""
-    import random
+    from worldflux.training.config import seed_everything
 
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
 
 
 def _check_imagine_steps(context: int, length: int) -> None:

@@ -13,7 +13,7 @@ from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.data.offline import OfflineDataset, RecordConfig, record_tworoom
 from worldflux.envs import GymEnv
 from worldflux.envs.tworoom import TwoRoomEnv
-from worldflux.training.trainer import train_offline
+from worldflux.training.offline import train_offline
 
 
 def test_offline_training_and_goal_acting(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from point_goal import PointGoal, RandomWalks
 
 from worldflux.agents import make_agent
 from worldflux.agents.jepa import JEPAAgent
-from worldflux.training.trainer import train_offline
+from worldflux.training.offline import train_offline
 
 SEED = 0
 EPISODES = 20

@@ -17,6 +17,7 @@ from worldflux.envs import GymEnv, make_env
 from worldflux.training.checkpoint import load_checkpoint
 from worldflux.training.config import TrainerConfig
 from worldflux.training.logging import read_metrics
+from worldflux.training.signals import Terminated
 from worldflux.training.trainer import Trainer, TrainingError
 
 
@@ -177,20 +178,40 @@ def _patch_step(monkeypatch: pytest.MonkeyPatch, at: int, effect: Any) -> list[i
     return calls
 
 
-def test_ctrl_c_saves_an_exact_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("a custom SIGINT handler is installed; the trainer leaves it alone")
+@pytest.mark.parametrize(
+    ("signum", "default", "raised", "said"),
+    [
+        (signal.SIGINT, signal.default_int_handler, KeyboardInterrupt, "interrupted"),
+        (signal.SIGTERM, signal.SIG_DFL, Terminated, "stopped by SIGTERM"),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stop_signal_saves_an_exact_checkpoint(
+    signum: int,
+    default: Any,
+    raised: type[BaseException],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C and SIGTERM (kill, docker stop, Slurm) wait for the end of the iteration."""
+    if signal.getsignal(signum) is not default:
+        pytest.skip("a custom handler is installed for this signal; the trainer leaves it alone")
     full = make_trainer(tmp_path / "full")
     full.train()
     t = make_trainer(tmp_path / "split")
-    _patch_step(monkeypatch, 301, lambda: signal.raise_signal(signal.SIGINT))
-    with pytest.raises(KeyboardInterrupt):
+    _patch_step(monkeypatch, 301, lambda: signal.raise_signal(signum))
+    with pytest.raises(raised):
         t.train()
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signum) is default  # handler restored
     stopped = t.step
     assert 0 < stopped < 400 and t.checkpoints.latest() == t.checkpoints.path_for(stopped)
     assert not load_checkpoint(t.checkpoints.path_for(stopped))["partial_step"]
+    err = capsys.readouterr().err
+    assert f"{said} at step {stopped}" in err
+    assert f"worldflux resume {tmp_path / 'split'}" in err
     del t
     resumed = make_trainer(tmp_path / "split")
     resumed.restore()

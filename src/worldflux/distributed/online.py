@@ -60,8 +60,8 @@ from worldflux.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from worldflux.training.config import TrainerConfig
-from worldflux.training.trainer import Trainer, seed_everything
+from worldflux.training.config import TrainerConfig, seed_everything
+from worldflux.training.trainer import Trainer
 
 SHARDS = "shards"
 

@@ -7,7 +7,8 @@ from worldflux.training.checkpoint import CheckpointManager, load_checkpoint, sa
 from worldflux.training.config import TrainerConfig
 from worldflux.training.evaluate import evaluate
 from worldflux.training.logging import Logger, read_metrics
-from worldflux.training.trainer import Trainer, TrainingError, train_offline
+from worldflux.training.offline import train_offline
+from worldflux.training.trainer import Trainer, TrainingError
 
 __all__ = [
     "CheckpointManager",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from worldflux.core.exceptions import ConfigError
@@ -96,6 +98,13 @@ def check_device(device: str | torch.device) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device: {str(device)!r} requested but MPS is not available")
     return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python `random`, numpy's global RNG and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def setup_runtime(threads: int, device: str) -> torch.device:

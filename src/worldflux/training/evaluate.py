@@ -108,6 +108,24 @@ def goal_layer(env: Any) -> Any:
     return layer if hasattr(layer, "goal_observation") else None
 
 
+def check_goal_envs(envs: list[Any], agent_name: str, online: bool) -> None:
+    """A `ConfigError` unless every env has ``goal_observation()``, which a goal-conditioned
+    agent needs to act (`online`) or to be evaluated."""
+    if all(goal_layer(env) is not None for env in envs):
+        return
+    if online:
+        raise ConfigError(
+            f"env: {agent_name} plans toward a goal, but the env has no goal_observation(), so "
+            f"it cannot act online. Use a goal env (e.g. worldflux/TwoRoom-v0), or train "
+            f"offline: dataset=<folder recorded with worldflux.data.offline.record_tworoom> "
+            f"(and eval_every=0 without a goal env)"
+        )
+    raise ConfigError(
+        f"eval_every: {agent_name} is evaluated by planning toward the env's goal, but the env "
+        f"has no goal_observation(); use a goal env or eval_every=0"
+    )
+
+
 def goal_observations(envs: list[Any]) -> np.ndarray:
     """The goal observation of every env, stacked (N, *obs_shape); `ConfigError` naming the
     first env without ``goal_observation()``."""

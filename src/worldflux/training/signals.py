@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 
@@ -57,3 +58,19 @@ class DeferredStop:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+
+
+def stop_report(err: BaseException, step: int, path: Path | None, saved: str, run_dir: Path) -> str:
+    """The lines a stopped run prints: why it stopped, the checkpoint (`saved`: "checkpoint" or
+    "partial checkpoint" when this stop wrote it, "" when `path` is an older one) and the
+    ``worldflux resume`` command."""
+    if isinstance(err, Terminated):
+        why = "stopped by SIGTERM"
+    elif isinstance(err, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        why = f"failed with {type(err).__name__}: {err}"
+    if path is None:
+        return f"{why} at step {step}; no checkpoint was saved"
+    where = f"{saved} saved: {path}" if saved else f"newest checkpoint: {path}"
+    return f"{why} at step {step}; {where}\ncontinue with: worldflux resume {run_dir}"

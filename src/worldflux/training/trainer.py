@@ -10,10 +10,8 @@ Fractional rates are exact: an update credit accumulates across steps (and is ch
 
 from __future__ import annotations
 
-import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +28,15 @@ from worldflux.training.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
-from worldflux.training.config import TrainerConfig, setup_runtime
-from worldflux.training.evaluate import evaluate, goal_layer, goal_observations
+from worldflux.training.config import TrainerConfig, seed_everything, setup_runtime
+from worldflux.training.evaluate import check_goal_envs, evaluate, goal_observations
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.runner import EnvFn, EnvRunner, random_actions
-from worldflux.training.signals import DeferredStop, Terminated
+from worldflux.training.signals import DeferredStop, stop_report
 
 
 class TrainingError(WorldFluxError, RuntimeError):
     """The run cannot continue (e.g. repeated NaN/Inf losses or gradients)."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python `random`, numpy's global RNG and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -105,20 +96,11 @@ class Trainer:
             self._check_goal_envs(type(agent).__name__)
 
     def _check_goal_envs(self, name: str) -> None:
-        if all(goal_layer(env) is not None for env in self.runner.envs):
-            return
-        self.runner.close()
-        if self.config.dataset is None:
-            raise ConfigError(
-                f"env: {name} plans toward a goal, but the env has no goal_observation(), so it "
-                f"cannot act online. Use a goal env (e.g. worldflux/TwoRoom-v0), or train "
-                f"offline: dataset=<folder recorded with worldflux.data.offline.record_tworoom> "
-                f"(and eval_every=0 without a goal env)"
-            )
-        raise ConfigError(
-            f"eval_every: {name} is evaluated by planning toward the env's goal, but the env has "
-            f"no goal_observation(); use a goal env or eval_every=0"
-        )
+        try:
+            check_goal_envs(self.runner.envs, name, online=self.config.dataset is None)
+        except ConfigError:
+            self.runner.close()
+            raise
 
     @property
     def updates_per_step(self) -> float:
@@ -188,12 +170,6 @@ class Trainer:
     def _save_on_exit(self, err: BaseException) -> None:
         """Checkpoint what the stopped run has done (unless nothing has completed since the last
         checkpoint), then say on stderr where it is and how to continue."""
-        if isinstance(err, Terminated):
-            why = "stopped by SIGTERM"
-        elif isinstance(err, KeyboardInterrupt):
-            why = "interrupted"
-        else:
-            why = f"failed with {type(err).__name__}: {err}"
         here = self.checkpoints.path_for(self.step)
         path: Path | None
         if isinstance(err, CheckpointError) or not self._may_save_on_interrupt():
@@ -201,22 +177,14 @@ class Trainer:
         elif here in self.checkpoints.list():
             # written at the end of the iteration that reached this step (or resumed from):
             # nothing has completed since, so it is the right one to keep
-            path, saved = here, "checkpoint saved"
+            path, saved = here, "checkpoint"
         else:
             try:
-                path = self.save()
-                saved = "partial checkpoint saved" if self._partial else "checkpoint saved"
+                path, saved = self.save(), "partial checkpoint" if self._partial else "checkpoint"
             except Exception as save_err:  # noqa: BLE001 - report it, re-raise the first error
                 print(f"could not save a checkpoint: {save_err}", file=sys.stderr)
                 path, saved = self.checkpoints.latest(), ""
-        if path is None:
-            print(f"{why} at step {self.step}; no checkpoint was saved", file=sys.stderr)
-            return
-        where = f"{saved}: {path}" if saved else f"newest checkpoint: {path}"
-        print(
-            f"{why} at step {self.step}; {where}\ncontinue with: worldflux resume {self.run_dir}",
-            file=sys.stderr,
-        )
+        print(stop_report(err, self.step, path, saved, self.run_dir), file=sys.stderr)
 
     def _make_logger(self) -> Logger:
         return Logger(
@@ -443,34 +411,3 @@ class Trainer:
         if refill:
             stream = n * self.world_size * self.agent.seq_len  # seq_len rows in every stream
             self.learn_from = self.step + max(self.config.seed_steps, stream)
-
-
-def train_offline(
-    agent: Agent,
-    sample: Callable[[int, int], Any],
-    updates: int,
-    logger: Logger | None = None,
-    log_every: int = 100,
-    max_nonfinite: int = 20,
-) -> dict[str, float]:
-    """`updates` updates on batches from `sample(batch_size, seq_len)` (an offline dataset)."""
-    streak = skipped = 0
-    last: dict[str, Any] = {}
-    for u in range(1, updates + 1):
-        metrics = agent.learn(sample(agent.batch_size, agent.seq_len))
-        if float(metrics.get("nonfinite", 0.0)) > 0:
-            streak, skipped = streak + 1, skipped + 1
-            if streak >= max_nonfinite:
-                raise TrainingError(
-                    f"{streak} consecutive offline updates were NaN/Inf (update {u}); stopping"
-                )
-        else:
-            streak = 0
-        last = metrics
-        if logger is not None and (u % log_every == 0 or u == updates):
-            logger.log(u, "train", metrics)
-    return {
-        "updates": float(updates),
-        "nonfinite": float(skipped),
-        **{k: float(v) for k, v in last.items()},
-    }

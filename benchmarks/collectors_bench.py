@@ -64,7 +64,7 @@ def single_process(env_fn, policy_fn, envs: int, chunk: int, seconds: float) -> 
         t0 = time.perf_counter()
         with torch.no_grad():
             first = torch.from_numpy(rows.is_first)
-            action, state = policy.act(_obs_tensors(rows), state, True, first)
+            action, state = policy.act(_obs_tensors(rows), state, explore=True, is_first=first)
         t1 = time.perf_counter()
         obs = _obs_tensors(rows)["obs"]
         if buf is None:

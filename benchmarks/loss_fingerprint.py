@@ -8,7 +8,7 @@ checked by running this before and after and comparing the two files exactly:
     python benchmarks/loss_fingerprint.py compare before.pt after.pt
 
 Each case builds a seeded model and agent, takes `model.loss(batch)` (with its gradients), then
-alternates `agent.learn(batch)` and `agent.act(obs)` on fixed random data. The data come from
+alternates `agent.update(batch)` and `agent.act(obs)` on fixed random data. The data come from
 their own generator, so a change in how the model draws random numbers shows up in the results
 (the model's draws use the global RNG, seeded once per case).
 """
@@ -115,9 +115,11 @@ def run_case(key: str, case: Case) -> dict[str, torch.Tensor]:
         agent.set_goal(_obs(case.obs, (ENVS,), gen))
     state = None
     for step in range(UPDATES):
-        _flat(f"learn{step}", agent.learn(make_batch(case, seq_len, gen)), out)
+        _flat(f"learn{step}", agent.update(make_batch(case, seq_len, gen)), out)
         is_first = torch.tensor([step == 0, False])
-        action, state = agent.act({"obs": _obs(case.obs, (ENVS,), gen)}, state, True, is_first)
+        action, state = agent.act(
+            {"obs": _obs(case.obs, (ENVS,), gen)}, state, explore=True, is_first=is_first
+        )
         out[f"act{step}"] = action.clone()
     for name, t in model.state_dict().items():
         out[f"final/{name}"] = t.clone()

@@ -84,7 +84,7 @@ def measure_jepa(preset: str = "jepa:small", updates: int = 20, actions: int = 2
             t0 = time.perf_counter()
             batch = data.sample(agent.batch_size, agent.seq_len, rng)
             t1 = time.perf_counter()
-            agent.learn(batch)
+            agent.update(batch)
             t_sample, t_update = t_sample + t1 - t0, t_update + time.perf_counter() - t1
     row = env.reset(seed=0)
     agent.set_goal(torch.from_numpy(env.env.unwrapped.goal_observation()[None]))
@@ -92,8 +92,8 @@ def measure_jepa(preset: str = "jepa:small", updates: int = 20, actions: int = 2
     state = None
     for i in range(actions):
         t0 = time.perf_counter()
-        action, state = agent.act({"obs": torch.from_numpy(row.obs[None])}, state, False,
-                                  torch.tensor([i == 0]))  # fmt: skip
+        action, state = agent.act({"obs": torch.from_numpy(row.obs[None])}, state, explore=False,
+                                  is_first=torch.tensor([i == 0]))  # fmt: skip
         t1 = time.perf_counter()
         row = env.step(action[0].numpy())
         t_act, t_env = t_act + t1 - t0, t_env + time.perf_counter() - t1

@@ -80,10 +80,10 @@ def test_dreamer_nonfinite_update_is_skipped() -> None:
     batch = replay.sample(2, 4)
     batch.reward[0, 1] = float("nan")
     wm = {k: v.clone() for k, v in agent.model.state_dict().items() if not k.startswith("actor")}
-    metrics = agent.learn(batch)
+    metrics = agent.update(batch)
     assert metrics["nonfinite"] == 1.0
     for k, v in wm.items():
         assert torch.equal(v, agent.model.state_dict()[k]), k
     assert not agent.opt.wm.state  # Adam never stepped: no moments, no step count
     batch.reward[0, 1] = 0.0
-    assert agent.learn(batch)["nonfinite"] == 0.0 and agent.opt.wm.state
+    assert agent.update(batch)["nonfinite"] == 0.0 and agent.opt.wm.state

@@ -105,9 +105,9 @@ def dreamer_world_model_match_light(seed: int, frozen: bool = False) -> dict[str
                            seed=seed, save_replay=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(agent, make_match_env, replay, config, tmp).train()
-    first = agent.learn(replay.sample(8, 8))
+    first = agent.update(replay.sample(8, 8))
     for _ in range(60):
-        last = agent.learn(replay.sample(8, 8))
+        last = agent.update(replay.sample(8, 8))
     return {
         "rew": float(last["loss/rew"]) / float(first["loss/rew"]),
         "rec": float(last["loss/rec"]) / float(first["loss/rec"]),
@@ -190,8 +190,8 @@ def test_tdmpc2_mppi_agent_switches_between_batches_of_envs() -> None:
     env = make_match_env()
     agent = make_agent("tdmpc2:debug", env.observation_space, env.action_space, seed=0)
     obs2 = {"obs": torch.eye(2)}
-    a, _ = agent.act(obs2, None, True, torch.tensor([True, True]))
-    a, _ = agent.act(obs2, None, True, torch.tensor([False, True]))
-    b, _ = agent.act({"obs": torch.eye(2)[:1]}, None, False, torch.tensor([True]))
-    c, _ = agent.act(obs2, None, True, torch.tensor([False, False]))
+    a, _ = agent.act(obs2, None, explore=True, is_first=torch.tensor([True, True]))
+    a, _ = agent.act(obs2, None, explore=True, is_first=torch.tensor([False, True]))
+    b, _ = agent.act({"obs": torch.eye(2)[:1]}, None, explore=False, is_first=torch.tensor([True]))
+    c, _ = agent.act(obs2, None, explore=True, is_first=torch.tensor([False, False]))
     assert a.shape == (2, 2) and b.shape == (1, 2) and c.shape == (2, 2)

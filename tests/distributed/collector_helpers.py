@@ -94,7 +94,7 @@ class ConstPolicy(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(size))
 
-    def act(self, obs, state, explore, is_first):  # noqa: ANN001, ANN201
+    def act(self, obs, state, *, explore, is_first):  # noqa: ANN001, ANN201
         n = int(is_first.shape[0])
         summary = torch.stack([self.w.min(), self.w.max()]).expand(n, 2)  # (E, 2)
         action = torch.nn.functional.one_hot(torch.randint(N_ACTIONS, (n,)), N_ACTIONS).float()

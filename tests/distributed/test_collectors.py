@@ -128,7 +128,9 @@ def _assert_actions_follow_versions(chunks: list, versions: dict) -> None:
                     continue
                 obs = t["obs/obs"][e, i - 1 : i]
                 with torch.no_grad():
-                    want, _ = versions[int(v[e, i])].act({"obs": obs}, None, False, obs[:, 0])
+                    want, _ = versions[int(v[e, i])].act(
+                        {"obs": obs}, None, explore=False, is_first=obs[:, 0]
+                    )
                 torch.testing.assert_close(t["action"][e, i], want[0])
     assert {int(x) for c in chunks for x in c.policy_versions.unique()} >= set(versions)
 
@@ -245,7 +247,9 @@ def test_feed_stores_the_policy_version_that_acted_each_row() -> None:
         for i in np.flatnonzero(~first[1:]) + 1:  # rows holding an action someone chose
             prev = torch.from_numpy(obs[i - 1 : i])
             with torch.no_grad():
-                want, _ = versions[int(v[i])].act({"obs": prev}, None, False, prev[:, 0] > 0)
+                want, _ = versions[int(v[i])].act(
+                    {"obs": prev}, None, explore=False, is_first=prev[:, 0] > 0
+                )
             np.testing.assert_allclose(act[i], want[0].numpy())
 
 

@@ -85,7 +85,7 @@ def test_float64_batch_inputs(family: str) -> None:
 def test_float64_agent_learns_and_acts(family: str, obs: str, action: str) -> None:
     model = _model(family, obs, action).double()
     agent: Any = AGENTS[family]()(model)
-    metrics = agent.learn(_batch(model, obs))
+    metrics = agent.update(_batch(model, obs))
     assert metrics["nonfinite"] == 0.0 and all(np.isfinite(v) for v in metrics.values())
     assert all(
         t.dtype == torch.float64 for t in model.state_dict().values() if t.is_floating_point()
@@ -94,7 +94,9 @@ def test_float64_agent_learns_and_acts(family: str, obs: str, action: str) -> No
         agent.set_goal(_obs(OBS[obs], 2))
     state = None
     for first in (True, False):
-        act, state = agent.act({"obs": _obs(OBS[obs], 2)}, state, True, torch.tensor([first] * 2))
+        act, state = agent.act(
+            {"obs": _obs(OBS[obs], 2)}, state, explore=True, is_first=torch.tensor([first] * 2)
+        )
         assert act.shape == (2, model.action_spec.dim) and act.dtype == torch.float64
         assert bool(act.isfinite().all())
         if state is not None:

@@ -203,11 +203,11 @@ def test_eval_video_for_an_image_env_with_render_mode(tmp_path: Path) -> None:
     class RandomAgent(Agent):
         batch_size, seq_len, default_train_ratio = 1, 1, 1.0
 
-        def act(self, obs, state, explore, is_first=None):  # type: ignore[no-untyped-def]
+        def act(self, obs, state=None, *, explore, is_first=None):  # type: ignore[no-untyped-def]
             assert obs["obs"].shape[1:] == (64, 64, 3)
             return torch.nn.functional.one_hot(torch.randint(0, 2, (1,)), 2).float(), None
 
-        def learn(self, batch):  # type: ignore[no-untyped-def]
+        def update(self, batch):  # type: ignore[no-untyped-def]
             return {}
 
         def modules(self) -> dict[str, nn.Module]:

@@ -41,7 +41,7 @@ def test_a_crash_in_the_loop_saves_a_checkpoint_and_says_how_to_resume(
         _patch_step(monkeypatch, 250, boom)
     else:
         calls = [0]
-        learn = t.agent.learn
+        learn = t.agent.update
 
         def failing_learn(batch: object) -> dict[str, float]:
             calls[0] += 1
@@ -49,7 +49,7 @@ def test_a_crash_in_the_loop_saves_a_checkpoint_and_says_how_to_resume(
                 boom()
             return learn(batch)
 
-        monkeypatch.setattr(t.agent, "learn", failing_learn)
+        monkeypatch.setattr(t.agent, "update", failing_learn)
     with pytest.raises(RuntimeError, match="the simulator exploded"):
         t.train()
     monkeypatch.undo()

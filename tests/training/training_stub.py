@@ -36,7 +36,8 @@ class StubAgent(Agent):
     def act(
         self,
         obs: dict[str, Tensor],
-        state: State | None,
+        state: State | None = None,
+        *,
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
@@ -49,7 +50,7 @@ class StubAgent(Agent):
         action = torch.nn.functional.one_hot(idx, self.action_dim).float()
         return action, State({"count": count + 1})
 
-    def learn(self, batch: Batch) -> dict[str, Any]:
+    def update(self, batch: Batch) -> dict[str, Any]:
         self.calls += 1
         obs = batch.obs if isinstance(batch.obs, Tensor) else batch.obs["obs"]
         pred = self.model(torch.cat([obs, batch.action], -1)).squeeze(-1)  # (B, T)

@@ -6,7 +6,7 @@ An agent owns a world model, whatever else it learns (actor, critic, ...), and i
   tensors ``(N, *shape)`` (see `ObsSpec`), ``state`` the agent's acting memory (None at the start),
   ``is_first`` (N,) bool marks envs whose episode just began. ``action`` is float ``(N, A)`` in the
   model's format: one-hot for discrete spaces, [-1, 1] for continuous ones.
-- ``learn(batch) -> metrics``: one update on a replayed `Batch`; non-finite losses or gradients
+- ``update(batch) -> metrics``: one update on a replayed `Batch`; non-finite losses or gradients
   skip the step and report ``nonfinite=1``.
 - ``state_dict()`` / ``load_state_dict()``: every module and optimizer, for checkpoints.
 """
@@ -111,7 +111,8 @@ class Agent(ABC):
     def act(
         self,
         obs: dict[str, Tensor],
-        state: State | None,
+        state: State | None = None,
+        *,
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
@@ -119,7 +120,7 @@ class Agent(ABC):
         records an autograd graph: the action and the State tensors do not require grad."""
 
     @abstractmethod
-    def learn(self, batch: Batch) -> Metrics:
+    def update(self, batch: Batch) -> Metrics:
         """One update on `batch`; returns detached scalar metrics (``nonfinite`` counts skips)."""
 
     @abstractmethod

@@ -58,7 +58,8 @@ class DreamerAgent(Agent):
     def act(
         self,
         obs: dict[str, Tensor],
-        state: State | None,
+        state: State | None = None,
+        *,
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
@@ -91,7 +92,7 @@ class DreamerAgent(Agent):
         }
         return action, State(new)
 
-    def learn(self, batch: Batch) -> Metrics:
+    def update(self, batch: Batch) -> Metrics:
         """The model's own update (world model, then actor-critic in imagination from the
         detached posteriors); NaN/Inf gradients skip the affected optimizer step, and the
         model's buffers (return normaliser) are rolled back when that happens."""

@@ -72,7 +72,8 @@ class JEPAAgent(Agent):
     def act(
         self,
         obs: dict[str, Tensor],
-        state: State | None,
+        state: State | None = None,
+        *,
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
@@ -106,7 +107,7 @@ class JEPAAgent(Agent):
         # batch of envs (an evaluation between training steps) cannot clobber it.
         return action, State({**state.tensors, "prev_action": action})
 
-    def learn(self, batch: Batch) -> Metrics:
+    def update(self, batch: Batch) -> Metrics:
         """One JEPA loss step (guarded), then the EMA target update."""
         model = self.model
         model.train()

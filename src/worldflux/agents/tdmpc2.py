@@ -56,7 +56,8 @@ class TDMPC2Agent(Agent):
     def act(
         self,
         obs: dict[str, Tensor],
-        state: State | None,
+        state: State | None = None,
+        *,
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
@@ -72,7 +73,7 @@ class TDMPC2Agent(Agent):
             self.planner.reset(is_first.bool())
         return self.planner.plan(model, latent, eval_mode=not explore), None
 
-    def learn(self, batch: Batch) -> Metrics:
+    def update(self, batch: Batch) -> Metrics:
         """World-model step, then policy step on the detached latents, then target EMA."""
         model = self.model
         model.train()

@@ -114,7 +114,7 @@ class DataParallelTrainer(Trainer):
             return super().train(stop_at)
 
     def _update(self, batch: Any) -> dict[str, Any]:
-        metrics = self.agent.learn(batch)
+        metrics = self.agent.update(batch)
         ddp.average_buffers(list(self.agent.modules().values()), self.ctx)
         return metrics
 

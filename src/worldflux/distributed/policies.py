@@ -1,6 +1,6 @@
 """Small acting policies for collectors: uniform random and a torch MLP, plus an Agent adapter.
 
-All follow `worldflux.distributed.worker.CollectorPolicy`: ``act(obs, state, explore, is_first)``
+All follow `worldflux.distributed.worker.CollectorPolicy`: ``act(obs, state, *, explore, is_first)``
 returns model-format actions (one-hot for discrete spaces, [-1, 1] for continuous ones).
 Module-level classes, so ``functools.partial(MLPPolicy, ...)`` pickles for ``spawn``.
 """
@@ -30,7 +30,7 @@ class RandomPolicy:
         self.gen = torch.Generator().manual_seed(seed)
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         n = int(is_first.shape[0])
         if self.spec.discrete:
@@ -76,7 +76,7 @@ class MLPPolicy(nn.Module):
         return self.net(obs.float())
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         out = self(obs["obs"])
         if self.discrete:
@@ -121,10 +121,10 @@ class AgentPolicy:
         return nn.ModuleDict({n: getattr(agent, n) for n in sync})
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         with torch.no_grad():
-            return self.agent.act(obs, state, explore, is_first)
+            return self.agent.act(obs, state, explore=explore, is_first=is_first)
 
     def acting_module(self) -> nn.Module | None:
         return self.module

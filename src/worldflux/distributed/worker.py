@@ -33,7 +33,7 @@ class CollectorPolicy(Protocol):
     """What a collector acts with (the `Agent.act` contract, plus the weights to sync)."""
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, explore: bool, is_first: Tensor
+        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         """Actions (E, A) in model format for obs fields (E, ...); the new acting State."""
         ...
@@ -143,7 +143,9 @@ class _Collector:
                 self.update_goals(self.env.envs)
                 self.goals_stale = False
             with torch.no_grad():
-                action, agent_state = self.policy.act(obs, agent_state, self.spec.explore, is_first)
+                action, agent_state = self.policy.act(
+                    obs, agent_state, explore=self.spec.explore, is_first=is_first
+                )
             # Row t holds a_{t-1}: the policy version that chose it, or the current one on resets.
             version = np.where(rows.is_first, self.version, act_version)
             self._record(t, rows, version, agent_state)

@@ -23,7 +23,7 @@ def train_offline(
     streak = skipped = 0
     last: dict[str, Any] = {}
     for u in range(1, updates + 1):
-        metrics = agent.learn(sample(agent.batch_size, agent.seq_len))
+        metrics = agent.update(sample(agent.batch_size, agent.seq_len))
         if float(metrics.get("nonfinite", 0.0)) > 0:
             streak, skipped = streak + 1, skipped + 1
             if streak >= max_nonfinite:

@@ -229,7 +229,9 @@ class Trainer:
             obs = self.runner.obs_tensors(self.device)
             is_first = torch.from_numpy(self.runner.is_first.copy()).to(self.device)
             with torch.no_grad():
-                action, self.act_state = self.agent.act(obs, self.act_state, True, is_first)
+                action, self.act_state = self.agent.act(
+                    obs, self.act_state, explore=True, is_first=is_first
+                )
             actions = action.detach().cpu().numpy().astype(np.float32)
         t1 = time.perf_counter()
         for env_id, ret, length in self.runner.step(actions):
@@ -278,7 +280,7 @@ class Trainer:
                 self._log_train(metrics)
 
     def _update(self, batch: Any) -> dict[str, Any]:
-        return self.agent.learn(batch)
+        return self.agent.update(batch)
 
     def _log_train(self, metrics: dict[str, Any]) -> None:
         assert self.logger is not None

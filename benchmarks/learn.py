@@ -4,8 +4,11 @@
         --seeds 0 1 2 --set agent.act=policy updates_per_step=0.5
 
 Each seed is a normal run directory under ``benchmarks/results/logs/<name>/seed<k>`` (metrics,
-checkpoints; git-ignored). The curve JSON ``benchmarks/results/learn_<name>.json`` holds the
-settings and, per seed, the evaluation points (env step, mean return over the eval episodes).
+checkpoints; git-ignored; ``--logs DIR`` puts them elsewhere). ``--suite dmc_proprio`` puts a
+benchmark suite's settings (`worldflux.training.suites`) before the ``--set`` items; the JSON
+records the suite, the action repeat and the step unit. The curve JSON
+``benchmarks/results/learn_<name>.json`` holds the settings and, per seed, the evaluation
+points (env step, mean return over the eval episodes).
 ``--collect`` rebuilds the JSON from whatever the run directories hold (partial runs included),
 and ``--seeds K`` runs a single seed (to start seeds as separate background processes). A seed
 whose run directory already has checkpoints is resumed from the latest one (its saved settings;
@@ -34,11 +37,17 @@ def run_name(model: str, env: str, tag: str = "") -> str:
 
 
 def train_seed(
-    model: str, env: str, steps: int, seed: int, overrides: list[str], tag: str = ""
+    model: str,
+    env: str,
+    steps: int,
+    seed: int,
+    overrides: list[str],
+    tag: str = "",
+    logs: Path = RESULTS / "logs",
 ) -> Path:
     from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
 
-    run_dir = RESULTS / "logs" / run_name(model, env, tag) / f"seed{seed}"
+    run_dir = logs / run_name(model, env, tag) / f"seed{seed}"
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         # continue an interrupted run, or extend a finished one to the new budget
         trainer = resume_trainer(run_dir, progress=False, steps=steps)
@@ -54,11 +63,20 @@ def train_seed(
     return run_dir
 
 
-def collect(model: str, env: str, steps: int, overrides: list[str], tag: str = "") -> Path:
+def collect(
+    model: str,
+    env: str,
+    steps: int,
+    overrides: list[str],
+    tag: str = "",
+    logs: Path = RESULTS / "logs",
+    suite: str | None = None,
+) -> Path:
     """Write the curve JSON from the run directories of every seed found."""
     from worldflux.training.logging import read_metrics
+    from worldflux.training.suites import AGENT_STEPS, get_suite
 
-    root = RESULTS / "logs" / run_name(model, env, tag)
+    root = logs / run_name(model, env, tag)
     seeds: dict[str, Any] = {}
     for seed_dir in sorted(root.glob("seed*")):
         evals = read_metrics(seed_dir, "eval")
@@ -72,13 +90,17 @@ def collect(model: str, env: str, steps: int, overrides: list[str], tag: str = "
             "profile": profile[-1] if profile else None,
         }
     settings_file = root / "seed0" / "run.json"
+    run_spec = json.loads(settings_file.read_text()) if settings_file.is_file() else None
     doc = {
         "model": model,
         "env": env,
         "tag": tag,
         "step_budget": steps,
+        "suite": suite,
+        "action_repeat": _action_repeat(run_spec),
+        "step_unit": get_suite(suite).step_unit if suite else AGENT_STEPS,
         "overrides": overrides,
-        "run_spec": json.loads(settings_file.read_text()) if settings_file.is_file() else None,
+        "run_spec": run_spec,
         "metric": "mean return over the evaluation episodes (explore=False, real env returns)",
         "seeds": seeds,
         "complete": all(s["steps"] and s["steps"][-1] >= steps for s in seeds.values()),
@@ -87,6 +109,15 @@ def collect(model: str, env: str, steps: int, overrides: list[str], tag: str = "
     out = RESULTS / f"learn_{run_name(model, env, tag)}.json"
     out.write_text(json.dumps(doc, indent=1))
     return out
+
+
+def _action_repeat(run_spec: dict[str, Any] | None) -> int:
+    """The run's action repeat (make_env's default 1 when the run did not set one)."""
+    for section in ("env", "env_kwargs"):  # run.json layouts: sections, or RunSpec's keys
+        values = (run_spec or {}).get(section)
+        if isinstance(values, dict) and "action_repeat" in values:
+            return int(values["action_repeat"])
+    return 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,12 +138,21 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="run overrides (trainer fields, agent.x, env.x, model fields)",
     )
+    parser.add_argument(
+        "--suite", default=None, help="a benchmark suite's settings first (dmc_proprio, ...)"
+    )
+    parser.add_argument(
+        "--logs", type=Path, default=RESULTS / "logs", help="where the seeds' run dirs live"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    from worldflux.training.suites import suite_overrides
+
+    items = suite_overrides(args.suite, args.model, args.overrides)
     if not args.collect:
         for seed in args.seeds:
-            train_seed(args.model, args.env, args.steps, seed, args.overrides, args.tag)
-    print(collect(args.model, args.env, args.steps, args.overrides, args.tag))
+            train_seed(args.model, args.env, args.steps, seed, items, args.tag, args.logs)
+    print(collect(args.model, args.env, args.steps, items, args.tag, args.logs, args.suite))
 
 
 if __name__ == "__main__":

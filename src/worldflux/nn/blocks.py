@@ -87,3 +87,11 @@ class ChannelNorm(nn.Module):
         else:
             y = F.rms_norm(nhwc, c, self.weight, self.eps)
         return y.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+
+
+def set_norm_eps_(module: nn.Module, eps: float) -> nn.Module:
+    """Set the epsilon of every RMS/Layer norm inside `module` (in place); returns `module`."""
+    for m in module.modules():
+        if isinstance(m, nn.RMSNorm | nn.LayerNorm | ChannelNorm):
+            m.eps = eps
+    return module

@@ -23,6 +23,7 @@ class TrainerConfig:
     seed: int = 0  # seeds torch, numpy, python, the envs and the replay sampler
     num_envs: int = 1  # env copies stepped in one process
     seed_steps: int = 1000  # uniformly random actions before the agent acts and learns
+    seed_updates: int = 0  # updates when seeding ends, in place of that step's (TD-MPC2: 2500)
     train_ratio: float | None = None  # replayed steps per env step (None: the agent's default)
     updates_per_step: float | None = None  # overrides train_ratio: gradient updates per env step
     eval_every: int = 10_000  # env steps between evaluations (0: never)
@@ -45,7 +46,7 @@ class TrainerConfig:
                     "max_nonfinite", "replay_capacity", "checkpoint_every")  # fmt: skip
         for name in positive:
             _check_int(name, getattr(self, name), 1)
-        for name in ("seed_steps", "eval_every", "log_every", "seed"):
+        for name in ("seed_steps", "seed_updates", "eval_every", "log_every", "seed"):
             _check_int(name, getattr(self, name), 0)
         for name in ("train_ratio", "updates_per_step"):
             value = getattr(self, name)

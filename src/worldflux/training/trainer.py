@@ -243,11 +243,20 @@ class Trainer:
             )
         self._store_rows()
         if self.step >= max(self.config.seed_steps, self.learn_from):  # the agent's own steps
-            self.credit += stepped * self.updates_per_step
+            self.credit += self._earned(stepped)
         self.step += stepped
         t2 = time.perf_counter()
         self.profile["act"] += t1 - t0
         self.profile["env"] += t2 - t1
+
+    def _earned(self, stepped: int) -> float:
+        """Update credit of an iteration of `stepped` env steps; the first after seeding makes
+        `seed_updates` (TD-MPC2's burst on the seed data) when that is more."""
+        earned = stepped * self.updates_per_step
+        seeds = self.config.seed_steps
+        if self.config.seed_updates and seeds <= self.step < seeds + stepped:
+            earned = max(earned, float(self.config.seed_updates))
+        return earned
 
     def _set_goals(self) -> None:
         """Give a goal-conditioned agent the current goal observation of every training env."""

@@ -40,6 +40,7 @@ class DreamerV3Config:
     head_layers: int = 1  # hidden layers of the reward and continue heads
     bins: int = 255  # two-hot bins of reward and critic, symexp-spaced over [-20, 20]
     norm: str = "rms"  # 'rms' or 'layer'
+    norm_eps: float = 1e-5  # epsilon of every norm layer (current code: 1e-4; see README)
     act: str = "silu"  # activation everywhere
     rec_scale: float = 1.0  # loss scale of observation reconstruction
     rew_scale: float = 1.0  # loss scale of the reward head
@@ -153,6 +154,10 @@ class DreamerV3Config:
             raise ConfigError(
                 "DreamerV3Config.retnorm_low/retnorm_high: expected 0 <= low < high <= 100, "
                 f"got {self.retnorm_low}, {self.retnorm_high}"
+            )
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ConfigError(
+                f"DreamerV3Config.norm_eps: expected a float in (0, 1), got {self.norm_eps!r}"
             )
         if self.norm not in ("rms", "layer"):
             raise ConfigError(f"DreamerV3Config.norm: expected 'rms' or 'layer', got {self.norm!r}")

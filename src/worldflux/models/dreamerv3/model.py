@@ -34,6 +34,7 @@ from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.networks import BinaryHead, Decoder, Encoder, TwoHotHead
 from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.models.dreamerv3.rssm import RSSM
+from worldflux.nn.blocks import set_norm_eps_
 
 _CARRY_KEYS = ("deter", "stoch")  # what filtering and imagination read
 _PRIOR_KEYS = ("deter", "stoch", "prior_logits")  # what every rollout State holds
@@ -64,6 +65,7 @@ class DreamerV3(WorldModel):
         self.reward_head = TwoHotHead(self.feat_dim, cfg, cfg.head_layers)
         self.continue_head = BinaryHead(self.feat_dim, cfg, cfg.head_layers)
         self.actor_critic = DreamerV3ActorCritic(cfg, self.feat_dim, action_spec)
+        set_norm_eps_(self, cfg.norm_eps)  # every norm layer, as one setting
 
     # --- contract -----------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
     python benchmarks/plot.py            # every curve file -> benchmarks/results/learn_*.png
 
 Each plot shows every seed (thin), the mean over seeds at shared steps (thick), the issue's
-target (dashed) and the return of a uniformly random policy over 10 episodes (dotted), measured
-here with the same env wrappers and cached in ``benchmarks/results/random_baselines.json``.
+target (dashed), the return of a uniformly random policy over 10 episodes (dotted), measured
+here with the same env wrappers and cached in ``benchmarks/results/random_baselines.json``, and,
+for DMC tasks, the reference implementation's published curve (dash-dot, ``references/``) on
+the same step unit.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REFERENCES = Path(__file__).resolve().parent / "references"  # published curves, see README there
 TARGETS = {  # (model family, env) -> (return target, env-step budget), from the issue
     ("tdmpc2", "Pendulum-v1"): (-250.0, 15_000),
     ("dreamerv3", "CartPole-v1"): (400.0, 50_000),
     ("dreamerv3", "Pendulum-v1"): (-300.0, 30_000),
+    ("tdmpc2", "dmc:cartpole-balance"): (900.0, 50_000),  # issue 16, agent steps
+    ("tdmpc2", "dmc:reacher-easy"): (800.0, 100_000),
+    ("dreamerv3", "dmc:cartpole-balance"): (500.0, 50_000),
+    ("dreamerv3", "dmc:reacher-easy"): (600.0, 100_000),
 }
 
 
@@ -49,6 +56,37 @@ def random_baseline(env_id: str, episodes: int = 10, seed: int = 0) -> float:
     return float(np.mean(returns))
 
 
+def reference_curve(model: str, env: str) -> dict[str, Any] | None:
+    """The published curve of `model`'s family on `env` (DMC tasks, ``references/``): the mean
+    over the reference's seeds at each step they all logged, or None when there is none.
+
+    Steps are agent steps with action repeat 2 in both references, the unit of our suite runs.
+    """
+    family, task = model.partition(":")[0], env.removeprefix("dmc:")
+    if not env.startswith("dmc:"):
+        return None
+    runs: list[tuple[list[float], list[float]]] = []
+    if family == "tdmpc2":
+        path = REFERENCES / f"tdmpc2_{task}.csv"
+        if not path.is_file():
+            return None
+        rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)  # step, reward, seed
+        for seed in np.unique(rows[:, 2]):
+            mine = rows[rows[:, 2] == seed]
+            runs.append((mine[:, 0].tolist(), mine[:, 1].tolist()))
+        label = "TD-MPC2 5M (official, eval)"
+    elif family == "dreamerv3":
+        name = "dmc_" + task.replace("-", "_")
+        data = json.loads((REFERENCES / "dreamerv3_dmc_proprio.json").read_text())
+        runs = [(r["xs"], r["ys"]) for r in data if r["task"] == name]
+        label = "DreamerV3 (official, train episodes)"
+    if not runs:
+        return None
+    steps = sorted(set.intersection(*(set(xs) for xs, _ in runs)))
+    mean = [float(np.mean([ys[xs.index(t)] for xs, ys in runs])) for t in steps]
+    return {"label": f"{label}, mean of {len(runs)} seeds", "steps": steps, "returns": mean}
+
+
 def plot(curve_file: Path) -> Path:
     import matplotlib
 
@@ -72,12 +110,21 @@ def plot(curve_file: Path) -> Path:
     if target is not None:
         ax.axhline(target[0], ls="--", color="green", label=f"target {target[0]:g}")
     ax.axhline(random_baseline(doc["env"]), ls=":", color="red", label="random policy")
+    xmax = doc["step_budget"]
+    ref = reference_curve(doc["model"], doc["env"])
+    if ref is not None:  # up to the reference's first point past our budget (TD-MPC2: 100k)
+        upto = next((i for i, t in enumerate(ref["steps"]) if t >= xmax), len(ref["steps"]) - 1)
+        steps, returns = ref["steps"][: upto + 1], ref["returns"][: upto + 1]
+        ax.plot(steps, returns, lw=1.6, ls="-.", color="purple", marker="o", ms=3,
+                label=ref["label"])  # fmt: skip
+        xmax = max(xmax, steps[-1])
     status = "complete" if doc.get("complete") else "PARTIAL (budget not reached)"
     tag = f" [{doc['tag']}]" if doc.get("tag") else ""
     ax.set_title(f"{doc['model']}{tag} on {doc['env']} ({status})", fontsize=9)
-    ax.set_xlabel("env steps")
+    unit = "agent steps (action repeat 2)" if doc.get("action_repeat", 1) == 2 else "env steps"
+    ax.set_xlabel(unit)
     ax.set_ylabel("eval return (mean of 10 episodes)")
-    ax.set_xlim(0, doc["step_budget"])
+    ax.set_xlim(0, xmax)
     ax.legend(fontsize=7)
     fig.tight_layout()
     out = curve_file.with_suffix(".png")

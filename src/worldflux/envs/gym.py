@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +25,35 @@ Converter = Callable[[Any], np.ndarray]
 
 
 def _field_converter(space: spaces.Space, size: tuple[int, int], arg: str) -> tuple[Any, Converter]:
-    """(output space, function) turning one inner observation field into model format."""
+    """(output space, function) turning one inner observation field into model format.
+
+    Box: a float vector, or an image when uint8 with 2-3 dims; Discrete: one-hot; MultiDiscrete:
+    the one-hots of its entries, concatenated; MultiBinary: a 0/1 float vector.
+    """
     if isinstance(space, spaces.Discrete):
         n, start = int(space.n), int(space.start)
         eye = np.eye(n, dtype=np.float32)
         return vector_space(n), lambda x: eye[int(x) - start].copy()
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec = np.asarray(space.nvec, np.int64).reshape(-1)
+        offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
+        starts = np.asarray(space.start, np.int64).reshape(-1)
+        total = int(nvec.sum())
+
+        def multi_hot(x: Any) -> np.ndarray:
+            out = np.zeros(total, np.float32)
+            out[offsets + np.asarray(x, np.int64).reshape(-1) - starts] = 1.0
+            return out
+
+        return vector_space(total), multi_hot
+    if isinstance(space, spaces.MultiBinary):
+        dim = int(np.prod(space.shape))
+        return vector_space(dim), lambda x: np.asarray(x, np.float32).reshape(dim)
     if not isinstance(space, spaces.Box):
-        raise SpecError(f"{arg}: expected Box, Discrete or a Dict of those, got {space!r}")
+        raise SpecError(
+            f"{arg}: expected Box, Discrete, MultiDiscrete, MultiBinary or a Dict of those, "
+            f"got {space!r}"
+        )
     shape = tuple(space.shape)
     if space.dtype == np.uint8 and len(shape) in (2, 3):
         chw = len(shape) == 3 and shape[0] in (1, 3) and shape[-1] not in (1, 3)
@@ -49,6 +72,31 @@ def _field_converter(space: spaces.Space, size: tuple[int, int], arg: str) -> tu
         return image_space(size, channels), image
     dim = int(np.prod(shape)) if shape else 1
     return vector_space(dim), lambda x: np.asarray(x, np.float32).reshape(dim)
+
+
+_NUMERIC = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def _numeric_fields(space: spaces.Dict) -> dict[str, spaces.Space]:
+    """The fields a model can read; text-like fields (MiniGrid's ``mission`` string, any
+    `spaces.Text`) are dropped with one warning naming them. Other kinds are kept, so that
+    `_field_converter` names them in its error."""
+    dropped = [k for k, v in space.spaces.items() if _is_text(v)]
+    if dropped:
+        warnings.warn(
+            f"observation fields {dropped} hold text, which no model here reads: they are "
+            "dropped (encode them in a wrapper of your own to use them)",
+            stacklevel=4,
+        )
+    return {k: v for k, v in space.spaces.items() if k not in dropped}
+
+
+def _is_text(space: spaces.Space) -> bool:
+    # MiniGrid's MissionSpace is no spaces.Text: it samples strings, like Text does
+    return isinstance(space, spaces.Text) or (
+        not isinstance(space, (*_NUMERIC, spaces.Dict, spaces.Tuple))
+        and type(space).__name__.lower().endswith(("textspace", "missionspace"))
+    )
 
 
 class GymEnv(Env):
@@ -103,9 +151,10 @@ class GymEnv(Env):
                 "state": to_state(x),
             }
         if isinstance(inner, spaces.Dict):
+            kept = _numeric_fields(inner)
             parts = {
                 k: _field_converter(v, self.size, f"observation_space[{k!r}]")
-                for k, v in inner.spaces.items()
+                for k, v in kept.items()
             }
             space = spaces.Dict({k: p[0] for k, p in parts.items()})
             return space, lambda x: {k: p[1](x[k]) for k, p in parts.items()}

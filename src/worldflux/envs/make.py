@@ -3,6 +3,9 @@
 Ids:
     ``"dmc:cartpole-swingup"``  dm_control suite, ``domain-task`` (`DMCEnv`)
     ``"atari:Pong"``            Atari through ale-py (`AtariEnv`)
+    ``"crafter:reward"``        Crafter (``crafter:noreward`` without rewards; the `crafter` extra)
+    ``"minigrid:MiniGrid-Empty-5x5-v0"``  a Gymnasium id registered by a package: ``module:Id``
+                               imports the module first (MiniGrid, highway-env, ...)
     ``"worldflux/TwoRoom-v0"``  the 2-D two-room navigation task (a Gymnasium env)
     anything else              a Gymnasium id, e.g. ``"CartPole-v1"``, ``"Pendulum-v1"``
 """
@@ -83,13 +86,19 @@ def make_env(
         check_options(AtariEnv, kwargs, "env.", skip=_OWN | {"game"})
         skip = kwargs.pop("frame_skip", 4 if action_repeat == 1 else action_repeat)
         return AtariEnv(id[6:], size=hw, frame_skip=skip, seed=seed, **kwargs)
+    if id.startswith("crafter:"):
+        from worldflux.envs.crafter import make_crafter
+
+        return make_crafter(id, image_size=hw, action_repeat=action_repeat, seed=seed, **kwargs)
     if image:
         render_mode = "rgb_array"  # image observations are the env's rendered frames
     _check_gym_kwargs(id, kwargs)
+    if render_mode is not None:  # only when asked: some constructors take no render_mode
+        kwargs["render_mode"] = render_mode
     try:
-        env = gymnasium.make(id, render_mode=render_mode, **kwargs)
+        env = gymnasium.make(id, **kwargs)
     except gymnasium.error.Error as e:
-        raise ConfigError(f"id: gymnasium cannot make {id!r}: {e}") from e
+        raise ConfigError(f"id: gymnasium cannot make {id!r}: {e}{_module_hint(id)}") from e
     except WorldFluxError:
         raise
     except ImportError as e:  # "module:Env-v0" ids import the module first
@@ -107,6 +116,22 @@ def make_env(
 
 
 _OWN = {"seed", "image", "action_repeat", "size", "proprio"}  # make_env's own parameters
+# Ids registered by a package when it is imported: "module:Id" imports it first.
+_MODULES = {
+    "MiniGrid-": "minigrid", "BabyAI-": "minigrid", "highway-": "highway_env",
+    "merge-": "highway_env", "roundabout-": "highway_env", "parking-": "highway_env",
+    "intersection-": "highway_env", "racetrack-": "highway_env", "ALE/": "ale_py",
+}  # fmt: skip
+
+
+def _module_hint(id: str) -> str:  # noqa: A002
+    """A hint naming the module prefix that registers `id`, when we know it."""
+    for prefix, module in _MODULES.items():
+        if id.startswith(prefix):
+            return f"; {prefix}* ids are registered by the {module} package: use '{module}:{id}'"
+    return ""
+
+
 # gymnasium.make's own keyword options (the rest go to the env's constructor)
 _GYM_MAKE = {
     "max_episode_steps": int | None,

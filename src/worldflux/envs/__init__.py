@@ -3,6 +3,7 @@
 `make_env("CartPole-v1")`, `make_env("dmc:cartpole-swingup", image=True)`,
 `make_env("atari:Pong")`, `make_env("worldflux/TwoRoom-v0")`; `make_vector_env(id, n)` for N
 copies in one process. dm_control and Atari need the ``dmc`` / ``atari`` extras, imported lazily.
+`DreamEnv(model, starts)` / `DreamVectorEnv`: a trained world model as a Gymnasium env.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gymnasium
 
 from worldflux.envs.base import ActionConverter, Env, Step, StepBatch, resize_image
+from worldflux.envs.dream import DreamEnv, DreamVectorEnv
 from worldflux.envs.gym import GymEnv
 from worldflux.envs.make import make_env, make_vector_env
 from worldflux.envs.vector import VectorEnv
@@ -20,6 +22,8 @@ if "worldflux/TwoRoom-v0" not in gymnasium.registry:
 
 __all__ = [
     "ActionConverter",
+    "DreamEnv",
+    "DreamVectorEnv",
     "Env",
     "GymEnv",
     "Step",

@@ -66,7 +66,7 @@ def single_process(env_fn, policy_fn, envs: int, chunk: int, seconds: float) -> 
             first = torch.from_numpy(rows.is_first)
             action, state = policy.act(_obs_tensors(rows), state, explore=True, is_first=first)
         t1 = time.perf_counter()
-        obs = _obs_tensors(rows)["obs"]
+        obs = _obs_tensors(rows)  # a Box space: one (E, D) Tensor
         if buf is None:
             buf = torch.empty((envs, chunk, *obs.shape[1:]))
         buf[:, t] = obs
@@ -106,7 +106,7 @@ def chunk_state(env_fn, envs: int, chunk: int) -> State:  # noqa: ANN001
     d, a = int(env.observation_space.shape[0]), int(env.action_space.n)
     E, T = envs, chunk
     t = {
-        "obs/obs": torch.randn(E, T, d),
+        "obs": torch.randn(E, T, d),
         "action": torch.zeros(E, T, a),
         "reward": torch.zeros(E, T),
         "policy_version": torch.zeros(E, T, dtype=torch.int64),

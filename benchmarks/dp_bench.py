@@ -30,8 +30,8 @@ def _run(
     rank: int, world: int, init: str, model: str, env: str, items: list[str], out: str
 ) -> None:
     from worldflux.distributed import ddp
-    from worldflux.distributed.online import build_data_parallel_trainer
-    from worldflux.training.run import parse_overrides
+    from worldflux.training.run import build_trainer
+    from worldflux.training.run_config import parse_overrides
 
     torch.set_num_threads(1)
     if world > 1:
@@ -40,7 +40,7 @@ def _run(
         ctx = ddp.init_distributed("cpu")
     try:
         spec = parse_overrides(model, env, items)
-        trainer = build_data_parallel_trainer(spec, Path(out) / "run", ctx)
+        trainer = build_trainer(spec, Path(out) / "run", distributed=ctx)
         t0 = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - t0
@@ -52,8 +52,8 @@ def _run(
                 "updates": result["updates"],
                 "env_steps_per_s": result["step"] / wall,
                 "updates_per_s": result["updates"] / wall,
-                "allreduce_s": trainer.sync.seconds,
-                "allreduce_calls": trainer.sync.calls,
+                "allreduce_s": trainer.sync.reducer.seconds,
+                "allreduce_calls": trainer.sync.reducer.calls,
                 "profile_s": dict(trainer.profile),
             }
             (Path(out) / "result.json").write_text(json.dumps(record))

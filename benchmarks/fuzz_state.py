@@ -22,6 +22,7 @@ benchmarks/results/fuzz_state.json (--no-record to skip).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -106,7 +107,7 @@ BAD_NUMBERS = [-1, 0, 1, 7, 8, 2**63 - 1, 2**63, 2**64, True, 1.5, "12", None, [
 
 def raw_segment(payload: bytes, rng: random.Random) -> dict[str, Any]:
     """A segment holding `payload` as-is, and a descriptor that matches it where it can."""
-    name, mm = shm._create(NAMESPACE, 8 + len(payload) + rng.choice((0, 0, 8, 4096)))
+    name, mm = shm.create(NAMESPACE, 8 + len(payload) + rng.choice((0, 0, 8, 4096)))
     mm[8 : 8 + len(payload)] = payload
     capacity = len(mm)
     mm.close()
@@ -124,7 +125,7 @@ def raw_segment(payload: bytes, rng: random.Random) -> dict[str, Any]:
 
 def flip_in_place(desc: dict[str, Any], rng: random.Random) -> None:
     """Flip 1-3 bits anywhere in the segment: generation word, payload or slack."""
-    fd = shm._open(desc["name"], os.O_RDWR)
+    fd = shm.open_segment(desc["name"], os.O_RDWR)
     try:
         for _ in range(rng.randint(1, 3)):
             at = rng.randrange(desc["capacity"])
@@ -135,9 +136,10 @@ def flip_in_place(desc: dict[str, Any], rng: random.Random) -> None:
 
 
 def resize(desc: dict[str, Any], rng: random.Random) -> None:
-    """Grow or shrink the segment file before anyone maps it; the descriptor may follow."""
+    """Grow or shrink the segment file (perhaps mapped by a held attachment, never touched
+    again); the descriptor may follow."""
     size = max(0, desc["capacity"] + rng.choice((-4096, -9, -1, 1, 8, 4096)))
-    fd = shm._open(desc["name"], os.O_RDWR)
+    fd = shm.open_segment(desc["name"], os.O_RDWR)
     try:
         os.ftruncate(fd, size)
     finally:
@@ -168,9 +170,14 @@ def forge(desc: dict[str, Any], rng: random.Random, live: list[str]) -> Any:
 
 
 def segment_case(
-    rng: random.Random, pool: list[bytes], states: list[State], live: list[str]
+    rng: random.Random, pool: list[bytes], states: list[State], live: list[str], held: list
 ) -> tuple[Any, str | None, list[str]]:
-    """(descriptor to attach, namespace= argument, segments to remove afterwards)."""
+    """(descriptor to attach, namespace= argument, segments to remove afterwards).
+
+    Sometimes a State attached before the segment is damaged stays alive in `held`, so the
+    attach under test meets a live mapping of the segment (the reuse path) and must notice
+    a flipped, resized or forged segment all the same.
+    """
     kind = rng.randrange(4)
     if kind == 0:  # mutated payload bytes in a segment of their own
         data = mutate(rng, rng.choice(pool), pool)
@@ -181,6 +188,9 @@ def segment_case(
         state = rng.choice(states)  # (shm.publish: a State would remember every name)
         desc = shm.publish(state.tensors, state.meta, NAMESPACE, rng.random() < 0.5)
     made = [desc["name"]]
+    if rng.random() < 0.3:
+        with contextlib.suppress(StateError):
+            held.append(State.from_shared_memory(dict(desc)))
     if kind == 1:
         flip_in_place(desc, rng)
     elif kind == 2:
@@ -198,7 +208,8 @@ def fuzz_segments(rng: random.Random, cases: int, crashes: list[Any]) -> Counter
     live.append(states[2].to_shared_memory(NAMESPACE)["name"])  # real, other sizes
     counts: Counter = Counter()
     for i in range(cases):
-        desc, namespace, made = segment_case(rng, pool, states, live)
+        held: list[State] = []  # alive until this case is over: its mapping can be reused
+        desc, namespace, made = segment_case(rng, pool, states, live, held)
         copy = rng.random() < 0.5
 
         def attempt(desc: Any = desc, namespace: str | None = namespace, copy: bool = copy) -> None:

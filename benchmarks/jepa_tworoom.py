@@ -121,7 +121,7 @@ def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> Re
     envs = eval_episodes(n, seed)
     gen = torch.Generator().manual_seed(seed)
     cem = CEM(2, args.horizon, args.samples, args.elites, args.iterations, generator=gen)
-    planner = GoalPlanner(model, cem, args.intermediate, action_repeat=args.repeat)
+    planner = GoalPlanner(cem, args.intermediate, action_repeat=args.repeat)
     with torch.no_grad():
         goal = model.encode(torch.from_numpy(np.stack([e.goal_observation() for e in envs])))
     goal_rep = goal.tensors["rep"]
@@ -135,7 +135,8 @@ def eval_planner(model: JEPA, args: argparse.Namespace, n: int, seed: int) -> Re
         # plan for unfinished episodes only (the CEM cold-starts when that set shrinks)
         active = torch.from_numpy(~done)
         a = torch.zeros(len(envs), 2)
-        a[active] = planner.plan(s[active], goal_rep[active], eval_mode=True)
+        planner.set_goal(goal_rep[active])
+        a[active] = planner.plan(model, s[active], explore=False)
         state["s"], state["a"] = s, a
         return a.numpy()
 
@@ -162,14 +163,15 @@ def eval_oracle(args: argparse.Namespace, n: int, seed: int) -> Result:
     envs = eval_episodes(n, seed)
     gen = torch.Generator().manual_seed(seed)
     cem = CEM(2, args.horizon, args.samples, args.elites, args.iterations, generator=gen)
-    planner = GoalPlanner(OracleModel(envs[0]), cem, args.intermediate, args.repeat)
+    planner, oracle = GoalPlanner(cem, args.intermediate, args.repeat), OracleModel(envs[0])
     goal = torch.tensor(np.stack([e.goal for e in envs]), dtype=torch.float32)
 
     def act(envs: list[TwoRoomEnv], obs: np.ndarray, done: np.ndarray) -> np.ndarray:
         pos = torch.tensor(np.stack([e.pos for e in envs]), dtype=torch.float32)
         active = torch.from_numpy(~done)
         a = torch.zeros(len(envs), 2)
-        a[active] = planner.plan(State({"rep": pos[active]}), goal[active], eval_mode=True)
+        planner.set_goal(goal[active])
+        a[active] = planner.plan(oracle, State({"rep": pos[active]}), explore=False)
         return a.numpy()
 
     return run_policy(envs, args.budget, act)

@@ -45,7 +45,8 @@ def train_seed(
     tag: str = "",
     logs: Path = RESULTS / "logs",
 ) -> Path:
-    from worldflux.training.run import build_trainer, parse_overrides, resume_trainer
+    from worldflux.training.run import build_trainer, resume_trainer
+    from worldflux.training.run_config import parse_overrides
 
     run_dir = logs / run_name(model, env, tag) / f"seed{seed}"
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):

@@ -118,7 +118,7 @@ def run_case(key: str, case: Case) -> dict[str, torch.Tensor]:
         _flat(f"learn{step}", agent.update(make_batch(case, seq_len, gen)), out)
         is_first = torch.tensor([step == 0, False])
         action, state = agent.act(
-            {"obs": _obs(case.obs, (ENVS,), gen)}, state, explore=True, is_first=is_first
+            _obs(case.obs, (ENVS,), gen), state, explore=True, is_first=is_first
         )
         out[f"act{step}"] = action.clone()
     for name, t in model.state_dict().items():

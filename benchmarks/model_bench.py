@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from worldflux.agents.dreamer import DreamerAgent  # noqa: E402
+from worldflux.agents.tdmpc2 import TDMPC2Agent  # noqa: E402
 from worldflux.core.batch import Batch  # noqa: E402
 from worldflux.core.registry import create_world_model  # noqa: E402
 from worldflux.core.spec import ActionSpec, ObsSpec  # noqa: E402
@@ -109,7 +111,7 @@ def random_batch(obs_spec: ObsSpec, act: ActionSpec, B: int, T: int, seed: int =
     is_last = torch.roll(is_first, -1, 1)
     is_last[:, -1] = False
     return Batch(
-        obs=obs if obs_spec.is_dict else obs["obs"],
+        obs=obs_spec.from_fields(obs),
         action=action,
         reward=torch.randn(B, T, generator=g),
         is_first=is_first,
@@ -122,8 +124,8 @@ def _dreamer_update(preset: str, obs_space: gym.Space, act_space: gym.Space, ite
     torch.manual_seed(0)
     model = create_world_model(f"dreamerv3:{preset}", obs_space, act_space, seed=0)
     batch = random_batch(model.obs_spec, model.action_spec, 16, 64)
-    opt = model.make_optimizers()  # type: ignore[operator]
-    step = lambda: model.train_step(batch, opt)  # type: ignore[operator]  # noqa: E731
+    agent = DreamerAgent(model, batch_size=16, seq_len=64)  # type: ignore[arg-type]
+    step = lambda: agent.update(batch)  # noqa: E731
     flops = count_flops(step)
     wall, cpu = time_it(step, iters, warmup=0)
     params = sum(p.numel() for p in model.parameters())
@@ -166,7 +168,8 @@ def bench_tdmpc2(args: argparse.Namespace) -> list[Result]:
         torch.manual_seed(0)
         model = create_world_model(f"tdmpc2:{preset}", vec, cont, seed=0)
         batch = random_batch(model.obs_spec, model.action_spec, 256, 4)
-        step = lambda m=model, b=batch: m.train_step(b)  # type: ignore[operator]  # noqa: E731
+        agent = TDMPC2Agent(model, batch_size=256)  # type: ignore[arg-type]
+        step = lambda a=agent, b=batch: a.update(b)  # noqa: E731
         sec, cpu = time_it(step, iters, warmup=2)
         params = sum(p.numel() for p in model.parameters())
         notes: dict[str, float | str] = {"params": params, "reference_ms": ref_update}
@@ -176,7 +179,7 @@ def bench_tdmpc2(args: argparse.Namespace) -> list[Result]:
         model.eval()
         planner = MPPI.from_config(model.config, generator=torch.Generator().manual_seed(0))
         state = model.encode(torch.randn(1, 24))
-        plan = lambda m=model, p=planner, s=state: p.plan(m, s)  # noqa: E731
+        plan = lambda m=model, p=planner, s=state: p.plan(m, s, explore=True)  # noqa: E731
         sec, cpu = time_it(plan, iters, warmup=2)
         notes = {"reference_ms": ref_plan, "obs": "1 env, 6 it x 512 samples"}
         flops = count_flops(plan)

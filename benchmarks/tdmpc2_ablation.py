@@ -27,8 +27,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import worldflux.models.tdmpc2.model as tdmodel  # noqa: E402
 import worldflux.models.tdmpc2.networks as tdnet  # noqa: E402
-import worldflux.models.tdmpc2.training as tdtrain  # noqa: E402
 import worldflux.nn.ensemble as ens  # noqa: E402
+from worldflux.agents.tdmpc2 import TDMPC2Agent  # noqa: E402
 from worldflux.core.batch import Batch  # noqa: E402
 from worldflux.core.registry import create_world_model  # noqa: E402
 from worldflux.planners import MPPI  # noqa: E402
@@ -58,18 +58,19 @@ def stock_kernels(model: tdmodel.TDMPC2) -> Iterator[None]:
             m.act = a
 
 
-def _stock_q_values(model: tdmodel.TDMPC2) -> Callable[..., torch.Tensor]:
-    """q_values that computes every member, then reduces over 2 random ones (upstream)."""
-    original = tdmodel.TDMPC2.q_values
+def _stock_q(model: tdmodel.TDMPC2) -> Callable[..., torch.Tensor]:
+    """`q` that computes every member, then reduces over 2 random ones (upstream)."""
+    original = tdmodel.TDMPC2.q
 
-    def q_values(z, a, reduce="avg", target=False, detach=False, dropout=None):  # type: ignore[no-untyped-def]
-        if reduce not in ("avg", "min"):
-            return original(model, z, a, reduce, target, detach, dropout)
-        q = original(model, z, a, "all", target, detach, dropout)  # (E, ...)
-        pick = q[torch.randperm(model.config.num_q, device=q.device)[:2]]
-        return pick.mean(0) if reduce == "avg" else pick.min(0).values
+    def q(z, a, *, reduce, target=False, detach=False, dropout=None):  # type: ignore[no-untyped-def]
+        kw = dict(target=target, detach=detach, dropout=dropout)
+        if reduce not in ("min_of_two_random", "mean_of_two_random"):
+            return original(model, z, a, reduce=reduce, **kw)
+        q_all = original(model, z, a, reduce="per_member", **kw)  # (E, ...)
+        pick = q_all[torch.randperm(model.config.num_q, device=q_all.device)[:2]]
+        return pick.mean(0) if reduce == "mean_of_two_random" else pick.min(0).values
 
-    return q_values
+    return q
 
 
 def _time(fn: Callable[[], object]) -> tuple[float, float]:
@@ -88,7 +89,8 @@ def compare(preset: str, iters: int) -> None:
     no = torch.zeros(256, 4, dtype=torch.bool)
     batch = Batch(torch.randn(256, 4, 24, generator=g), torch.rand(256, 4, 6, generator=g),
                   torch.randn(256, 4, generator=g), no, no, no)  # fmt: skip
-    fast_opt = tdtrain.make_optimizers(model)
+    agent = TDMPC2Agent(model, batch_size=256)
+    fast_opt = (agent.optim, agent.pi_optim)
     slow_opt = tuple(  # same groups, lr and eps, per-tensor (non-fused) Adam
         torch.optim.Adam(
             [{"params": g["params"], "lr": g["lr"], "eps": g["eps"]} for g in o.param_groups],
@@ -98,20 +100,20 @@ def compare(preset: str, iters: int) -> None:
     )
     planner = MPPI.from_config(model.config)
     state = model.encode(torch.randn(1, 24))
-    stock_q = _stock_q_values(model)
+    stock_q = _stock_q(model)
     res: dict[str, list[tuple[float, float]]] = {}
     for i in range(iters + 1):
         for variant in ("ours", "stock"):
-            model._optims = fast_opt if variant == "ours" else slow_opt
+            agent.optim, agent.pi_optim = fast_opt if variant == "ours" else slow_opt
             if variant == "stock":
-                model.q_values = stock_q  # type: ignore[method-assign]
+                model.q = stock_q  # type: ignore[method-assign]
             with stock_kernels(model) if variant == "stock" else _null():
                 model.train()
-                t_upd = _time(lambda: model.train_step(batch))
+                t_upd = _time(lambda: agent.update(batch))
                 model.eval()
-                t_plan = _time(lambda: planner.plan(model, state))
+                t_plan = _time(lambda: planner.plan(model, state, explore=True))
             if variant == "stock":
-                del model.q_values
+                del model.q
             if i > 0:  # the first round warms up
                 res.setdefault(f"{variant} update", []).append(t_upd)
                 res.setdefault(f"{variant} plan", []).append(t_plan)

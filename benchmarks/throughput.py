@@ -39,7 +39,8 @@ CONFIGS: list[tuple[str, str, str, list[str], int]] = [
 
 
 def measure(model: str, env: str, overrides: list[str], steps: int, seed_steps: int = 300) -> dict:
-    from worldflux.training.run import build_trainer, parse_overrides
+    from worldflux.training.run import build_trainer
+    from worldflux.training.run_config import parse_overrides
 
     items = [*overrides, f"seed_steps={seed_steps}", f"steps={seed_steps + steps}",
              "eval_every=0", "checkpoint_every=1000000000", "progress=false", "tensorboard=false",
@@ -92,7 +93,7 @@ def measure_jepa(preset: str = "jepa:small", updates: int = 20, actions: int = 2
     state = None
     for i in range(actions):
         t0 = time.perf_counter()
-        action, state = agent.act({"obs": torch.from_numpy(row.obs[None])}, state, explore=False,
+        action, state = agent.act(torch.from_numpy(row.obs[None]), state, explore=False,
                                   is_first=torch.tensor([i == 0]))  # fmt: skip
         t1 = time.perf_counter()
         row = env.step(action[0].numpy())

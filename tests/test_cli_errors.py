@@ -96,7 +96,9 @@ def test_checkpoint_of_another_model_in_the_run_dir(runs: dict[str, Path]) -> No
     step = mixed / "checkpoints" / "step_0000000100"
     shutil.copytree(runs["dreamer"] / "checkpoints" / "step_0000000040", step)
     line = _error(["resume", str(mixed), "--steps", "200"])
-    assert "holds a DreamerV3 agent, but this run builds a TDMPC2 agent" in line
+    assert "holds a dreamerv3:debug run, but this run trains tdmpc2:debug" in line
+    line = _error(["eval", str(mixed), "--episodes", "1"])  # the run dir's newest checkpoint
+    assert "step_0000000100 holds a dreamerv3:debug run, but this run trains tdmpc2:debug" in line
 
 
 def test_checkpoint_of_another_size_in_the_run_dir(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -49,8 +49,9 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index: int) -> None:
+def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("worldflux.models.tdmpc2")
+    monkeypatch.chdir(tmp_path)  # the examples write runs/ into the current directory
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
 
 

@@ -1,4 +1,13 @@
-"""worldflux: world models for reinforcement learning (DreamerV3, TD-MPC2, JEPA) behind one API."""
+"""worldflux: world models for reinforcement learning (DreamerV3, TD-MPC2, JEPA) behind one API.
+
+The front door (see docs/api.md):
+
+- ``train(model, env, steps)`` -> a trained agent; ``agent.predict(obs, state)`` acts in the
+  env, ``agent.save(dir)`` / ``load_agent(dir)`` store and restore it (no env needed);
+- ``make_agent`` and ``Trainer`` for the pieces of ``train``;
+- ``create_world_model(name or config, obs_space, action_space)``, ``list_models()``, the
+  ``WorldModel`` contract (``save_pretrained`` / ``from_pretrained``) and its ``State``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +15,37 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from worldflux.agents import make_agent
+    from worldflux.agents.io import load_agent
+    from worldflux.api import train
+    from worldflux.core.model import WorldModel
     from worldflux.core.registry import create_world_model, list_models
     from worldflux.core.state import State
+    from worldflux.training.trainer import Trainer
 
-__all__ = ["State", "create_world_model", "list_models"]
+__all__ = [
+    "State",
+    "Trainer",
+    "WorldModel",
+    "create_world_model",
+    "list_models",
+    "load_agent",
+    "make_agent",
+    "train",
+]
 __version__ = "0.1.0"
 
 # Exports resolved on first use: importing them pulls in torch (seconds), which `worldflux --help`
 # and other torch-free entry points should not pay for.
 _LAZY = {
     "State": "worldflux.core.state",
+    "Trainer": "worldflux.training.trainer",
+    "WorldModel": "worldflux.core.model",
     "create_world_model": "worldflux.core.registry",
     "list_models": "worldflux.core.registry",
+    "load_agent": "worldflux.agents.io",
+    "make_agent": "worldflux.agents",
+    "train": "worldflux.api",
 }
 
 

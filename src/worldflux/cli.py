@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from enum import Enum
 from pathlib import Path
@@ -67,38 +66,6 @@ def _check_imagine_steps(context: int, length: int) -> None:
         )
 
 
-def _finished(run_dir: Path, steps: int | None) -> bool:
-    """True (having said so) when the run reached its step budget and `steps` does not extend it.
-
-    A `ConfigError` when `steps` is not beyond the latest checkpoint; checked before the run is
-    rebuilt, since resuming rewrites run.json with the new budget.
-    """
-    from worldflux.distributed.trainer import load_run_file
-    from worldflux.training.checkpoint import CheckpointManager
-    from worldflux.training.config import TrainerConfig
-
-    spec, _ = load_run_file(run_dir)
-    latest = CheckpointManager(run_dir).latest()
-    if latest is None:
-        return False  # resuming reports the missing checkpoint
-    done = int(latest.name.removeprefix("step_"))
-    if steps is not None:
-        if steps <= done:
-            raise ConfigError(
-                f"--steps: expected a new total above the {done} env steps {run_dir} has done, "
-                f"got {steps}"
-            )
-        return False
-    total = int(spec.trainer.get("steps", TrainerConfig.steps))
-    if done < total:
-        return False
-    typer.echo(
-        f"{run_dir} is finished (at env step {done} of {total}); to train on, extend it: "
-        f"worldflux resume {run_dir} --steps {2 * total}"
-    )
-    return True
-
-
 def _report(result: dict[str, Any], trainer: Any) -> None:
     latest = trainer.checkpoints.latest()
     ev = result.get("eval")
@@ -111,7 +78,7 @@ def _report(result: dict[str, Any], trainer: Any) -> None:
         f"env steps:   {result['step']}  updates: {result['updates']}  "
         f"skipped non-finite updates: {result['nonfinite']}"
     )
-    if ev is not None:
+    if ev:
         typer.echo(
             f"last eval:   return {ev['return_mean']:.1f} +- {ev['return_std']:.1f} "
             f"over {len(ev['returns'])} episodes"
@@ -119,10 +86,13 @@ def _report(result: dict[str, Any], trainer: Any) -> None:
     pool = result.get("collectors")
     if pool is not None:
         restarts = sum(c["restarts"] for c in pool["collectors"])
+        method = trainer.run_info.get("collectors", {}).get("start_method", "spawn")
         typer.echo(
-            f"collectors:  {len(pool['collectors'])} ({trainer.pool.config.start_method}), "
+            f"collectors:  {len(pool['collectors'])} ({method}), "
             f"policy version {pool['version']}, restarts {restarts}"
         )
+    if trainer.sync.world_size > 1:
+        typer.echo(f"ranks:       {trainer.sync.world_size} (data-parallel)")
 
 
 def _train(trainer: Any) -> dict[str, Any]:
@@ -136,26 +106,50 @@ def _train(trainer: Any) -> dict[str, Any]:
     return result
 
 
-def _collector_info(run_dir: Path) -> dict[str, Any] | None:
-    """The ``collectors`` entry of a run's run.json (None: a single-process run or no file)."""
+def _run(build: Any, device: str, said: str = "") -> None:
+    """Build a trainer with `build(distributed)` and train it: in this process, or as one rank
+    of a ``torchrun`` job (its variables set: ``torchrun -m worldflux ...``) on `device`'s type.
+    The rank 0 process reports; `said` (formatted with the trainer) is printed first."""
+    from worldflux.distributed import ddp
+
+    ctx = ddp.init_distributed(device.split(":")[0]) if ddp.torchrun_env() else None
     try:
-        info = json.loads((run_dir / "run.json").read_text()).get("collectors")
-    except (OSError, ValueError, AttributeError):
-        return None  # resume_trainer reports a missing or broken run.json
-    if isinstance(info, int) and not isinstance(info, bool):
-        info = {"num_collectors": info}
-    return info if isinstance(info, dict) else None
+        trainer = build(ctx)
+        if said and trainer.sync.is_main:
+            typer.echo(said.format(trainer=trainer))
+        result = _train(trainer)
+    finally:
+        if ctx is not None:
+            ddp.shutdown(ctx)
+    if trainer.sync.is_main:
+        _report(result, trainer)
+
+
+def _relaunch(nproc: int, argv: list[str]) -> None:
+    """``worldflux <argv>`` on `nproc` local data-parallel ranks (torchrun); exits with its code."""
+    from worldflux.distributed.launch import run_local_ranks
+
+    raise typer.Exit(run_local_ranks(nproc, argv))
+
+
+NPROC_HELP = "data-parallel processes on this machine (started with torchrun); 1: this one"
 
 
 @app.command()
 def train(
     model: Annotated[str, typer.Argument(help="family:preset, e.g. dreamerv3:size1m, tdmpc2:1m")],
-    env: Annotated[str, typer.Option(help="environment id, e.g. CartPole-v1, dmc:walker-walk")],
+    env: Annotated[
+        str | None,
+        typer.Option(
+            help="environment id, e.g. CartPole-v1, dmc:walker-walk (optional with "
+            "dataset=: then only the data's spaces are used and eval_every=0)"
+        ),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Argument(
-            help="key=value: trainer fields (steps=, seed=, train_ratio=, threads=, device=...), "
-            "agent.<opt>=, env.<kwarg>=, anything else sets a model config field"
+            help="key=value: section.key (model., agent., trainer., env.) or a bare key, "
+            "set in the one section that has it (steps=, seed=, batch_size=, horizon=, ...)"
         ),
     ] = None,
     run_dir: Annotated[
@@ -172,23 +166,29 @@ def train(
     start_method: Annotated[
         StartMethod, typer.Option(help="how collector processes start")
     ] = StartMethod.spawn,
+    nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
 ) -> None:
-    """Train a model on an environment online, with evaluation and checkpoints."""
-    from worldflux.training.run import build_trainer, default_run_dir, parse_overrides
+    """Train a model online on an environment, or offline on data (dataset=<folder>), with
+    evaluation and checkpoints."""
+    from worldflux.training.run import build_trainer, default_run_dir
+    from worldflux.training.run_config import parse_overrides
 
     try:
-        spec = parse_overrides(model, env, overrides or [])
-        out = run_dir or default_run_dir(spec)
-        trainer: Any
-        if collectors > 0:
-            from worldflux.distributed.trainer import build_collector_trainer
+        config = parse_overrides(model, env, overrides or [])
+        out = run_dir or default_run_dir(config)
+        if nproc > 1:
+            env_args = [] if env is None else ["--env", env]
+            _relaunch(nproc, ["train", model, *env_args, "--run-dir", str(out),
+                              "--collectors", str(collectors), "--start-method",
+                              start_method.value, *(overrides or [])])  # fmt: skip
 
-            trainer = build_collector_trainer(
-                spec, out, collectors, start_method=start_method.value
-            )
-        else:
-            trainer = build_trainer(spec, out)
-        _report(_train(trainer), trainer)
+        def build(ctx: Any) -> Any:
+            return build_trainer(
+                config, out, collectors=collectors, distributed=ctx,
+                start_method=start_method.value,
+            )  # fmt: skip
+
+        _run(build, str(config.trainer.get("device", "cpu")))
     except WorldFluxError as err:
         _fail(err)
 
@@ -206,31 +206,41 @@ def resume(
         StartMethod | None,
         typer.Option(help="how collector processes start (default: as the run was trained)"),
     ] = None,
+    nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
 ) -> None:
     """Continue a run from its latest checkpoint (exactly, for single-process runs).
 
-    A run trained with ``--collectors N`` resumes with its N collectors (a new set of episodes).
+    A run trained with ``--collectors N`` resumes with its N collectors (a new set of episodes);
+    a data-parallel run resumes on any number of ranks (``--nproc``) that divides its batch.
     """
-    from worldflux.training.run import resume_trainer
+    from worldflux.training.run import finished_message, resume_trainer
+    from worldflux.training.run_config import read_run_file
 
     changes: dict[str, Any] = {}
     if steps is not None:
         changes["steps"] = steps
     if threads is not None:
         changes["threads"] = threads
+    options = {} if start_method is None else {"start_method": start_method.value}
     try:
-        if _finished(run_dir, steps):
+        done = finished_message(run_dir, steps)
+        if done:
+            typer.echo(done)
             return
-        trainer: Any
-        if collectors is not None or start_method is not None or _collector_info(run_dir):
-            from worldflux.distributed.trainer import resume_collector_trainer
+        if nproc > 1:
+            extra = [f"--{k}={v}" for k, v in (("steps", steps), ("threads", threads),
+                     ("collectors", collectors)) if v is not None]  # fmt: skip
+            extra += [f"--start-method={v}" for v in options.values()]
+            _relaunch(nproc, ["resume", str(run_dir), *extra])
 
-            options = {} if start_method is None else {"start_method": start_method.value}
-            trainer = resume_collector_trainer(run_dir, collectors, changes, **options)
-        else:
-            trainer = resume_trainer(run_dir, **changes)
-        typer.echo(f"resumed at env step {trainer.step}")
-        _report(_train(trainer), trainer)
+        def build(ctx: Any) -> Any:
+            return resume_trainer(
+                run_dir, collectors=collectors, distributed=ctx, collector_options=options,
+                **changes,
+            )  # fmt: skip
+
+        device = str(read_run_file(run_dir).trainer.get("device", "cpu"))
+        _run(build, device, said="resumed at env step {trainer.step}")
     except WorldFluxError as err:
         _fail(err)
 
@@ -246,15 +256,16 @@ def eval_(
     threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
 ) -> None:
     """Real environment returns of a checkpointed agent (no exploration; the same for a seed)."""
+    from worldflux.agents.io import load_run_agent
     from worldflux.training.evaluate import evaluate
-    from worldflux.training.run import env_factory, load_agent
+    from worldflux.training.run import env_factory
 
     _threads(threads)
     _seed_rngs(seed)
     try:
-        agent, spec = load_agent(checkpoint)
+        agent, spec = load_run_agent(checkpoint)
         if video is not None:
-            spec.env_kwargs = {**spec.env_kwargs, "render_mode": "rgb_array"}
+            spec.env["render_mode"] = "rgb_array"
         result = evaluate(agent, env_factory(spec), episodes, seed, video=video)
     except WorldFluxError as err:
         _fail(err)
@@ -276,15 +287,16 @@ def imagine(
     seed: Annotated[int, typer.Option(min=0, help="seed of the episode")] = 0,
 ) -> None:
     """Video of real observations beside the model's open-loop predictions."""
+    from worldflux.agents.io import load_run_agent
     from worldflux.training.evaluate import collect_sequence
-    from worldflux.training.run import env_factory, load_agent
+    from worldflux.training.run import env_factory
     from worldflux.training.video import imagination_video
 
     _threads(1)
     _seed_rngs(seed)
     try:
         _check_imagine_steps(context, length)
-        agent, spec = load_agent(checkpoint)
+        agent, spec = load_run_agent(checkpoint)
         env = env_factory(spec)(0)
         batch = collect_sequence(agent, env, seed, length)
         info = imagination_video(agent.model, batch, out, context=context)
@@ -321,19 +333,20 @@ def demo(
 ) -> None:
     """A short visible run (TD-MPC2 on Pendulum, a few minutes on 2 cores), then a video."""
     from worldflux.training.evaluate import evaluate
-    from worldflux.training.run import build_trainer, default_run_dir, env_factory, parse_overrides
+    from worldflux.training.run import build_trainer, default_run_dir, env_factory
+    from worldflux.training.run_config import parse_overrides
 
     _threads(1)
     settings = [s for s in DEMO_SETTINGS if not s.startswith("steps=")] + [f"steps={steps}"]
     typer.echo(f"worldflux demo: {DEMO_MODEL} on {DEMO_ENV}, {' '.join(settings)}")
     try:
-        spec = parse_overrides(DEMO_MODEL, DEMO_ENV, settings)
-        trainer = build_trainer(spec, run_dir or default_run_dir(spec))
+        config = parse_overrides(DEMO_MODEL, DEMO_ENV, settings)
+        trainer = build_trainer(config, run_dir or default_run_dir(config))
         result = trainer.train()
         _report(result, trainer)
-        spec.env_kwargs = {**spec.env_kwargs, "render_mode": "rgb_array"}
+        config.env["render_mode"] = "rgb_array"
         video = trainer.run_dir / "videos" / "eval.gif"
-        ev = evaluate(trainer.agent, env_factory(spec), 1, 0, video=video)
+        ev = evaluate(trainer.agent, env_factory(config), 1, 0, video=video)
         typer.echo(
             f"video:       {video}  (one evaluation episode, return {ev['return_mean']:.1f})"
         )
@@ -347,7 +360,7 @@ def _imagination(trainer: Any) -> None:
     from worldflux.training.evaluate import collect_sequence
     from worldflux.training.video import imagination_video
 
-    batch = collect_sequence(trainer.agent, trainer.env_fn(0), 0, 60)
+    batch = collect_sequence(trainer.agent, trainer.eval_env_fn(0), 0, 60)
     path = trainer.run_dir / "videos" / "imagination.gif"
     imagination_video(trainer.agent.model, batch, path, context=5)
     typer.echo(f"imagination: {path}  (real vs open-loop predicted observations)")

@@ -26,9 +26,9 @@ def test_act_returns_tensors_without_grad(model: str, options: dict, env_id: str
     agent = make_agent(model, env.observation_space, env.action_space, seed=0,
                        agent_options=options)  # fmt: skip
     obs = torch.as_tensor(env.reset(seed=0).obs)  # model format: float vectors, uint8 images
-    batch = {"obs": obs.expand(3, *obs.shape).clone()}
+    batch = obs.expand(3, *obs.shape).clone()  # the env's form, batched: (3, *shape)
     if env_id == "tworoom":
-        agent.set_goal(batch["obs"])  # type: ignore[attr-defined]
+        agent.set_goal(batch)  # type: ignore[attr-defined]
     assert torch.is_grad_enabled()
     state = None
     for t in range(2):

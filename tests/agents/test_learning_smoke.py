@@ -19,10 +19,19 @@ from bandit import make_match_env, make_switch_env
 from worldflux.agents import Agent, make_agent
 from worldflux.data.replay import Replay
 from worldflux.training.config import TrainerConfig
+from worldflux.training.sources import EnvSource
 from worldflux.training.trainer import Trainer
 
 RANDOM_RETURN = 4.0  # 8 steps x 0.5
 NO_CHECKPOINTS = 10**9  # env steps between periodic checkpoints: never during these runs
+
+
+def _trainer(
+    agent: Agent, env_fn: Any, replay: Replay, config: TrainerConfig, run_dir: Any
+) -> Trainer:
+    """A Trainer stepping `env_fn`'s envs into `replay` (evaluating on the same envs)."""
+    source = EnvSource(env_fn, config.num_envs, config.seed, replay)
+    return Trainer(agent, source, config, run_dir, eval_env_fn=env_fn)
 
 
 def freeze(agent: Agent) -> None:
@@ -43,7 +52,7 @@ def run(model: str, run_dir: Path, agent: dict[str, Any], seed: int = 0, frozen:
     if frozen:
         freeze(a)
     replay = Replay(5000, env.observation_space, env.action_space, seed=seed)
-    trainer = Trainer(a, make_match_env, replay, config, run_dir)
+    trainer = _trainer(a, make_match_env, replay, config, run_dir)
     trainer.train()
     return trainer.run_eval()
 
@@ -72,9 +81,9 @@ def dreamer_switch_light(seed: int, frozen: bool = False) -> dict[str, float]:
         freeze(agent)
     replay = Replay(1000, probe.observation_space, probe.action_space, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        before0 = Trainer(agent, make_switch_env(0), replay, config, tmp).run_eval()
+        before0 = _trainer(agent, make_switch_env(0), replay, config, tmp).run_eval()
         good = 1 if before0["return_mean"] >= RANDOM_RETURN else 0  # favours light 0: 1 is good
-        trainer = Trainer(agent, make_switch_env(good), replay, config, tmp)
+        trainer = _trainer(agent, make_switch_env(good), replay, config, tmp)
         before = trainer.run_eval()["return_mean"]
         trainer.train()
         after = trainer.run_eval()["return_mean"]
@@ -104,7 +113,7 @@ def dreamer_world_model_match_light(seed: int, frozen: bool = False) -> dict[str
                            eval_every=0, checkpoint_every=NO_CHECKPOINTS, replay_capacity=2000,
                            seed=seed, save_replay=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(agent, make_match_env, replay, config, tmp).train()
+        _trainer(agent, make_match_env, replay, config, tmp).train()
     first = agent.update(replay.sample(8, 8))
     for _ in range(60):
         last = agent.update(replay.sample(8, 8))
@@ -189,9 +198,9 @@ def test_tdmpc2_mppi_agent_switches_between_batches_of_envs() -> None:
 
     env = make_match_env()
     agent = make_agent("tdmpc2:debug", env.observation_space, env.action_space, seed=0)
-    obs2 = {"obs": torch.eye(2)}
+    obs2 = torch.eye(2)
     a, _ = agent.act(obs2, None, explore=True, is_first=torch.tensor([True, True]))
     a, _ = agent.act(obs2, None, explore=True, is_first=torch.tensor([False, True]))
-    b, _ = agent.act({"obs": torch.eye(2)[:1]}, None, explore=False, is_first=torch.tensor([True]))
+    b, _ = agent.act(torch.eye(2)[:1], None, explore=False, is_first=torch.tensor([True]))
     c, _ = agent.act(obs2, None, explore=True, is_first=torch.tensor([False, False]))
     assert a.shape == (2, 2) and b.shape == (1, 2) and c.shape == (2, 2)

@@ -12,6 +12,7 @@ import struct
 import torch
 from _state_strategies import states
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worldflux.core import shm
 from worldflux.core.state import State
@@ -135,3 +136,44 @@ def test_empty_and_zero_size_states_pack() -> None:
     for s in (State(), State({"e": torch.empty(0, 3), "x": torch.ones(2)})):
         p = s.packed()
         assert p.equal(s) and p.serialize() == s.serialize()
+
+
+@settings(max_examples=40, deadline=None)
+@given(states(max_keys=10), st.sampled_from([False, "crc32"]))
+def test_packed_publish_writes_the_general_paths_bytes(state: State, checksum: object) -> None:
+    """The slice-assigned header and buffer of a packed publish: the bytes of `serialize`."""
+    packed = state.packed()
+    expected = unpacked(packed).serialize(checksum=checksum)
+    with shm.SegmentPool("test_packing", checksum=checksum) as pool:
+        for meta in ({"a": 1}, {}, {"a": 1}):  # plans are cached per meta: each must follow
+            packed.meta = meta
+            expected = unpacked(packed).serialize(checksum=checksum)
+            desc = pool.publish(packed)
+            with open(shm.SHM_DIR + desc["name"], "rb") as f:
+                assert f.read()[8 : 8 + desc["size"]] == expected
+
+
+def test_a_moved_storage_is_followed() -> None:
+    """`resize_` may move the buffer: the next write must read it where it is now."""
+    s = sample().packed()
+    with shm.SegmentPool("test_packing") as pool:
+        pool.publish(s)  # plans made for the buffer where it is now
+    storage = s.tensors["k00"].untyped_storage()
+    before = storage.data_ptr()
+    storage.resize_(storage.nbytes() * 64)  # large enough that realloc moves it
+    assert storage.data_ptr() != before
+    s.tensors["k02"].fill_(5.0)
+    assert s.serialize() == unpacked(s).serialize()
+    with shm.SegmentPool("test_packing") as pool:  # the memoryview path
+        attached = State.from_shared_memory(pool.publish(s), copy=True)
+        assert attached.equal(s)
+
+
+def test_same_sized_headers_of_different_layouts_alternate() -> None:
+    """The header cache in front (keyed by lengths, checked by memcmp) never mixes them up."""
+    x = torch.arange(6.0).reshape(2, 3)
+    a, b = State({"a": x}), State({"b": x.int()})
+    da, db = a.serialize(), b.serialize()
+    assert len(da) == len(db) and da[:8] == db[:8]
+    for _ in range(3):
+        assert State.deserialize(da).equal(a) and State.deserialize(db).equal(b)

@@ -80,11 +80,13 @@ def test_attached_state_can_be_serialized_cloned_copied_and_republished() -> Non
     a.close_shared_memory()
 
 
-def test_one_fd_per_attached_state() -> None:
-    desc = make().to_shared_memory(NS)
+def test_one_fd_per_mapped_segment() -> None:
+    """States attached to one segment share its mapping (one fd); all go with the views."""
+    descs = [make().to_shared_memory(NS) for _ in range(2)]
     before = open_fds()
-    states = [State.from_shared_memory(desc) for _ in range(5)]
-    assert open_fds() == before + 5
+    states = [State.from_shared_memory(d) for d in descs for _ in range(5)]
+    assert open_fds() == before + 2
+    assert len({s.tensors["deter"].data_ptr() for s in states}) == 2
     for attached in states:
         attached.close_shared_memory(unlink=False)
     del states, attached  # the views keep mappings (and their fd) alive until they go
@@ -268,7 +270,7 @@ def test_close_removes_every_published_segment() -> None:
 
 def _raw_segment(data: bytes) -> dict:
     """A segment holding hand-made payload bytes, and its descriptor."""
-    name, mm = shm._create(NS, 8 + len(data))
+    name, mm = shm.create(NS, 8 + len(data))
     mm[8:] = data
     mm.close()
     header_len = int.from_bytes(data[:8], "little")

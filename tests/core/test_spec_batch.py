@@ -9,7 +9,7 @@ import torch
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import SpecError
-from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec
+from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec, map_obs, obs_batch_size
 from worldflux.nn import simnorm, symexp, symlog, two_hot, two_hot_mean
 
 
@@ -66,6 +66,42 @@ def test_obs_spec_errors_name_the_argument() -> None:
         d.as_dict({"x": torch.zeros(2, 4)}, batch_dims=1)
     with pytest.raises(SpecError, match="obs_space"):
         ObsSpec.from_space(gym.spaces.Discrete(3))
+
+
+BOX = gym.spaces.Box(-1, 1, (4,), np.float32)
+ONE_KEY_DICT = gym.spaces.Dict({"obs": BOX})  # a Dict whose one key is the Box field's name
+
+
+@pytest.mark.parametrize(
+    ("space", "obs"),
+    [
+        (BOX, torch.zeros(2, 4)),
+        (ONE_KEY_DICT, {"obs": torch.zeros(2, 4)}),
+        (gym.spaces.Dict({"a": BOX, "b": BOX}), {"a": torch.zeros(2, 4), "b": torch.ones(2, 4)}),
+    ],
+)
+def test_one_observation_form_round_trips_through_fields(space: gym.Space, obs: object) -> None:
+    """An observation keeps the env's form: an array for a Box space, a dict for any Dict
+    space (even one whose only key is the Box field's name); fields are a view of it."""
+    spec = ObsSpec.from_space(space)
+    fields = spec.fields_of(obs)
+    assert sorted(fields) == sorted(spec.fields)
+    back = spec.from_fields(fields)
+    assert isinstance(back, dict) == isinstance(space, gym.spaces.Dict)
+    assert isinstance(map_obs(lambda t: t + 1, obs), dict) == isinstance(obs, dict)
+    assert obs_batch_size(obs) == 2  # type: ignore[arg-type]
+
+
+def test_fields_of_refuses_the_other_form() -> None:
+    box, one = ObsSpec.from_space(BOX), ObsSpec.from_space(ONE_KEY_DICT)
+    with pytest.raises(
+        SpecError, match=r"^x: expected one array .* got a dict with keys \['obs'\]"
+    ):
+        box.fields_of({"obs": torch.zeros(2, 4)}, "x")
+    with pytest.raises(SpecError, match=r"^x: expected a dict with keys \['obs'\], got Tensor"):
+        one.fields_of(torch.zeros(2, 4), "x")
+    with pytest.raises(SpecError, match=r"obs: expected a batched Tensor"):
+        obs_batch_size(torch.tensor(1.0))
 
 
 def test_action_spec_discrete_and_box() -> None:

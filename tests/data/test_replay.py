@@ -332,6 +332,30 @@ def test_single_rows_per_env_id() -> None:
     assert len(two) == 60
 
 
+@pytest.mark.parametrize("space", [VEC, spaces.Dict({"obs": VEC})], ids=["box", "dict"])
+def test_add_takes_and_sample_returns_the_env_form(space, tmp_path) -> None:
+    """What the env gives (an array, or a dict even when its one key is "obs") is what `add`
+    takes and `sample` returns, before and after save/load; the other form is refused."""
+    is_dict = isinstance(space, spaces.Dict)
+    replay = Replay(100, space, ACT, num_envs=2)
+    src = Streams(2, [6])
+    for _ in range(8):
+        rows = src.next()
+        env_form = {"obs": rows.obs} if is_dict else rows.obs
+        other_form = rows.obs if is_dict else {"obs": rows.obs}
+        rows.obs = other_form
+        with pytest.raises(SpecError, match=r"^rows.obs: expected (one array|a dict)"):
+            replay.add(rows)
+        rows.obs = env_form
+        replay.add(rows)
+    replay.save(tmp_path / "saved")
+    for buf in (replay, Replay.load(tmp_path / "saved")):
+        obs = buf.sample(3, 4).obs
+        assert isinstance(obs, dict) == is_dict
+        arr = obs["obs"] if is_dict else obs
+        assert isinstance(arr, torch.Tensor) and arr.shape == (3, 4, 3)
+
+
 def test_bad_input_is_rejected() -> None:
     replay = Replay(100, VEC, ACT, num_envs=2)
     src = Streams(2, [5])

@@ -121,12 +121,12 @@ def check_rows(chunks: list[Chunk], streams: dict[tuple[int, int], list[np.ndarr
     for c in chunks:
         t = c.state.tensors
         E, T = t["reward"].shape
-        assert t["obs/obs"].shape == (E, T, OBS_DIM)
+        assert t["obs"].shape == (E, T, OBS_DIM)
         assert t["action"].shape == (E, T, N_ACTIONS) and t["action"].dtype == torch.float32
         for e in range(E):
             rows = np.concatenate(
                 [
-                    t["obs/obs"][e].numpy(),
+                    t["obs"][e].numpy(),
                     t["env_step"][e, :, None].numpy(),
                     t["is_first"][e, :, None].numpy(),
                     t["is_last"][e, :, None].numpy(),
@@ -174,3 +174,11 @@ if __name__ == "__main__":  # the Ctrl-C test's learner
         print("collecting", flush=True)
         while True:
             pool.poll(1.0)
+
+
+def feed(pool: CollectorPool, replay: object, timeout: float) -> int:
+    """Poll once and add every received row to `replay`; -> rows added."""
+    from worldflux.distributed.collector_source import add_chunk
+
+    chunks = pool.poll(timeout, copy=False)
+    return sum(len(rows) for chunk in chunks for rows in add_chunk(replay, chunk)[0])

@@ -55,19 +55,37 @@ def shard_seed_for(step: int, rank: int) -> int:
     return ddp.shard_seed(7, rank, step)
 
 
+def shard_batch(batch: Batch, rank: int, world: int) -> Batch:
+    """Rank `rank`'s contiguous slice of a global `batch` along B."""
+    b = ddp.per_rank_batch(batch.shape[0], world)
+    lo, hi = rank * b, (rank + 1) * b
+    return Batch(
+        obs=batch.obs[lo:hi],
+        action=batch.action[lo:hi],
+        reward=batch.reward[lo:hi],
+        is_first=batch.is_first[lo:hi],
+        is_terminal=batch.is_terminal[lo:hi],
+        is_last=batch.is_last[lo:hi],
+    )
+
+
 def train_step(
-    module: torch.nn.Module,
+    model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     ctx: ddp.DistContext,
     step: int,
     size: int,
 ) -> float:
-    """One DDP step on this rank's shard; returns the rank-mean loss (all ranks agree)."""
-    shard = ddp.shard_batch(global_batch(step, size), ctx)
+    """One data-parallel step on this rank's shard, gradients averaged by the one sync
+    mechanism (`gradsync` + `GradientAllReduce`); returns the rank-mean loss."""
+    from worldflux.distributed.gradsync import sync_gradients
+
+    shard = shard_batch(global_batch(step, size), ctx.rank, ctx.world_size)
     torch.manual_seed(shard_seed_for(step, ctx.rank))  # the loss may sample
-    loss, _ = module(shard)
+    loss, _ = model.loss(shard)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    sync_gradients([p for p in model.parameters() if p.requires_grad])
     opt.step()
     return ddp.all_reduce_metrics({"loss": loss.detach()}, ctx)["loss"]
 
@@ -80,9 +98,8 @@ def reference_step(
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for r in range(shards):
-        ctx = ddp.DistContext(r, shards, r, "none", torch.device("cpu"))
         torch.manual_seed(shard_seed_for(step, r))
-        loss, _ = model.loss(ddp.shard_batch(batch, ctx))
+        loss, _ = model.loss(shard_batch(batch, r, shards))
         (loss / shards).backward()
         total += float(loss.detach()) / shards
     opt.step()
@@ -92,7 +109,7 @@ def reference_step(
 def rank_worker(
     rank: int, world: int, init_file: str, out: str, steps: int, size: int, ckpt: str
 ) -> None:
-    """Body of one rank: `steps` DDP updates, a rank-0 checkpoint, this rank's weights saved."""
+    """Body of one rank: `steps` updates, a rank-0 checkpoint, this rank's weights saved."""
     torch.set_num_threads(1)
     ctx = ddp.init_distributed(
         device="cpu", init_method=f"file://{init_file}", rank=rank, world_size=world
@@ -104,23 +121,41 @@ def rank_worker(
 
 
 def run_rank(ctx: ddp.DistContext, out: Path, steps: int, size: int, ckpt: Path) -> None:
+    from worldflux.distributed.data_parallel import GradientAllReduce, broadcast_modules
+    from worldflux.distributed.gradsync import gradient_sync
+    from worldflux.training.checkpoint import save_checkpoint
+
     model = make_model()
-    module = ddp.wrap_model(model, ctx)
-    opt = torch.optim.Adam(module.parameters(), lr=LR)
-    losses = [train_step(module, opt, ctx, s, size) for s in range(steps)]
-    ddp.save_checkpoint(ckpt, ctx, module, opt, steps, size)
+    broadcast_modules([model], ctx)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    with gradient_sync(GradientAllReduce(ctx)):
+        losses = [train_step(model, opt, ctx, s, size) for s in range(steps)]
+    if ctx.is_main:
+        tree = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "dist": {"step": steps, "world_size": ctx.world_size}}  # fmt: skip
+        save_checkpoint(ckpt, tree)
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"rank{ctx.rank}.safetensors"))
     (out / f"rank{ctx.rank}.json").write_text(json.dumps({"losses": losses, "ws": ctx.world_size}))
 
 
-def pretrain_rank_worker(rank: int, world: int, init_file: str, cfg: dict, out: str) -> None:
-    """One rank of `worldflux.distributed.pretrain`, started without torchrun (explicit rank).
+def pretrain_items(replay: str, **settings: object) -> list[str]:
+    """``worldflux train`` items of a world-model pretraining run on the saved `replay`."""
+    base = {"dataset": replay, "agent.batch_size": 2, "agent.seq_len": 8, "eval_every": 0,
+            "checkpoint_every": 1000, "log_every": 4, "progress": "false",
+            "tensorboard": "false", **settings}  # fmt: skip
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def pretrain_rank_worker(rank: int, world: int, init_file: str, items: list, out: str) -> None:
+    """One rank of a pretraining run (offline data under data-parallel sync), started without
+    torchrun (explicit rank).
 
     LOCAL_RANK is set to something other than the rank, as on a second node, to check that
     `init_distributed` takes it. Writes ``pretrain{rank}.json`` (result or error).
     """
-    from worldflux.distributed.pretrain import PretrainConfig, pretrain
+    from worldflux.training.run import build_trainer
+    from worldflux.training.run_config import parse_overrides
     from worldflux.training.trainer import TrainingError
 
     torch.set_num_threads(1)
@@ -130,7 +165,11 @@ def pretrain_rank_worker(rank: int, world: int, init_file: str, cfg: dict, out: 
     )
     record: dict = {"local_rank": ctx.local_rank}
     try:
-        record["result"] = pretrain(PretrainConfig(**cfg), ctx)
+        trainer = build_trainer(
+            parse_overrides(MODEL_NAME, None, items), Path(out) / "run", distributed=ctx
+        )
+        result = trainer.train()
+        record["result"] = {k: result[k] for k in ("step", "updates", "nonfinite")}
     except TrainingError as e:
         record["error"] = str(e)
     finally:

@@ -62,16 +62,15 @@ def agent_weights(agent: Any) -> dict[str, torch.Tensor]:
 
 def run_job(ctx: ddp.DistContext, job: dict[str, Any]) -> None:
     """Build (or resume) the job's run on this rank, train, save weights and counters."""
-    from worldflux.distributed.online import build_data_parallel_trainer
-    from worldflux.training.run import load_spec, parse_overrides
+    from worldflux.training.run import build_trainer, resume_trainer
+    from worldflux.training.run_config import parse_overrides
 
     run_dir = Path(job["run_dir"])
     if job.get("resume"):
-        spec = load_spec(run_dir)
-        spec.trainer.update(job.get("changes", {}))
+        trainer = resume_trainer(run_dir, distributed=ctx, **job.get("changes", {}))
     else:
         spec = parse_overrides(job["model"], FAMILIES[job["model"]][0], job["items"])
-    trainer = build_data_parallel_trainer(spec, run_dir, ctx, resume=bool(job.get("resume")))
+        trainer = build_trainer(spec, run_dir, distributed=ctx)
     trainer.train(job.get("stop_at"))
     out = Path(job["out"])
     tag = f"{job['name']}_rank{ctx.rank}"
@@ -79,7 +78,7 @@ def run_job(ctx: ddp.DistContext, job: dict[str, Any]) -> None:
     info = {
         "step": trainer.step,
         "updates": trainer.updates,
-        "sync_calls": trainer.sync.calls,
+        "sync_calls": trainer.sync.reducer.calls,
         "batch_size": trainer.agent.batch_size,
         "learn_from": trainer.learn_from,
         "replay_digest": hashlib.sha256(trainer.replay.arrays["action"].tobytes()).hexdigest(),
@@ -102,7 +101,8 @@ def online_worker(rank: int, world: int, init_file: str, jobs: list[dict[str, An
 def grad_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
     """`guarded_step` under `GradientAllReduce` on this rank's half of a fixed batch."""
     from worldflux.agents.base import guarded_step
-    from worldflux.core.gradsync import gradient_sync
+    from worldflux.distributed.data_parallel import GradientAllReduce, average_buffers
+    from worldflux.distributed.gradsync import gradient_sync
 
     torch.set_num_threads(1)
     ctx = ddp.init_distributed(
@@ -110,7 +110,7 @@ def grad_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
     )
     try:
         model, opt = grad_model()
-        sync = ddp.GradientAllReduce(ctx)
+        sync = GradientAllReduce(ctx)
         x, y = grad_batch()
         half = x.shape[0] // world
         xs, ys = x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half]
@@ -126,7 +126,7 @@ def grad_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
                 torch.equal(before[k], v) for k, v in model.state_dict().items()
             )
         model.stat.fill_(float(rank + 1))  # a per-rank statistic: averaged to the rank mean
-        ddp.average_buffers([model], ctx)
+        average_buffers([model], ctx)
         record["stat"] = float(model.stat)
         record["calls"] = sync.calls
         (Path(out) / f"grad{rank}.json").write_text(json.dumps(record))

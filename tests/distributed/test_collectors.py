@@ -126,10 +126,10 @@ def _assert_actions_follow_versions(chunks: list, versions: dict) -> None:
             for i in range(1, t["reward"].shape[1]):
                 if t["is_first"][e, i] or int(v[e, i]) not in versions:
                     continue
-                obs = t["obs/obs"][e, i - 1 : i]
+                obs = t["obs"][e, i - 1 : i]  # a Box space: the chunk entry "obs"
                 with torch.no_grad():
                     want, _ = versions[int(v[e, i])].act(
-                        {"obs": obs}, None, explore=False, is_first=obs[:, 0]
+                        obs, None, explore=False, is_first=obs[:, 0]
                     )
                 torch.testing.assert_close(t["action"][e, i], want[0])
     assert {int(x) for c in chunks for x in c.policy_versions.unique()} >= set(versions)
@@ -205,7 +205,7 @@ def test_feed_adds_rows_to_a_replay() -> None:
         deadline = time.monotonic() + DEADLINE_S
         while added < 64 or replay.counts.min() == 0:  # both collectors delivered
             assert time.monotonic() < deadline
-            added += pool.feed(replay, timeout=0.5)
+            added += C.feed(pool, replay, timeout=0.5)
     assert len(replay) == added and replay.counts.min() > 0
     batch = replay.sample(4, 3)
     assert batch.shape == (4, 3)
@@ -224,7 +224,7 @@ def test_feed_stores_the_policy_version_that_acted_each_row() -> None:
     with CollectorPool(C.env_fn(0.001), C.mlp_policy_fn(seed=99), cfg, weights=learner) as pool:
         while replay.counts.min() < 8:
             assert time.monotonic() < deadline, pool.stats()
-            pool.feed(replay, timeout=0.5)
+            C.feed(pool, replay, timeout=0.5)
         with torch.no_grad():
             for p in learner.parameters():
                 p.add_(torch.randn_like(p))
@@ -236,7 +236,7 @@ def test_feed_stores_the_policy_version_that_acted_each_row() -> None:
 
         while min(newest(0), newest(1)) < 2:
             assert time.monotonic() < deadline, pool.stats()
-            pool.feed(replay, timeout=0.5)
+            C.feed(pool, replay, timeout=0.5)
     for e in range(2):
         idx = e * replay.stream_capacity + np.arange(replay.counts[e])  # chronological
         v = replay.policy_versions(idx)
@@ -248,7 +248,7 @@ def test_feed_stores_the_policy_version_that_acted_each_row() -> None:
             prev = torch.from_numpy(obs[i - 1 : i])
             with torch.no_grad():
                 want, _ = versions[int(v[i])].act(
-                    {"obs": prev}, None, explore=False, is_first=prev[:, 0] > 0
+                    prev, None, explore=False, is_first=prev[:, 0] > 0
                 )
             np.testing.assert_allclose(act[i], want[0].numpy())
 
@@ -361,7 +361,7 @@ def test_step_batches_follow_the_chunk_layout() -> None:
 
     E, T = 2, 3
     tensors = {
-        "obs/obs": torch.arange(E * T * 4, dtype=torch.float32).view(E, T, 4),
+        "obs": torch.arange(E * T * 4, dtype=torch.float32).view(E, T, 4),
         "action": torch.rand(E, T, 2),
         "reward": torch.rand(E, T),
         "is_first": torch.tensor([[True, False, False]] * E),
@@ -374,12 +374,59 @@ def test_step_batches_follow_the_chunk_layout() -> None:
     rows = chunk.step_batches(infos=True)
     assert len(rows) == T and chunk.num_steps == E * T
     for i, r in enumerate(rows):
-        np.testing.assert_array_equal(r.obs, tensors["obs/obs"][:, i].numpy())
+        np.testing.assert_array_equal(r.obs, tensors["obs"][:, i].numpy())
         np.testing.assert_array_equal(r.action, tensors["action"][:, i].numpy())
         assert r.is_last.tolist() == [i == 2] * E
         assert [x["policy_version"] for x in r.infos] == [2 if i == 2 else 1] * E
-    tensors["obs/obs"].zero_()  # rows own their data (safe after a zero-copy release)
+    tensors["obs"].zero_()  # rows own their data (safe after a zero-copy release)
     assert rows[1].obs.sum() > 0
+
+
+@pytest.mark.parametrize("one_key", [False, True])
+def test_dict_observations_keep_their_form_through_a_chunk(one_key: bool) -> None:
+    """A Dict space's observation travels as ``obs/<field>`` entries and comes back a dict,
+    even when its only key is "obs" (a Box space's array travels as the entry ``obs``)."""
+    from worldflux.core.state import State
+    from worldflux.distributed import transport
+    from worldflux.distributed.transport import Chunk
+
+    E, T = 2, 3
+    obs = (
+        {"obs": torch.rand(E, T, 4)}
+        if one_key
+        else {"a": torch.rand(E, T, 4), "b": torch.rand(E, T, 1)}
+    )
+    entries = transport.obs_entries(obs)
+    assert sorted(entries) == sorted(f"obs/{k}" for k in obs)
+    assert list(transport.obs_entries(obs["obs" if one_key else "a"])) == ["obs"]
+    tensors = {
+        **entries,
+        "action": torch.rand(E, T, 2),
+        "reward": torch.rand(E, T),
+        "is_first": torch.tensor([[True, False, False]] * E),
+        "is_terminal": torch.zeros(E, T, dtype=torch.bool),
+        "is_last": torch.zeros(E, T, dtype=torch.bool),
+        "policy_version": torch.zeros(E, T, dtype=torch.int64),
+        "env_step": torch.arange(T).repeat(E, 1),
+    }
+    rows = Chunk(0, 0, 0, 0, State(tensors), np.array([0, 1])).step_batches()
+    for i, r in enumerate(rows):
+        assert isinstance(r.obs, dict) and sorted(r.obs) == sorted(obs)
+        for k, v in obs.items():
+            np.testing.assert_array_equal(r.obs[k], v[:, i].numpy())
+
+
+def test_mlp_policy_takes_a_vector_tensor() -> None:
+    from worldflux.core.exceptions import SpecError
+    from worldflux.distributed import MLPPolicy
+
+    policy = MLPPolicy(4, 2, discrete=True)
+    action, _ = policy.act(
+        torch.zeros(3, 4), None, explore=False, is_first=torch.ones(3, dtype=torch.bool)
+    )
+    assert action.shape == (3, 2)
+    with pytest.raises(SpecError, match=r"^obs: MLPPolicy expected .* got dict"):
+        policy.act({"obs": torch.zeros(3, 4)}, None, explore=False, is_first=torch.ones(3))
 
 
 def test_recurrent_agent_state_travels_with_its_rows() -> None:

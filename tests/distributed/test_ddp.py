@@ -1,4 +1,5 @@
-"""Data-parallel training: 2 gloo ranks agree with each other and with one process."""
+"""Data-parallel training: 2 gloo ranks agree with each other and with one process; world-model
+pretraining (offline data under data-parallel sync) through the one `Trainer`."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from worldflux.core.exceptions import ConfigError
 from worldflux.distributed import ddp
 
 STEPS, GLOBAL_BATCH, WORLD = 3, 4, 2
-CPU = ddp.DistContext(0, 1, 0, "none", torch.device("cpu"))
+CPU = ddp.DistContext(0, 1, 0, "none", torch.device("cpu"))  # one process, no group
 
 
 @functools.cache
@@ -41,7 +42,7 @@ def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
 
 def _check_run(out: Path) -> None:
     r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
-    _assert_same_weights(r0, r1, atol=0.0)  # DDP: bitwise identical replicas
+    _assert_same_weights(r0, r1, atol=0.0)  # one all-reduce per backward: bitwise identical
     ref_model, _, ref_losses = _reference(STEPS)
     ref = {k: v.detach() for k, v in ref_model.state_dict().items()}
     _assert_same_weights(r0, ref, atol=1e-5)
@@ -51,6 +52,8 @@ def _check_run(out: Path) -> None:
 
 
 def test_two_gloo_ranks_match_single_process_and_resume_on_one(tmp_path: Path) -> None:
+    from worldflux.training.checkpoint import load_checkpoint
+
     ckpt = tmp_path / "ckpt"
     args = (WORLD, str(tmp_path / "init"), str(tmp_path), STEPS, GLOBAL_BATCH, str(ckpt))
     _run_ranks(H.rank_worker, args, WORLD)
@@ -59,9 +62,10 @@ def test_two_gloo_ranks_match_single_process_and_resume_on_one(tmp_path: Path) -
     # Resume the 2-rank checkpoint on 1 rank and continue: equals an uninterrupted run.
     model = H.make_model()
     opt = torch.optim.Adam(model.parameters(), lr=H.LR)
-    info = ddp.load_checkpoint(ckpt, CPU, model, opt)
-    assert info["step"] == STEPS and info["world_size"] == WORLD
-    assert info["per_rank_batch"] == GLOBAL_BATCH
+    tree = load_checkpoint(ckpt)
+    assert tree["dist"] == {"step": STEPS, "world_size": WORLD}
+    model.load_state_dict(tree["model"])
+    opt.load_state_dict(tree["optimizer"])
     for s in range(STEPS, STEPS + 2):
         H.reference_step(model, opt, s, GLOBAL_BATCH, WORLD)
     full, _, _ = _reference(STEPS + 2)
@@ -103,27 +107,32 @@ def spaces_for_test():  # noqa: ANN201
 
 
 def test_torchrun_pretrain_then_resume_on_one_rank(tmp_path: Path) -> None:
-    """`torchrun -m worldflux.distributed.pretrain` on 2 ranks, then resumed on 1."""
+    """`torchrun -m worldflux train MODEL dataset=<replay>` on 2 ranks (pretraining: the
+    offline source under data-parallel sync), then `worldflux resume` in one process."""
+    from typer.testing import CliRunner
+
+    from worldflux.cli import app
+    from worldflux.training.logging import read_metrics
+
     _saved_replay(tmp_path / "replay")
     out = tmp_path / "run"
-    args = ["--model", H.MODEL_NAME, "--replay", str(tmp_path / "replay"), "--out", str(out)]
-    args += ["--global-batch", "4", "--seq-len", "8", "--checkpoint-every", "2", "--log-every", "2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc-per-node={WORLD}", "-m", "worldflux.distributed.pretrain", *args]
+    items = H.pretrain_items(str(tmp_path / "replay"), **{"agent.batch_size": 4},
+                             checkpoint_every=2, log_every=2, steps=4)  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={WORLD}", "-m", "worldflux", "train", H.MODEL_NAME,
+           "--run-dir", str(out), *items]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        cmd + ["--steps", "4"], env=env, capture_output=True, text=True, timeout=180
-    )
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["world_size"] == WORLD
+    assert f"ranks:       {WORLD} (data-parallel)" in proc.stdout, proc.stdout
 
-    from worldflux.distributed.pretrain import main
-
-    result = main([*args, "--steps", "6", "--device", "cpu"])  # no torchrun vars: 1 process
-    assert (result["step"], result["epoch"], result["world_size"]) == (6, 1, 1)
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(x["step"], x["world_size"]) for x in lines] == [(2, 2), (4, 2), (6, 1)]
-    assert all(x["replica_max_diff"] == 0.0 and np.isfinite(x["loss"]) for x in lines)
+    result = CliRunner().invoke(app, ["resume", str(out), "--steps", "6"])  # 1 process
+    assert result.exit_code == 0, result.output
+    assert "resumed at env step 4" in result.output and "ranks:" not in result.output
+    lines = read_metrics(out, "train")
+    assert [x["step"] for x in lines] == [2, 4, 6]
+    assert [x.get("replica_max_diff") for x in lines] == [0.0, 0.0, None]  # 2 ranks, then 1
+    assert all(np.isfinite(v) for x in lines for v in x.values() if isinstance(v, float))
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1].endswith("6")
 
 
@@ -137,46 +146,46 @@ def _run_ranks(fn, args: tuple, world: int) -> None:  # noqa: ANN001
             pytest.fail("DDP ranks did not finish within 120 s")
 
 
-def _pretrain_cfg(tmp_path: Path, **kw) -> dict:  # noqa: ANN003
-    cfg = {"model": H.MODEL_NAME, "replay": str(tmp_path / "replay"), "out": str(tmp_path / "run"),
-           "global_batch": 2, "seq_len": 8, "checkpoint_every": 0, "log_every": 4,
-           "device": "cpu"}  # fmt: skip
-    return {**cfg, **kw}
-
-
 def test_nonfinite_updates_are_skipped_on_every_rank(tmp_path: Path) -> None:
     """Stream 0 starts with NaN observations: ranks that sample it get a NaN loss. Every rank
     skips those updates together, so the replicas stay identical and finite."""
+    from worldflux.training.checkpoint import load_checkpoint
+    from worldflux.training.logging import read_metrics
+
     _saved_replay(tmp_path / "replay", nan_rows=30)
-    cfg = _pretrain_cfg(tmp_path, steps=12, max_nonfinite=12)
-    _run_ranks(H.pretrain_rank_worker, (WORLD, str(tmp_path / "init"), cfg, str(tmp_path)), WORLD)
+    items = H.pretrain_items(str(tmp_path / "replay"), steps=12, max_nonfinite=12)
+    _run_ranks(H.pretrain_rank_worker, (WORLD, str(tmp_path / "init"), items, str(tmp_path)), WORLD)
     records = [json.loads((tmp_path / f"pretrain{r}.json").read_text()) for r in range(WORLD)]
     assert [r["local_rank"] for r in records] == [WORLD - 1 - r for r in range(WORLD)]
     results = [r["result"] for r in records]
-    skipped = {r["nonfinite_total"] for r in results}
+    skipped = {r["nonfinite"] for r in results}
     assert len(skipped) == 1 and 0 < skipped.pop() < 12, results  # the same count everywhere
-    assert all(r["replica_max_diff"] == 0.0 for r in results)
-    from worldflux.training.checkpoint import load_checkpoint
-
+    lines = read_metrics(tmp_path / "run", "train")
+    assert [x["step"] for x in lines] == [4, 8, 12]
+    assert all(x["replica_max_diff"] == 0.0 for x in lines)
     tree = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000000012")
-    assert all(bool(torch.isfinite(v).all()) for v in tree["model"].values())
-    assert tree["extra"]["nonfinite_total"] == results[0]["nonfinite_total"]
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [4, 8, 12] and "nonfinite_total" in lines[-1]
+    weights = tree["agent"]["modules"]["model"]
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+    assert tree["counters"]["nonfinite_total"] == results[0]["nonfinite"]
 
 
 def test_repeated_nonfinite_updates_stop_the_run_with_a_clear_error(tmp_path: Path) -> None:
-    from worldflux.distributed.pretrain import PretrainConfig, pretrain
+    from worldflux.training.checkpoint import load_checkpoint
+    from worldflux.training.run import build_trainer
+    from worldflux.training.run_config import parse_overrides
     from worldflux.training.trainer import TrainingError
 
     _saved_replay(tmp_path / "replay", nan_rows=100, nan_streams=2)
-    cfg = _pretrain_cfg(tmp_path, steps=10, max_nonfinite=3, global_batch=4)
+    items = H.pretrain_items(str(tmp_path / "replay"), steps=10, max_nonfinite=3)
+    trainer = build_trainer(parse_overrides(H.MODEL_NAME, None, items), tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.agent.model.state_dict().items()}
     with pytest.raises(TrainingError, match="3 consecutive updates had NaN/Inf") as info:
-        pretrain(PretrainConfig(**cfg), CPU)  # world_size 1: no process group
+        trainer.train()
     assert "update 3" in str(info.value) and "skipped on every rank" in str(info.value)
-    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing non-finite was saved
+    saved = load_checkpoint(trainer.checkpoints.latest())["agent"]["modules"]["model"]
+    _assert_same_weights(saved, before, atol=0.0)  # what was saved: the last finite weights
     with pytest.raises(ConfigError, match="max_nonfinite"):
-        PretrainConfig(**{**cfg, "max_nonfinite": 0})
+        parse_overrides(H.MODEL_NAME, None, [*items, "max_nonfinite=0"])
 
 
 def test_local_rank_comes_from_local_rank_or_the_node_layout() -> None:
@@ -194,8 +203,6 @@ def test_single_process_context_needs_no_process_group(monkeypatch: pytest.Monke
         monkeypatch.delenv(var, raising=False)
     ctx = ddp.init_distributed(device="cpu")
     assert (ctx.world_size, ctx.distributed, ctx.is_main) == (1, False, True)
-    module = ddp.wrap_model(H.make_model(), ctx)
-    assert not isinstance(module, torch.nn.parallel.DistributedDataParallel)
     assert ddp.all_reduce_metrics({"b": 2.0, "a": torch.tensor(1.0)}, ctx) == {"a": 1.0, "b": 2.0}
 
 
@@ -224,15 +231,3 @@ def test_batch_lr_and_seed_helpers() -> None:
     assert ddp.shard_seed(0, 3, epoch=1) != ddp.shard_seed(0, 3)
     with pytest.raises(ConfigError, match="metrics"):
         ddp.all_reduce_metrics({"x": torch.zeros(2)}, CPU)
-
-
-def test_checkpoint_refuses_a_world_size_that_does_not_split_the_batch(tmp_path: Path) -> None:
-    model = H.make_model()
-    opt = torch.optim.Adam(model.parameters(), lr=H.LR)
-    ddp.save_checkpoint(tmp_path / "c", CPU, model, opt, step=3, global_batch=6)
-    four = ddp.DistContext(0, 4, 0, "none", torch.device("cpu"))  # as if 4 ranks (no group)
-    with pytest.raises(ConfigError, match="multiple of world_size=4"):
-        ddp.load_checkpoint(tmp_path / "c", four, H.make_model())
-    three = ddp.DistContext(0, 3, 0, "none", torch.device("cpu"))
-    info = ddp.load_checkpoint(tmp_path / "c", three, H.make_model())
-    assert (info["step"], info["per_rank_batch"]) == (3, 2)

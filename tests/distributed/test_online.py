@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 from worldflux.agents.base import guarded_step
 from worldflux.core.exceptions import ConfigError
 from worldflux.distributed import ddp
-from worldflux.distributed.online import DataParallelTrainer, build_data_parallel_trainer
+from worldflux.distributed.data_parallel import DataParallel
 from worldflux.training.logging import read_metrics
-from worldflux.training.run import build_trainer, load_spec, parse_overrides, resume_trainer
+from worldflux.training.run import build_trainer, resume_trainer
+from worldflux.training.run_config import parse_overrides
 
 WORLD = 2
 CPU = ddp.DistContext(0, 1, 0, "none", torch.device("cpu"))
@@ -97,7 +98,7 @@ def test_resume_on_another_world_size(tmp_path: Path) -> None:
     two = {**job, "name": "two", "run_dir": str(tmp_path / "two")}
     one_dir = tmp_path / "one"
     spec = parse_overrides(model, H.FAMILIES[model][0], H.items(model, steps=96))
-    build_data_parallel_trainer(spec, one_dir, CPU).train()
+    build_trainer(spec, one_dir, distributed=CPU).train()
     grow = {**job, "name": "grow", "run_dir": str(one_dir), "resume": True,
             "changes": {"steps": H.STEPS}}  # fmt: skip
     _spawn(H.online_worker, (WORLD, str(tmp_path / "init"), [two, grow]))
@@ -110,12 +111,9 @@ def test_resume_on_another_world_size(tmp_path: Path) -> None:
     # rank 1 had no shard: every rank paused updates until it refilled seed_steps
     assert i0["learn_from"] == i1["learn_from"] == 96 + 64
 
-    spec = load_spec(tmp_path / "two")
-    spec.trainer["steps"] = H.STEPS + 64
-    shrunk = build_data_parallel_trainer(spec, tmp_path / "two", CPU)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        shrunk.restore()
+        shrunk = resume_trainer(tmp_path / "two", distributed=CPU, steps=H.STEPS + 64)
     assert any("ranks 1..1 are dropped" in str(w.message) for w in caught)
     assert shrunk.agent.batch_size == 4  # the whole global batch on one rank
     assert shrunk.train()["step"] == H.STEPS + 64
@@ -128,12 +126,12 @@ def test_one_rank_is_exactly_the_single_process_trainer(tmp_path: Path) -> None:
     spec = parse_overrides("dreamerv3:debug", "CartPole-v1", H.items("dreamerv3:debug", 128))
     single = build_trainer(spec, tmp_path / "single")
     single.train()
-    dp = build_data_parallel_trainer(spec, tmp_path / "dp", CPU)
-    assert isinstance(dp, DataParallelTrainer)
+    dp = build_trainer(spec, tmp_path / "dp", distributed=CPU)
+    assert isinstance(dp.sync, DataParallel)
     dp.train()
     _assert_equal(H.agent_weights(single.agent), H.agent_weights(dp.agent))
     assert _evals(tmp_path / "single") == _evals(tmp_path / "dp")
-    assert dp.sync.calls == 0  # no process group: nothing is communicated
+    assert dp.sync.reducer.calls == 0  # no process group: nothing is communicated
 
 
 def test_gradients_are_rank_means_and_a_nan_on_one_rank_skips_every_rank(
@@ -170,28 +168,30 @@ def test_batch_and_device_mismatches_are_clear_errors(tmp_path: Path) -> None:
     spec = parse_overrides("dreamerv3:debug", "CartPole-v1", H.items("dreamerv3:debug"))
     three = ddp.DistContext(0, 3, 0, "gloo", torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"agent.batch_size: .* multiple of 3; got 4"):
-        build_data_parallel_trainer(spec, tmp_path / "a", three)
+        build_trainer(spec, tmp_path / "a", distributed=three)
     cuda = ddp.DistContext(0, 1, 0, "none", torch.device("cuda", 0))
     with pytest.raises(ConfigError, match=r"device: the process group runs on cuda"):
-        build_data_parallel_trainer(spec, tmp_path / "b", cuda)
+        build_trainer(spec, tmp_path / "b", distributed=cuda)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_torchrun_online_run_then_resume_with_more_steps(tmp_path: Path) -> None:
-    """`torchrun -m worldflux.distributed.online` on 2 ranks; the same command resumes."""
+def test_train_on_two_ranks_then_resume_under_torchrun_with_more_steps(tmp_path: Path) -> None:
+    """`worldflux train --nproc 2` (which starts torchrun), then `torchrun -m worldflux resume`:
+    the same command line code on every rank."""
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "worldflux.distributed.online", "dreamerv3:debug", "--env", "CartPole-v1",
-        "--run-dir", str(run_dir), *H.items("dreamerv3:debug", 128),
-    ]  # fmt: skip
+    worldflux = [sys.executable, "-m", "worldflux"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "worldflux"]  # fmt: skip
+    train = ["train", "dreamerv3:debug", "--env", "CartPole-v1", "--run-dir", str(run_dir),
+             "--nproc", "2", *H.items("dreamerv3:debug", 128)]  # fmt: skip
+    resume = ["resume", str(run_dir), "--steps", "192"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for steps in (128, 192):
-        args = [c if not c.startswith("steps=") else f"steps={steps}" for c in cmd]
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    for steps, cmd in ((128, worldflux + train), (192, torchrun + resume)):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert f"done: {steps} env steps" in done.stderr
-        assert "on 2 rank(s)" in done.stderr
+        assert f"env steps:   {steps}" in done.stdout, done.stdout
+        assert "ranks:       2 (data-parallel)" in done.stdout
+        assert done.stdout.count("run dir:") == 1  # rank 0 reports
     assert json.loads((run_dir / "run.json").read_text())["trainer"]["steps"] == 192
     assert [s for s, _ in _evals(run_dir)] == [96, 192]
     assert (run_dir / "checkpoints" / f"step_{192:010d}" / "shards" / "rank1").is_dir()

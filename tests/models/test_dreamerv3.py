@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldflux.agents.dreamer import DreamerAgent, actor_critic_step, make_optimizers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError, SpecError, StateError
 from worldflux.core.registry import count_parameters, create_world_model
@@ -323,9 +324,9 @@ def test_replay_lambda_returns_cut_at_episode_end() -> None:
     assert torch.allclose(ret, torch.tensor([[1.0 + g * ((1 - lam) * 6.0 + lam * 2.0), 2.0]]))
 
 
-def test_train_step_with_replay_critic_loss() -> None:
+def test_update_with_replay_critic_loss() -> None:
     model = _model(repval_scale=0.3)
-    opt = model.make_optimizers()
+    agent = DreamerAgent(model, batch_size=2, seq_len=5)
     batch = _batch()
     batch.is_last[:, -1] = True
     _, _, post = model.world_model_loss(batch)
@@ -339,8 +340,8 @@ def test_train_step_with_replay_critic_loss() -> None:
     torch.manual_seed(0)
     _, without, _ = ac.imagine_loss(model, start)
     assert float(with_replay.detach()) > float(without.detach())  # an extra positive CE term
-    metrics = model.train_step(batch, opt)
-    assert torch.isfinite(torch.as_tensor(metrics["ac/critic_loss"]))
+    metrics = agent.update(batch)
+    assert math.isfinite(metrics["ac/critic_loss"]) and metrics["nonfinite"] == 0.0
 
 
 def test_percentile_normalizer() -> None:
@@ -377,9 +378,10 @@ def test_actor_critic_never_touches_world_model(act, mode) -> None:
     _, _, post = model.world_model_loss(batch)
     start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})
     before = [p.detach().clone() for p in model.world_model_parameters()]
-    opt = model.make_optimizers()
+    opt = make_optimizers(model)
     model.zero_grad(set_to_none=True)
-    metrics = model.actor_critic.train_step(model, start, opt.actor, opt.critic)
+    ok, metrics = actor_critic_step(model.actor_critic, model, start, opt.actor, opt.critic)
+    assert ok
     assert all(p.grad is None for p in model.world_model_parameters())
     for p, q in zip(before, model.world_model_parameters(), strict=True):
         assert torch.equal(p, q)
@@ -408,13 +410,13 @@ def test_laprop_by_hand() -> None:
     assert warm.item() == pytest.approx(1.0 - 0.1 / 10)
 
 
-def test_train_step_with_laprop() -> None:
+def test_update_with_laprop() -> None:
     model = _model(optimizer="laprop", warmup=0)
-    opt = model.make_optimizers()
-    assert isinstance(opt.wm, LaProp)
+    agent = DreamerAgent(model, batch_size=2, seq_len=5)
+    assert all(isinstance(o, LaProp) for o in agent.optimizers().values())
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    metrics = model.train_step(_batch(), opt)
-    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
+    metrics = agent.update(_batch())
+    assert all(math.isfinite(v) for v in metrics.values()) and metrics["nonfinite"] == 0.0
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
@@ -425,23 +427,21 @@ def test_resume_from_safetensors_continues_identically() -> None:
     from safetensors.torch import load, save
 
     a = _model(act=CONT)
-    opt_a = a.make_optimizers()
+    agent_a = DreamerAgent(a, batch_size=2, seq_len=5)
     batch = Batch(torch.randn(2, 5, 5), torch.rand(2, 5, 2) * 2 - 1, torch.randn(2, 5),
                   *(_batch().is_first, _batch().is_terminal, _batch().is_last))  # fmt: skip
-    a.train_step(batch, opt_a)
+    agent_a.update(batch)
     blob = save({k: v.contiguous() for k, v in a.state_dict().items()})
-    opt_states = {
-        k: copy.deepcopy(getattr(opt_a, k).state_dict()) for k in ("wm", "actor", "critic")
-    }
+    opt_states = {k: copy.deepcopy(o.state_dict()) for k, o in agent_a.optimizers().items()}
     rng = torch.get_rng_state()
-    a.train_step(batch, opt_a)
+    agent_a.update(batch)
     b = create_world_model("dreamerv3:debug", VEC, CONT, seed=1)
     assert isinstance(b, DreamerV3)
-    opt_b = b.make_optimizers()
+    agent_b = DreamerAgent(b, batch_size=2, seq_len=5)
     b.load_state_dict(load(blob))
-    for k, state in opt_states.items():
-        getattr(opt_b, k).load_state_dict(state)
+    for k, o in agent_b.optimizers().items():
+        o.load_state_dict(opt_states[k])
     torch.set_rng_state(rng)
-    b.train_step(batch, opt_b)
+    agent_b.update(batch)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name  # weights, slow critic and return-normaliser buffers

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldflux.agents.dreamer import actor_critic_step
 from worldflux.core.batch import Batch
 from worldflux.core.registry import create_world_model
 from worldflux.core.spec import ActionSpec
@@ -108,7 +109,7 @@ def bandit_actor_critic(seed: int, lr: float = 3e-3) -> dict[str, float]:
     with torch.no_grad():
         value0 = float(ac.critic.mean(ac.critic(states[3:])))
     for _ in range(100):
-        ac.train_step(world, start, opt_a, opt_c)  # type: ignore[arg-type]
+        actor_critic_step(ac, world, start, opt_a, opt_c)  # type: ignore[arg-type]
     with torch.no_grad():
         probs = ac.actor.params(states)[0].exp()  # (4, A)
         value = float(ac.critic.mean(ac.critic(states[3:])))
@@ -163,7 +164,7 @@ def continuous_actor(seed: int, lr: float = 3e-3) -> dict[str, float]:
     with torch.no_grad():
         start_mean = float(ac.actor.mode(feat).abs().max())
     for _ in range(60):
-        ac.train_step(world, start, opt_a, opt_c)  # type: ignore[arg-type]
+        actor_critic_step(ac, world, start, opt_a, opt_c)  # type: ignore[arg-type]
     with torch.no_grad():
         error = float((ac.actor.mode(feat) - 0.5).abs().max())
     return {"start_abs": start_mean, "error": error}

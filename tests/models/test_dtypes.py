@@ -95,7 +95,7 @@ def test_float64_agent_learns_and_acts(family: str, obs: str, action: str) -> No
     state = None
     for first in (True, False):
         act, state = agent.act(
-            {"obs": _obs(OBS[obs], 2)}, state, explore=True, is_first=torch.tensor([first] * 2)
+            _obs(OBS[obs], 2), state, explore=True, is_first=torch.tensor([first] * 2)
         )
         assert act.shape == (2, model.action_spec.dim) and act.dtype == torch.float64
         assert bool(act.isfinite().all())

@@ -14,6 +14,7 @@ from worldflux.models.tdmpc2 import PRESETS, TDMPC2, TDMPC2Config
 from worldflux.nn.ensemble import EnsembleMLP
 from worldflux.nn.functional import symexp, symlog, two_hot
 from worldflux.planners import MPPI
+from worldflux.planners.base import PlanningModel
 
 OBS = gym.spaces.Box(-1, 1, (7,))
 ACT = gym.spaces.Box(-1, 1, (3,))
@@ -23,6 +24,11 @@ def debug(**kw) -> TDMPC2:
     m = create_world_model("tdmpc2:debug", OBS, ACT, seed=0, **kw)
     assert isinstance(m, TDMPC2)
     return m
+
+
+def reward_of(m: TDMPC2, s: State, a: torch.Tensor) -> torch.Tensor:
+    """r(z, a) straight from the latent maths. -> (B,)."""
+    return m.to_scalar(m.reward_logits(m.features(s), a))
 
 
 @pytest.mark.parametrize("b", [1, 3, 5])
@@ -43,10 +49,10 @@ def test_contract_shapes(b: int) -> None:
     traj = m.rollout(s, actions=torch.rand(b, 4, 3) * 2 - 1)
     assert traj.states.tensors["latent"].shape == (b, 5, lat)
     assert traj.rewards is not None and traj.rewards.shape == (b, 4)
-    traj = m.rollout(s, policy=m.pi, horizon=2)
+    traj = m.rollout(s, policy=m.policy, horizon=2)
     assert traj.actions.shape == (b, 2, 3)
-    assert m.q(s, a, reduce="all").shape == (m.config.num_q, b)
-    assert m.value(s, a).shape == m.reward(s, a).shape == (b,)
+    assert m.q(m.features(s), a, reduce="per_member").shape == (m.config.num_q, b)
+    assert m.value(s, a).shape == m.policy(s).shape[:1] == (b,)
 
 
 def test_rollout_reward_is_reward_of_the_action_taken() -> None:
@@ -55,13 +61,13 @@ def test_rollout_reward_is_reward_of_the_action_taken() -> None:
     s = m.encode(torch.randn(2, 7))
     acts = torch.rand(2, 3, 3) * 2 - 1
     traj = m.rollout(s, actions=acts)
-    assert torch.allclose(traj.rewards[:, 0], m.reward(s, acts[:, 0]))
+    assert torch.allclose(traj.rewards[:, 0], reward_of(m, s, acts[:, 0]))
     s1 = m.transition(s, acts[:, 0])
-    assert torch.allclose(traj.rewards[:, 1], m.reward(s1, acts[:, 1]))
+    assert torch.allclose(traj.rewards[:, 1], reward_of(m, s1, acts[:, 1]))
     # decode evaluates reward at the given action, else at the policy's mean action
     assert torch.allclose(m.decode(s, ["reward"], action=acts[:, 0])["reward"], traj.rewards[:, 0])
-    mean = m.pi(s, eval_mode=True)
-    assert torch.allclose(m.decode(s, ["reward"])["reward"], m.reward(s, mean))
+    mean = m.policy(s, sample=False)
+    assert torch.allclose(m.decode(s, ["reward"])["reward"], reward_of(m, s, mean))
 
 
 def test_simnorm_groups_sum_to_one() -> None:
@@ -144,10 +150,10 @@ def test_discount_heuristic() -> None:
 def test_discrete_actions_supported() -> None:
     m = create_world_model("tdmpc2:debug", OBS, gym.spaces.Discrete(4), seed=0)
     s = m.encode(torch.randn(3, 7))
-    a = m.pi(s)
+    a = m.policy(s)
     assert a.shape == (3, 4) and torch.equal(a.sum(-1), torch.ones(3))
     assert m.transition(s, torch.tensor([0, 3, 1])).tensors["latent"].shape == (3, 16)
-    act = MPPI.from_config(m.config).plan(m, s, eval_mode=True)
+    act = MPPI.from_config(m.config).plan(m, s, explore=False)
     assert act.shape == (3, 4) and torch.equal(act.sum(-1), torch.ones(3))
 
 
@@ -177,8 +183,10 @@ def test_bad_inputs_raise_clear_errors() -> None:
         m.transition(State({"h": torch.zeros(2, 16)}), torch.zeros(2, 3))
     with pytest.raises(SpecError, match="action"):
         m.transition(m.initial_state(2), torch.zeros(2, 4))
-    with pytest.raises(SpecError, match="reduce"):
-        m.q(m.initial_state(2), torch.zeros(2, 3), reduce="max")
+    z = m.features(m.initial_state(2))
+    for bad in ("max", "avg", "min", "mean", "all"):  # the old, ambiguous names are gone too
+        with pytest.raises(SpecError, match="reduce: expected one of"):
+            m.q(z, torch.zeros(2, 3), reduce=bad)  # type: ignore[arg-type]
     with pytest.raises(SpecError, match="obs"):
         m.encode(torch.zeros(2, 8))
     with pytest.raises(ConfigError, match="latent_dim"):
@@ -193,7 +201,7 @@ def test_mppi_plans_with_the_model_batched() -> None:
     m = debug().eval()
     s = m.encode(torch.randn(3, 7))
     planner = MPPI.from_config(m.config, generator=torch.Generator().manual_seed(0))
-    a = planner.plan(m, s)
+    a = planner.plan(m, s, explore=True)
     assert a.shape == (3, 3) and bool((a.abs() <= 1).all())
     assert planner.last_mean is not None and planner.last_mean.shape == (3, 3, 3)
 
@@ -259,12 +267,17 @@ def test_two_of_many_q_members() -> None:
     a = torch.rand(3, 3) * 2 - 1
     for p in m.qs.parameters():  # break the zero init so members differ
         torch.nn.init.normal_(p, std=0.3)
-    all_q = m.q(s, a, reduce="all")  # (4, 3)
-    for reduce, fn in (("avg", lambda q: q.mean(0)), ("min", lambda q: q.min(0).values)):
-        out = m.q(s, a, reduce=reduce)
+    z = m.features(s)
+    all_q = m.q(z, a, reduce="per_member")  # (4, 3)
+    two = (
+        ("mean_of_two_random", lambda q: q.mean(0)),
+        ("min_of_two_random", lambda q: q.min(0).values),
+    )
+    for reduce, fn in two:
+        out = m.q(z, a, reduce=reduce)
         pairs = [fn(all_q[[i, j]]) for i in range(4) for j in range(i + 1, 4)]
         assert any(torch.allclose(out, p, atol=1e-6) for p in pairs), reduce
-    assert torch.allclose(m.q(s, a, reduce="mean"), all_q.mean(0), atol=1e-6)
+    assert torch.allclose(m.q(z, a, reduce="mean_of_all"), all_q.mean(0), atol=1e-6)
 
 
 def test_decode_q_is_deterministic_in_train_mode() -> None:
@@ -277,7 +290,7 @@ def test_decode_q_is_deterministic_in_train_mode() -> None:
     assert torch.equal(q1, q2)
     assert torch.equal(q1, m.eval().decode(s, ["q"], action=a)["q"])
     m.train()
-    assert not torch.equal(m.q_values(m.features(s), a, "mean"), q1)  # dropout is live
+    assert not torch.equal(m.q(m.features(s), a, reduce="mean_of_all"), q1)  # dropout is live
 
 
 def test_update_checks_obs_batch_against_the_state() -> None:
@@ -285,3 +298,15 @@ def test_update_checks_obs_batch_against_the_state() -> None:
     s = m.encode(torch.randn(2, 7))
     with pytest.raises(SpecError, match="obs: expected batch size 2"):
         m.update(s, torch.zeros(2, 3), torch.randn(3, 7))  # used to return a batch-3 State
+
+
+def test_one_method_per_concept_and_the_planning_protocol() -> None:
+    """The latent maths has one name per component; the State adapter is what MPPI needs."""
+    m = debug()
+    assert isinstance(m, PlanningModel)
+    for name in ("embed", "next_latent", "reward_logits", "termination_logit", "pi", "q_logits",
+                 "q", "update_target"):  # fmt: skip
+        assert callable(getattr(m, name)), name
+    for alias in ("encode_obs", "q_values", "reward", "train_step", "policy_loss",
+                  "soft_update_targets", "_optims"):  # fmt: skip
+        assert not hasattr(m, alias), alias

@@ -155,25 +155,27 @@ def test_trainer_resume_falls_back_and_drops_a_torn_metrics_line(tmp_path: Path,
 
 
 def test_load_agent_resolves_latest_and_falls_back(tmp_path: Path, capsys) -> None:
-    from worldflux.training.run import build_trainer, load_agent, parse_overrides
+    from worldflux.agents.io import load_run_agent
+    from worldflux.training.run import build_trainer
+    from worldflux.training.run_config import parse_overrides
 
     items = ["steps=20", "seed_steps=20", "checkpoint_every=10", "eval_every=0",
              "progress=false", "tensorboard=false", "agent.batch_size=8"]  # fmt: skip
     run = tmp_path / "run"
     build_trainer(parse_overrides("tdmpc2:debug", "Pendulum-v1", items), run).train()
-    agent, spec = load_agent(run / "checkpoints" / "latest")
-    assert spec.model == "tdmpc2:debug"
+    agent, spec = load_run_agent(run / "checkpoints" / "latest")
+    assert spec.model_name == "tdmpc2:debug"
     truncate(run / "checkpoints" / "step_0000000020" / "tree.json")
     for where in (run, run / "checkpoints" / "latest"):
-        load_agent(where)
+        load_run_agent(where)
         assert "step_0000000020/tree.json is damaged" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="tree.json is damaged"):
-        load_agent(run / "checkpoints" / "step_0000000020")
+        load_run_agent(run / "checkpoints" / "step_0000000020")
     with pytest.raises(CheckpointError, match="empty does not exist"):
-        load_agent(tmp_path / "empty" / "checkpoints" / "latest")
+        load_run_agent(tmp_path / "empty" / "checkpoints" / "latest")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="has no checkpoints yet"):
-        load_agent(tmp_path / "empty" / "checkpoints" / "latest")
+        load_run_agent(tmp_path / "empty" / "checkpoints" / "latest")
 
 
 def test_torn_metrics_lines(tmp_path: Path, capsys) -> None:

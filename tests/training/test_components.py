@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.envs import make_env
 from worldflux.training.config import TrainerConfig, setup_runtime
 from worldflux.training.logging import Logger, read_metrics
-from worldflux.training.run import parse_overrides
+from worldflux.training.run_config import parse_overrides
 from worldflux.training.runner import EnvRunner, capture_env, restore_env
 from worldflux.training.video import image_frames, write_video
 
@@ -40,15 +41,31 @@ def test_unknown_trainer_field_and_cuda_request() -> None:
     assert torch.get_num_threads() == 1
 
 
-def test_overrides_are_sorted_by_prefix() -> None:
-    spec = parse_overrides("tdmpc2:debug", "Pendulum-v1",
-                           ["steps=10", "agent.act=policy", "env.action_repeat=2", "lr=0.001",
-                            "model.horizon=5", "name=abc"])  # fmt: skip
-    assert spec.trainer == {"steps": 10}
-    assert spec.agent == {"act": "policy"} and spec.env_kwargs == {"action_repeat": 2}
-    assert spec.model_overrides == {"lr": 0.001, "horizon": 5, "name": "abc"}
+def test_overrides_go_to_their_sections() -> None:
+    config = parse_overrides("tdmpc2:debug", "Pendulum-v1",
+                             ["steps=10", "agent.act=policy", "env.action_repeat=2", "lr=0.001",
+                              "model.horizon=5", "trainer.seed=3", "batch_size=64",
+                              "image=true", "env.g=9.0"])  # fmt: skip
+    assert config.trainer == {"steps": 10, "seed": 3}
+    assert config.agent == {"act": "policy", "batch_size": 64}  # a bare key: the agent has it
+    assert config.env == {"id": "Pendulum-v1", "action_repeat": 2, "image": True, "g": 9.0}
+    assert config.model == {"name": "tdmpc2:debug", "lr": 0.001, "horizon": 5}
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides("tdmpc2:debug", "Pendulum-v1", ["steps"])
+
+
+@pytest.mark.parametrize(
+    ("model", "item", "message"),
+    [("tdmpc2:debug", "batch_sise=8", r"batch_sise: not a key .*did you mean agent\.batch_size\?"),
+     ("tdmpc2:debug", "stepz=8", r"did you mean trainer\.steps\b"),
+     ("jepa:debug", "action_repeat=2",
+      r"action_repeat: ambiguous, agent and env both have it; write agent\.action_repeat or "
+      r"env\.action_repeat"),
+     ("tdmpc2:debug", "trainer.stepz=8", r"unknown fields \['stepz'\]")],
+)  # fmt: skip
+def test_bare_keys_are_resolved_or_explained(model: str, item: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides(model, "Pendulum-v1", [item])
 
 
 def test_env_snapshot_restores_the_future() -> None:
@@ -148,7 +165,7 @@ BAD_OVERRIDES = [
      r"agent\.nosuch: unknown option for TDMPC2Agent; valid: agent\.act, agent\.batch_size$"),
     ("tdmpc2:debug", "agent.batch_size=abc", r"agent\.batch_size: expected int, got 'abc' \(str\)"),
     ("tdmpc2:debug", "agent.seed=3", r"agent\.seed: set by worldflux itself"),
-    ("dreamerv3:debug", "agent.train_ratio=abc", r"agent\.train_ratio: expected float, got 'abc'"),
+    ("dreamerv3:debug", "agent.train_ratio=64", r"agent\.train_ratio: unknown option"),
     ("tdmpc2:debug", "env.nosuch=1",
      r"env\.nosuch: unknown option for PendulumEnv; valid: .*env\.g"),
     ("tdmpc2:debug", "env.max_episode_steps=abc",
@@ -198,13 +215,14 @@ def test_eval_video_for_an_image_env_with_render_mode(tmp_path: Path) -> None:
 
     from worldflux.agents.base import Agent
     from worldflux.training.evaluate import evaluate
-    from worldflux.training.run import RunSpec, env_factory
+    from worldflux.training.run import env_factory
+    from worldflux.training.run_config import RunConfig
 
     class RandomAgent(Agent):
         batch_size, seq_len, default_train_ratio = 1, 1, 1.0
 
         def act(self, obs, state=None, *, explore, is_first=None):  # type: ignore[no-untyped-def]
-            assert obs["obs"].shape[1:] == (64, 64, 3)
+            assert obs.shape[1:] == (64, 64, 3)  # the env's form: one uint8 Tensor
             return torch.nn.functional.one_hot(torch.randint(0, 2, (1,)), 2).float(), None
 
         def update(self, batch):  # type: ignore[no-untyped-def]
@@ -216,9 +234,9 @@ def test_eval_video_for_an_image_env_with_render_mode(tmp_path: Path) -> None:
         def optimizers(self) -> dict[str, torch.optim.Optimizer]:
             return {}
 
-    spec = RunSpec("dreamerv3:debug", "CartPole-v1", env_kwargs={"image": True})
-    spec.env_kwargs = {**spec.env_kwargs, "render_mode": "rgb_array"}  # as the CLI adds it
-    result = evaluate(RandomAgent(), env_factory(spec), 1, 0, video=tmp_path / "eval.gif")
+    config = RunConfig.of("dreamerv3:debug", "CartPole-v1", env_options={"image": True})
+    config.env["render_mode"] = "rgb_array"  # as the CLI adds it
+    result = evaluate(RandomAgent(), env_factory(config), 1, 0, video=tmp_path / "eval.gif")
     import imageio.v2 as imageio
 
     frames = imageio.mimread(tmp_path / "eval.gif")
@@ -226,16 +244,37 @@ def test_eval_video_for_an_image_env_with_render_mode(tmp_path: Path) -> None:
     assert frames[0].shape[:2] == (400, 600)  # the env's own render, not the 64x64 obs
 
 
-def test_load_spec_refuses_collector_runs_and_unknown_keys(tmp_path: Path) -> None:
-    from worldflux.training.run import RUN_FILE, load_spec
+def test_run_file_reads_sections_and_converts_the_old_layout(tmp_path: Path) -> None:
+    from worldflux.training.run_config import RUN_FILE, RunConfig, read_run_file, write_run_file
 
-    run = tmp_path / RUN_FILE
-    run.write_text('{"model": "tdmpc2:debug", "collectors": {"num_collectors": 2}}')
-    with pytest.raises(ConfigError, match="collector run"):
-        load_spec(tmp_path)
-    (tmp_path / RUN_FILE).write_text('{"model": "tdmpc2:debug", "nosuch": 1}')
-    with pytest.raises(ConfigError, match=r"unknown keys \['nosuch'\]"):
-        load_spec(tmp_path)
-    (tmp_path / RUN_FILE).write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="JSON object"):
-        load_spec(tmp_path)
+    old = {"model": "dreamerv3:debug", "env": "CartPole-v1", "trainer": {"steps": 9},
+           "model_overrides": {"lr": 0.1}, "agent": {"batch_size": 4, "train_ratio": 32.0},
+           "env_kwargs": {"image": True}, "collectors": 2}  # fmt: skip
+    (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    config = read_run_file(tmp_path)
+    assert config.model == {"name": "dreamerv3:debug", "lr": 0.1}
+    assert config.env == {"id": "CartPole-v1", "image": True}
+    assert config.agent == {"batch_size": 4}  # the agent's train_ratio is the trainer's now
+    assert config.trainer == {"steps": 9, "train_ratio": 32.0}
+    assert config.collectors == {"num_collectors": 2}
+    write_run_file(config, tmp_path)
+    assert read_run_file(tmp_path) == config
+    assert json.loads((tmp_path / RUN_FILE).read_text())["model"]["name"] == "dreamerv3:debug"
+    assert RunConfig.of("tdmpc2:1m", "Pendulum-v1").env_id == "Pendulum-v1"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('{"model": "tdmpc2:debug", "nosuch": 1}', r"unknown keys \['nosuch'\]"),
+     ('{"model": {"name": "tdmpc2:debug"}, "nosuch": {}}', r"unknown keys \['nosuch'\]"),
+     ('{"model": {"name": "tdmpc2:debug"}, "agent": 3}', r"agent: expected an object"),
+     ('{"model": {}}', r"model.name: expected 'family:preset'"),
+     ('{"model": "tdmpc2:debug", "collectors": {"num_collectors": 0}}', "num_collectors"),
+     ("[1, 2]", "JSON object")],
+)  # fmt: skip
+def test_bad_run_files_are_one_line_errors(tmp_path: Path, content: str, message: str) -> None:
+    from worldflux.training.run_config import RUN_FILE, read_run_file
+
+    (tmp_path / RUN_FILE).write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_run_file(tmp_path)

@@ -60,7 +60,7 @@ def test_a_crash_in_the_loop_saves_a_checkpoint_and_says_how_to_resume(
     assert f"partial checkpoint saved: {t.checkpoints.path_for(stopped)}" in err
     assert f"continue with: worldflux resume {tmp_path}" in err
     resumed = _resume(tmp_path)
-    assert resumed.step == stopped and resumed.runner.is_first.all()  # fresh episodes
+    assert resumed.step == stopped and resumed.source.runner.is_first.all()  # fresh episodes
     assert resumed.train()["step"] == 400
 
 

@@ -9,7 +9,8 @@ import torch
 
 from worldflux.core.exceptions import ConfigError
 from worldflux.nn.blocks import ChannelNorm
-from worldflux.training.run import build_trainer, parse_overrides
+from worldflux.training.run import build_trainer
+from worldflux.training.run_config import parse_overrides
 from worldflux.training.suites import SUITES, get_suite, suite_overrides
 
 ENVS = {"dmc_proprio": "dmc:cartpole-balance", "dmc_vision": "dmc:cartpole-balance",
@@ -26,13 +27,13 @@ def test_every_suite_builds_a_run(tmp_path: Path, suite: str, family: str) -> No
     items = suite_overrides(suite, model, TINY + (["env.size=[16,16]"] if small else []))
     trainer = build_trainer(parse_overrides(model, ENVS[suite], items), tmp_path / "run")
     try:
-        env = trainer.runner.envs[0]
+        env = trainer.source.runner.envs[0]
         assert getattr(env, "action_repeat", None) == get_suite(suite).action_repeat or (
             suite == "atari100k"  # ALE skips frames itself (frame_skip = the repeat)
         )
         assert trainer.train()["step"] == 4
     finally:
-        trainer.runner.close()
+        trainer.source.close()
 
 
 def test_tdmpc2_dmc_settings_match_the_official_code(tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ def test_tdmpc2_dmc_settings_match_the_official_code(tmp_path: Path) -> None:
         assert (config.seed_steps, config.seed_updates, config.eval_episodes) == (2500, 2500, 10)
         assert trainer.agent.model.config.discount == pytest.approx(0.99)  # 500 agent steps
     finally:
-        trainer.runner.close()
+        trainer.source.close()
 
 
 def test_command_items_win_over_the_suite() -> None:
@@ -73,4 +74,4 @@ def test_dreamerv3_suite_uses_the_official_code_values(tmp_path: Path) -> None:
         eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.RMSNorm | ChannelNorm)}
         assert eps == {1e-4}  # every norm layer, the GRU's and the CNN's included
     finally:
-        trainer.runner.close()
+        trainer.source.close()

@@ -18,6 +18,7 @@ from worldflux.training.checkpoint import load_checkpoint
 from worldflux.training.config import TrainerConfig
 from worldflux.training.logging import read_metrics
 from worldflux.training.signals import Terminated
+from worldflux.training.sources import EnvSource
 from worldflux.training.trainer import Trainer, TrainingError
 
 
@@ -48,7 +49,8 @@ def make_trainer(run_dir: Path, nan_every: int = 0, **cfg: Any) -> Trainer:
         seed=config.seed,
     )
     agent = StubAgent(4, 2, seed=config.seed, nan_every=nan_every)
-    return Trainer(agent, env_fn, replay, config, run_dir)
+    source = EnvSource(env_fn, config.num_envs, config.seed, replay)
+    return Trainer(agent, source, config, run_dir, eval_env_fn=env_fn)
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -151,7 +153,7 @@ def test_resume_without_saved_replay_restarts_episodes(tmp_path: Path) -> None:
     for _ in range(2):
         t = make_trainer(tmp_path / "run", save_replay=False)
         t.restore()
-        assert t.step == 200 and t.runner.is_first.all() and t.act_state is None
+        assert t.step == 200 and t.source.runner.is_first.all() and t.source.act_state is None
         assert t.learn_from == 200 + 60  # refill for seed_steps before updating again
         result = t.train()
         assert result["step"] == 400 and result["updates"] > updates_before
@@ -240,7 +242,7 @@ def test_keyboard_interrupt_mid_step_saves_a_partial_checkpoint(
     del t
     resumed = make_trainer(tmp_path)
     resumed.restore()
-    assert resumed.step == stopped and resumed.runner.is_first.all()  # fresh episodes
+    assert resumed.step == stopped and resumed.source.runner.is_first.all()  # fresh episodes
     assert len(resumed.replay) > 0  # the saved replay is kept
     result = resumed.train()
     assert result["step"] == 400

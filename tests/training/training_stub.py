@@ -35,13 +35,13 @@ class StubAgent(Agent):
 
     def act(
         self,
-        obs: dict[str, Tensor],
+        obs: Tensor,
         state: State | None = None,
         *,
         explore: bool,
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
-        x = obs["obs"]
+        x = obs  # (N, 4) CartPole states: the env's form, one Tensor
         n = x.shape[0]
         count = torch.zeros(n) if state is None else state.tensors["count"]
         if is_first is not None:
@@ -52,7 +52,7 @@ class StubAgent(Agent):
 
     def update(self, batch: Batch) -> dict[str, Any]:
         self.calls += 1
-        obs = batch.obs if isinstance(batch.obs, Tensor) else batch.obs["obs"]
+        obs = batch.obs  # (B, T, 4)
         pred = self.model(torch.cat([obs, batch.action], -1)).squeeze(-1)  # (B, T)
         loss = ((pred - batch.reward) ** 2).mean()
         if self.nan_every and self.calls % self.nan_every == 0:

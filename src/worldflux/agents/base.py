@@ -2,28 +2,37 @@
 
 An agent owns a world model, whatever else it learns (actor, critic, ...), and its optimizers.
 
-- ``act(obs, state, explore, is_first) -> (action, new_state)``: ``obs`` is a dict of batched
-  tensors ``(N, *shape)`` (see `ObsSpec`), ``state`` the agent's acting memory (None at the start),
+- ``act(obs, state, explore, is_first) -> (action, new_state)``: ``obs`` is a batch in the
+  env's form: a Tensor ``(N, *shape)``, or a dict of them for a Dict space (see
+  `worldflux.core.spec`), ``state`` the agent's acting memory (None at the start),
   ``is_first`` (N,) bool marks envs whose episode just began. ``action`` is float ``(N, A)`` in the
   model's format: one-hot for discrete spaces, [-1, 1] for continuous ones.
-- ``update(batch) -> metrics``: one update on a replayed `Batch`; non-finite losses or gradients
-  skip the step and report ``nonfinite=1``.
+- ``update(batch) -> metrics``: one update on a replayed `Batch`, the family's only update path
+  (the agent owns the optimisers; the model holds the losses). Every optimizer step goes through
+  `guarded_step`: a non-finite loss or gradient skips it and the update reports ``nonfinite=1``;
+  a skipped world-model step ends the update, and running statistics that a skipped step's loss
+  had already updated are put back (`copy_buffers` / `restore_buffers`).
 - ``state_dict()`` / ``load_state_dict()``: every module and optimizer, for checkpoints.
+- ``predict(obs, state) -> (action, state)``: `act` for raw env observations and actions (see
+  `worldflux.agents.predict`); ``save(dir)`` / `worldflux.load_agent(dir)` (`worldflux.agents.io`).
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from worldflux.core.batch import Batch
-from worldflux.core.gradsync import sync_gradients
 from worldflux.core.model import Metrics, WorldModel
+from worldflux.core.spec import Obs
 from worldflux.core.state import State
+from worldflux.distributed.gradsync import sync_gradients
 
 
 def guarded_step(
@@ -36,7 +45,7 @@ def guarded_step(
 
     Returns (stepped, grad_norm). On a non-finite value the gradients are cleared and the
     parameters and optimizer state stay untouched. Under data-parallel training the gradients
-    are averaged over ranks right after backward (`worldflux.core.gradsync`), so every rank
+    are averaged over ranks right after backward (`worldflux.distributed.gradsync`), so every rank
     clips, checks and steps on the same values.
     """
     params = [p for p in params if p.requires_grad]  # frozen ones (an EMA target) get none
@@ -61,28 +70,17 @@ def guarded_step(
     return True, float(norm)
 
 
-class NonFiniteGuard:
-    """Skips optimizer steps whose gradients hold NaN/Inf, for updates run by a model's own
-    ``train_step``: a step pre-hook drops every gradient, so the optimizer leaves the parameters
-    and its state untouched. `skipped` counts skipped steps since the last `reset`.
-    """
+def copy_buffers(module: nn.Module) -> list[Tensor]:
+    """Copies of `module`'s buffers (running statistics such as a return or Q scale), taken
+    before a loss that updates them; `restore_buffers` puts them back when its step is skipped."""
+    return [b.detach().clone() for b in module.buffers()]
 
-    def __init__(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
-        self.skipped = 0
-        for opt in optimizers:
-            opt.register_step_pre_hook(self._hook)
 
-    def _hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
-        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-            return
-        for p in params:
-            p.grad = None
-        self.skipped += 1
-
-    def reset(self) -> None:
-        self.skipped = 0
+@torch.no_grad()
+def restore_buffers(module: nn.Module, copies: list[Tensor]) -> None:
+    """Inverse of `copy_buffers`: `module`'s buffers get the copied values back, in place."""
+    for b, saved in zip(module.buffers(), copies, strict=True):
+        b.copy_(saved)
 
 
 def _first_problem(err: Exception) -> str:
@@ -101,6 +99,9 @@ class Agent(ABC):
     seq_len: int  # steps per replayed sequence
     default_train_ratio: float  # replayed steps per env step the reference uses
     within_episode: bool = False  # replay windows must lie inside one episode (TD-MPC2)
+    # What `make_agent` records, so that `save` can rebuild the agent without its env:
+    options: dict[str, Any] | None = None  # the agent class's keyword options
+    native_action_space: Any = None  # the env's own action space `predict` answers in
 
     @property
     def replayed_per_update(self) -> int:
@@ -110,7 +111,7 @@ class Agent(ABC):
     @abstractmethod
     def act(
         self,
-        obs: dict[str, Tensor],
+        obs: Obs,
         state: State | None = None,
         *,
         explore: bool,
@@ -130,6 +131,19 @@ class Agent(ABC):
     @abstractmethod
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimizers by name."""
+
+    def check_envs(self, envs: Sequence[Any]) -> None:
+        """Raise a `ConfigError` when this agent cannot act in `envs` (e.g. a goal-conditioned
+        agent in envs that have no goal). Called before training or evaluating starts, so a
+        bad combination fails up front. Default: every env will do."""
+        del envs
+
+    def on_episode_start(self, env_ids: Sequence[int], envs: Sequence[Any]) -> None:
+        """Called before `act` when episodes began in rows `env_ids` of `envs` (the env copies
+        whose observations `act` receives, row i from ``envs[i]``): all rows at the start,
+        after a resume and after the agent acted in other envs (an evaluation). Default:
+        nothing; a goal-conditioned agent reads the new goals here."""
+        del env_ids, envs
 
     def extra_state(self) -> dict[str, Any]:
         """Anything else to checkpoint (counters, normalisers); JSON scalars or tensors."""
@@ -174,3 +188,33 @@ class Agent(ABC):
     def train(self, mode: bool = True) -> None:
         for m in self.modules().values():
             m.train(mode)
+
+    def predict(
+        self,
+        obs: Any,
+        state: State | None = None,
+        deterministic: bool = True,
+        *,
+        episode_start: Any = None,
+    ) -> tuple[Any, State | None]:
+        """One action for a raw env observation: ``action, state = agent.predict(obs, state)``.
+
+        `obs` is what the env returns (numpy or torch; a dict for Dict spaces), unbatched or
+        with a leading batch dim. The action is what the env's ``step`` accepts: a Box action
+        rescaled to the env's bounds (`native_action_space`; model format [-1, 1] when unknown),
+        an int for Discrete spaces (an array of them when batched). `state` is the acting
+        memory: None at an episode's start, then what the previous call returned.
+        `episode_start` (a bool, or one per row) restarts rows whose episode just began.
+        `deterministic` acts without exploration (MPPI/CEM planning still samples from torch's
+        RNG: seed it for repeatable actions). Runs in eval mode; see `worldflux.agents.predict`.
+        """
+        from worldflux.agents.predict import predict
+
+        return predict(self, obs, state, deterministic, episode_start)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the agent (weights, optimizers, config, specs) into the directory `path`, so
+        that `worldflux.load_agent(path)` rebuilds it without its env. -> the directory."""
+        from worldflux.agents.io import save_agent
+
+        return save_agent(self, path)

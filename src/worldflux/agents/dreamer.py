@@ -5,23 +5,90 @@ Acting memory (the `State` returned by `act`): the RSSM posterior (``deter``, ``
 ``prev_action`` (N, A), the action that led to the current observation. Rows whose episode just
 began (``is_first``) restart from the initial state and a zero action.
 
+Learning (`update`, the only DreamerV3 update path): a world-model step on the replayed batch,
+then an actor step and a critic step on imagination from all B*T posterior states (detached),
+then the slow-critic EMA. Every step goes through `guarded_step` (clip: ``wm_grad_clip`` /
+``ac_grad_clip`` with Adam; none with LaProp, whose AGC clips per tensor). A non-finite
+world-model step ends the update (nothing changes); a non-finite actor or critic step keeps the
+return normaliser as it was. The losses are the model's (`DreamerV3.world_model_loss`,
+`DreamerV3ActorCritic.imagine_loss`).
+
 Train ratio: replayed steps per env step (DreamerV3's unit); one update replays
 ``batch_size * seq_len`` steps (reference: 16 x 64 and ratio 512 -> 0.5 updates per env step).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from worldflux.agents.base import Agent, NonFiniteGuard
+from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError
 from worldflux.core.model import Metrics
+from worldflux.core.spec import Obs, obs_batch_size
 from worldflux.core.state import State
-from worldflux.models.dreamerv3 import DreamerV3
+from worldflux.models.dreamerv3 import DreamerV3, DreamerV3ActorCritic
+from worldflux.models.dreamerv3.actor_critic import ReplayContext
+from worldflux.models.dreamerv3.optim import LaProp
 
 REFERENCE_TRAIN_RATIO = 512.0
+
+
+@dataclass
+class DreamerV3Optimizers:
+    """One optimiser per learner (paper v1: Adam, separate rates for model and actor-critic)."""
+
+    wm: torch.optim.Optimizer
+    actor: torch.optim.Optimizer
+    critic: torch.optim.Optimizer
+
+
+def make_optimizers(model: DreamerV3) -> DreamerV3Optimizers:
+    """One optimiser each for world model, actor and critic: Adam with the paper's rates, or
+    LaProp + AGC with the current official code's settings (``config.optimizer``)."""
+    cfg, ac = model.config, model.actor_critic
+    groups = (model.world_model_parameters(), ac.actor.parameters(), ac.critic.parameters())
+    if cfg.optimizer == "laprop":
+        kw = dict(lr=cfg.laprop_lr, eps=cfg.laprop_eps, agc=cfg.agc, warmup=cfg.warmup)
+        return DreamerV3Optimizers(*(LaProp(g, **kw) for g in groups))
+    rates = ((cfg.wm_lr, cfg.wm_eps), (cfg.ac_lr, cfg.ac_eps), (cfg.ac_lr, cfg.ac_eps))
+    opts = (torch.optim.Adam(g, lr, eps=eps) for g, (lr, eps) in zip(groups, rates, strict=True))
+    return DreamerV3Optimizers(*opts)
+
+
+def actor_critic_step(
+    ac: DreamerV3ActorCritic,
+    world: DreamerV3,
+    start: State,
+    actor_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer,
+    replay: ReplayContext | None = None,
+) -> tuple[bool, Metrics]:
+    """One guarded actor step and one guarded critic step on imagination from `start` (N
+    detached posterior states), then the slow-critic EMA. -> (both stepped, metrics); when a step
+    is skipped the return normaliser gets its values from before back."""
+    running = copy_buffers(ac)  # imagine_loss updates the return normaliser
+    actor_loss, critic_loss, imagined = ac.imagine_loss(world, start, replay)
+    metrics: Metrics = {**imagined}
+    clip = ac.cfg.ac_grad_clip if ac.cfg.optimizer == "adam" else math.inf  # LaProp: AGC
+    ok = True
+    for name, loss, module, optim in (
+        ("actor", actor_loss, ac.actor, actor_opt),
+        ("critic", critic_loss, ac.critic, critic_opt),
+    ):
+        stepped, norm = guarded_step(loss, optim, module.parameters(), clip)
+        metrics[f"ac/{name}_grad_norm"] = norm
+        ok = ok and stepped
+    if not ok:
+        restore_buffers(ac, running)
+    ac.update_slow_critic()
+    metrics["ac/actor_loss"] = actor_loss.detach()
+    metrics["ac/critic_loss"] = critic_loss.detach()
+    return ok, metrics
 
 
 class DreamerAgent(Agent):
@@ -29,6 +96,7 @@ class DreamerAgent(Agent):
 
     model: DreamerV3
     within_episode = False  # sequences cross episode boundaries; is_first resets the RSSM
+    default_train_ratio = REFERENCE_TRAIN_RATIO  # another: the trainer's train_ratio
 
     def __init__(
         self,
@@ -36,7 +104,6 @@ class DreamerAgent(Agent):
         seed: int = 0,
         batch_size: int = 16,
         seq_len: int = 64,
-        train_ratio: float = REFERENCE_TRAIN_RATIO,
     ) -> None:
         if not isinstance(model, DreamerV3):
             raise ConfigError(
@@ -45,19 +112,15 @@ class DreamerAgent(Agent):
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: expected an int >= 1, got {value!r}")
-        if not isinstance(train_ratio, int | float) or train_ratio <= 0:
-            raise ConfigError(f"train_ratio: expected a number > 0, got {train_ratio!r}")
         del seed  # weights are seeded by create_world_model; sampling uses torch's RNG
         self.model = model
         self.batch_size, self.seq_len = batch_size, seq_len
-        self.default_train_ratio = float(train_ratio)
-        self.opt = model.make_optimizers()
-        self.guard = NonFiniteGuard([self.opt.wm, self.opt.actor, self.opt.critic])
+        self.opt = make_optimizers(model)
 
     @torch.no_grad()
     def act(
         self,
-        obs: dict[str, Tensor],
+        obs: Obs,
         state: State | None = None,
         *,
         explore: bool,
@@ -65,7 +128,7 @@ class DreamerAgent(Agent):
     ) -> tuple[Tensor, State | None]:
         """Filter the observation into the posterior, then act with the actor. -> (N, A)."""
         model = self.model
-        n = next(iter(obs.values())).shape[0]
+        n = obs_batch_size(obs)
         init = model.initial_state(n)
         fresh = {
             "deter": init.tensors["deter"],
@@ -81,9 +144,7 @@ class DreamerAgent(Agent):
                 carry = {k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))), fresh[k], v)
                          for k, v in carry.items()}  # fmt: skip
         rssm = State({"deter": carry["deter"], "stoch": carry["stoch"]})
-        post = model.update(
-            rssm, carry["prev_action"], obs if model.obs_spec.is_dict else obs["obs"]
-        )
+        post = model.update(rssm, carry["prev_action"], obs)
         action = model.policy(post, sample=explore)
         new = {
             "deter": post.tensors["deter"],
@@ -93,20 +154,28 @@ class DreamerAgent(Agent):
         return action, State(new)
 
     def update(self, batch: Batch) -> Metrics:
-        """The model's own update (world model, then actor-critic in imagination from the
-        detached posteriors); NaN/Inf gradients skip the affected optimizer step, and the
-        model's buffers (return normaliser) are rolled back when that happens."""
-        model = self.model
+        """World-model step, then actor-critic steps imagined from the detached posteriors (see
+        the module docstring)."""
+        model, cfg = self.model, self.model.config
         model.train()
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-        self.guard.reset()
-        metrics = model.train_step(batch, self.opt)
+        loss, metrics, post = model.world_model_loss(batch)
+        clip = cfg.wm_grad_clip if cfg.optimizer == "adam" else math.inf  # LaProp: AGC
+        ok, norm = guarded_step(loss, self.opt.wm, model.world_model_parameters(), clip)
         out: Metrics = {k: float(v) for k, v in metrics.items()}
-        if self.guard.skipped:
-            with torch.no_grad():
-                for name, b in model.named_buffers():
-                    b.copy_(buffers[name])
-        out["nonfinite"] = float(self.guard.skipped > 0)
+        out.update({"wm/grad_norm": norm, "nonfinite": float(not ok)})
+        if not ok:
+            return out
+        start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)
+        replay = None
+        if cfg.repval_scale > 0:
+            feat = model.features(post).detach()  # (B, T, F)
+            replay = ReplayContext(feat, batch.reward, batch.is_terminal, batch.is_last)
+        ac = model.actor_critic
+        ac_ok, ac_metrics = actor_critic_step(
+            ac, model, start, self.opt.actor, self.opt.critic, replay
+        )
+        out.update({k: float(v) for k, v in ac_metrics.items()})
+        out["nonfinite"] = float(not ac_ok)
         return out
 
     def modules(self) -> dict[str, nn.Module]:

@@ -3,17 +3,23 @@
 The goal is an observation (e.g. `TwoRoomEnv.goal_observation()`) given with `set_goal`; its
 embedding is the planner's target. Acting filters the observation into the JEPA State (the
 predictor's history of reps, plus ``prev_action``) and returns the first action of the best CEM
-plan. Online, the `Trainer` calls `set_goal` with every env's goal observation at the start of
-each episode (envs with ``goal_observation()``, e.g. `TwoRoomEnv`).
+plan. Whoever steps the envs (the `Trainer`, `evaluate`, collector processes) calls the agent
+hook `on_episode_start(env_ids, envs)` before acting on new episodes; here it sets every env's
+goal observation (envs with ``goal_observation()``, e.g. `TwoRoomEnv`; `check_envs` says up
+front when they have none).
 
-Learning: the JEPA loss (teacher-forced + autoregressive latent prediction + anti-collapse
-regulariser) with Adam at ``config.lr``, a guarded step, then the EMA target update if used.
+Learning (`update`, the only JEPA update path): the JEPA loss (teacher-forced + autoregressive
+latent prediction + anti-collapse regulariser), one Adam step at ``config.lr`` through
+`guarded_step` (a non-finite loss or gradient changes nothing), then the EMA target update if
+used. The planner (a `worldflux.planners.base.Planner`) keeps the goal and the CEM warm start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -56,22 +62,44 @@ class JEPAAgent(Agent):
         self.batch_size, self.seq_len = batch_size, seq_len
         self.default_train_ratio = float(self.replayed_per_update)  # 1 update per env step
         cem = CEM(model.action_spec.dim, horizon, samples, elites, iterations)
-        self.planner = GoalPlanner(model, cem, action_repeat=action_repeat)
+        self.planner = GoalPlanner(cem, action_repeat=action_repeat)
         self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
-        self.goal_rep: Tensor | None = None
         self._prev_action: Tensor | None = None  # (N, A) the last planned actions
+
+    @property
+    def goal_rep(self) -> Tensor | None:
+        """The goal reps (N, D) the planner heads for; None before `set_goal`."""
+        return self.planner.goal
 
     @torch.no_grad()
     def set_goal(self, goal_obs: Obs) -> None:
         """Embed goal observations (N, *obs_shape) as the planner's target; resets warm starts."""
         self.model.eval()
-        self.goal_rep = self.model.embed(goal_obs)
+        self.planner.set_goal(self.model.embed(goal_obs))
         self.planner.reset()
+
+    def check_envs(self, envs: Sequence[Any]) -> None:
+        """A `ConfigError` unless every env has ``goal_observation()`` (the planner's target)."""
+        for i, env in enumerate(envs):
+            if goal_layer(env) is None:
+                raise ConfigError(
+                    f"env: {type(self).__name__} plans toward a goal, but env {i} "
+                    f"({type(env).__name__}) has no goal_observation(); use a goal env (e.g. "
+                    "worldflux/TwoRoom-v0)"
+                )
+
+    def on_episode_start(self, env_ids: Sequence[int], envs: Sequence[Any]) -> None:
+        """Plan toward the goal observation of every env in `envs` (all rows: the planner's
+        warm starts restart together), whichever rows began a new episode."""
+        del env_ids
+        self.check_envs(envs)
+        goals = np.stack([np.asarray(goal_layer(env).goal_observation()) for env in envs])
+        self.set_goal(torch.from_numpy(goals).to(self.model.device))
 
     @torch.no_grad()
     def act(
         self,
-        obs: dict[str, Tensor],
+        obs: Obs,
         state: State | None = None,
         *,
         explore: bool,
@@ -81,8 +109,7 @@ class JEPAAgent(Agent):
         if self.goal_rep is None:
             raise SpecError("act: no goal; call JEPAAgent.set_goal(goal_obs) before acting")
         model = self.model
-        o = obs if model.obs_spec.is_dict else obs["obs"]
-        fresh = model.encode(o)
+        fresh = model.encode(obs)
         if state is None or is_first is None:
             state = fresh
         else:
@@ -91,7 +118,7 @@ class JEPAAgent(Agent):
             if prev is None:
                 raise SpecError("act: a continuing State needs the previous action")
             reps = State({k: v for k, v in state.tensors.items() if k != "prev_action"})
-            nxt = model.update(reps, prev, o)
+            nxt = model.update(reps, prev, obs)
             mask = is_first.to(model.device)
             state = State({k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))),
                                           fresh.tensors[k], v)
@@ -101,7 +128,7 @@ class JEPAAgent(Agent):
             raise SpecError(
                 f"act: goal batch {self.goal_rep.shape[0]} != obs batch {state.batch_size}"
             )
-        action = self.planner.plan(state, self.goal_rep, eval_mode=not explore)
+        action = self.planner.plan(model, state, explore=explore)
         self._prev_action = action
         # The action travels in the returned State (like DreamerV3's), so acting in another
         # batch of envs (an evaluation between training steps) cannot clobber it.
@@ -126,8 +153,20 @@ class JEPAAgent(Agent):
         return {"model": self.opt}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"goal_rep": self.goal_rep, "prev_action": self._prev_action}
+        """The planner's goal and warm start, and the last actions."""
+        return {"planner": self.planner.state_dict(), "prev_action": self._prev_action}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.goal_rep = state.get("goal_rep")
+        planner = state.get("planner")
+        if planner is None:  # checkpoints written before the Planner protocol: the goal only
+            planner = {"goal": state.get("goal_rep"), "cem": {"prev": None}}
+        self.planner.load_state_dict(planner)
         self._prev_action = state.get("prev_action")
+
+
+def goal_layer(env: Any) -> Any:
+    """The wrapper layer of `env` that has ``goal_observation()``, or None."""
+    layer = env
+    while not hasattr(layer, "goal_observation") and hasattr(layer, "env"):
+        layer = layer.env
+    return layer if hasattr(layer, "goal_observation") else None

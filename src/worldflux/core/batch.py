@@ -5,7 +5,7 @@ Row ``t`` of every field describes arriving at step ``t``:
 ==============  ===========================================================================
 field           meaning at row t (shape)
 ==============  ===========================================================================
-obs             the observation o_t (B, T, *obs_shape), or a dict of those
+obs             the observation o_t (B, T, *obs_shape), or a dict of those (the env's form)
 action          the action a_{t-1} that LED to o_t (B, T, A); zeros where ``is_first``
 reward          the reward r_t received on arriving at o_t (B, T); 0 where ``is_first``
 is_first        o_t starts an episode (B, T) bool; the model resets its recurrent state there
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from worldflux.core.exceptions import SpecError
-from worldflux.core.spec import Obs, check_device
+from worldflux.core.spec import Obs, check_device, map_obs
 
 
 @dataclass
@@ -113,11 +112,8 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy on `device` (non_blocking where the source is pinned)."""
-        moved: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Mapping):
-                moved[f.name] = {k: t.to(device, non_blocking=True) for k, t in v.items()}
-            else:
-                moved[f.name] = v.to(device, non_blocking=True)
+        moved = {
+            f.name: map_obs(lambda t: t.to(device, non_blocking=True), getattr(self, f.name))
+            for f in fields(self)
+        }
         return Batch(**moved)

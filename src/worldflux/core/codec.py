@@ -32,7 +32,7 @@ from worldflux.core import checksum as _checksum
 from worldflux.core.codec_header import Entry, Layout
 from worldflux.core.codec_plan import FORMAT, VERSION, Plan, Run, plan
 from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
-from worldflux.core.packing import Packing, copy_out, unpack
+from worldflux.core.packing import Packing, copy_out, raw_memory, unpack
 from worldflux.core.payload import parse_header
 
 __all__ = [
@@ -63,23 +63,9 @@ _memmove = ctypes.memmove
 _CAT_MIN = 12  # runs this long are copied by one torch.cat instead of a memmove per tensor
 
 
-class _Memory:
-    """`nbytes` at `addr` as a numpy-readable object (no ctypes array type per size)."""
-
-    __slots__ = ("__array_interface__",)
-
-    def __init__(self, addr: int, nbytes: int):
-        self.__array_interface__ = {
-            "data": (addr, False),
-            "shape": (nbytes,),
-            "typestr": "|u1",
-            "version": 3,
-        }
-
-
 def _raw_view(addr: int, nbytes: int) -> Tensor:
     """A uint8 tensor over `nbytes` of memory at `addr`; the caller keeps that memory alive."""
-    return torch.from_numpy(np.asarray(_Memory(addr, nbytes)))
+    return torch.from_numpy(raw_memory(addr, nbytes))
 
 
 def _copy_group(values: list[Tensor], run: Run, addr: int, on_cpu: bool) -> None:
@@ -127,11 +113,21 @@ def encode_into(p: Plan, buf: Any, offset: int = 0) -> int:
 
 
 def write_at(p: Plan, addr: int, view: memoryview) -> None:
-    """Copy header and tensors to `addr`, then patch in the checksum (`view` covers `addr`)."""
+    """Copy header and tensors to `addr`, then patch in the checksum (`view` covers `addr`).
+
+    A writable `view` takes the header and a packed buffer by slice assignment (a memcpy
+    with less call overhead than ctypes'); a read-only one (a fresh `bytes`) through `addr`.
+    """
     tp, start = p.template, len(p.header)
-    _memmove(addr, p.header, start)
+    writable = not view.readonly
+    if writable:
+        view[:start] = p.header
+    else:
+        _memmove(addr, p.header, start)
     if p.base is not None:  # a packed State: its buffer is the data region
-        if tp.data_len:
+        if writable and p.data is not None:
+            view[start : p.total] = p.data
+        elif tp.data_len:
             _memmove(addr + start, p.base.data_ptr(), tp.data_len)
     else:
         for group in tp.groups:

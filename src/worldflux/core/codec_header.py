@@ -146,6 +146,7 @@ class Layout:
     checksum_pos: int  # offset of the checksum digits inside the header JSON, -1 if none
     groups: tuple[Group, ...]  # runs of the data order that one view op can split
     in_data_order: bool  # header order == data order (no reordering needed)
+    data_names: tuple[str, ...]  # the names in data order
 
     def meta(self) -> dict[str, Any]:
         """A fresh meta dict (never shared between States)."""
@@ -349,7 +350,7 @@ def build_layout(raw: bytes, total: int) -> Layout:
             f"payload: requires_grad must list floating tensors of the payload, got {grads!r:.100}"
         )
     names = tuple(obj)
-    in_order = names == tuple(e.name for e in by_offset)
+    data_names = tuple(e.name for e in by_offset)
     return Layout(
         names,
         tuple(by_offset),
@@ -361,5 +362,6 @@ def build_layout(raw: bytes, total: int) -> Layout:
         algo,
         pos,
         _group(by_offset),
-        in_order,
+        names == data_names,
+        data_names,
     )

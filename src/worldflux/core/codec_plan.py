@@ -65,6 +65,7 @@ class Plan(NamedTuple):  # a NamedTuple: built on every serialize, and cheap to 
     header: bytes  # 8-byte length + padded JSON, checksum digits zeroed
     values: list[Tensor]  # the State's tensors, in key order (unused with `base`)
     base: Tensor | None = None  # a packed State's buffer: the whole data region, one copy
+    data: memoryview | None = None  # `base` as bytes (a slice assignment copies it)
 
     @property
     def total(self) -> int:

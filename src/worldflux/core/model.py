@@ -13,9 +13,11 @@ actions and vector observations are cast to the model's dtype (e.g. float64 -> f
 from __future__ import annotations
 
 import numbers
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,7 @@ from worldflux.core.trajectory import Trajectory
 
 Policy = Callable[[State], Tensor]
 Metrics = dict[str, Tensor | float]
+_Model = TypeVar("_Model", bound="WorldModel")
 
 
 class WorldModel(nn.Module, ABC):
@@ -55,6 +58,26 @@ class WorldModel(nn.Module, ABC):
         """Dtype of the parameters; float actions and vector observations are cast to it."""
         return next(self.parameters()).dtype
 
+    # --- saving (worldflux.core.pretrained) -------------------------------------------------
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` into the directory `path`: everything
+        `from_pretrained` needs (config, specs, dtype, weights), no pickle. -> the directory."""
+        from worldflux.core.pretrained import save_pretrained
+
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[_Model], path: str | os.PathLike[str], device: torch.device | str | None = None
+    ) -> _Model:
+        """The model saved by `save_pretrained` in `path`, on `device`, in eval mode; no env or
+        preset name needed. Called on a family class (``TDMPC2.from_pretrained``), the saved
+        model must be of that family. A missing or damaged file is one `ConfigError` naming it."""
+        from worldflux.core.pretrained import load_pretrained
+
+        return cast(_Model, load_pretrained(path, device, cls))
+
     # --- input checks (shared by the families) -----------------------------------------------
 
     def check_batch_size(self, batch_size: Any, arg: str = "batch_size") -> int:
@@ -70,8 +93,10 @@ class WorldModel(nn.Module, ABC):
     def check_obs(
         self, obs: Obs, batch: int | None = None, arg: str = "obs", batch_dims: int = 1
     ) -> dict[str, Tensor]:
-        """`obs` checked against `obs_spec` and the model's device, vector fields cast to its
-        dtype, as a dict {key: (*batch_dims, ...)}; with `batch`, the leading size must be it."""
+        """`obs` (the env's form: a Tensor, or a dict for a Dict spec) checked against
+        `obs_spec` and the model's device, vector fields cast to its dtype, as the per-field
+        view the encoders read {field: (*batch_dims, ...)}; with `batch`, the leading size
+        must be it. The models' one observation check, at their public methods."""
         p = next(self.parameters())
         out = self.obs_spec.as_dict(obs, batch_dims, arg, p.device, p.dtype)
         if batch is not None:

@@ -91,35 +91,93 @@ def default_names() -> dict[str, str]:
 def make_config(name: str, **overrides: Any) -> Any:
     """The preset's config with `overrides` applied (validated by the config's __post_init__)."""
     family, preset = resolve(name)
-    config = family.presets[preset]
+    return with_overrides(family.presets[preset], name, overrides)
+
+
+def with_overrides(config: Any, label: str, overrides: Mapping[str, Any]) -> Any:
+    """`config` with `overrides` replacing fields; an unknown field is a `ConfigError` naming
+    `label` with suggestions, a bad value the config's own `ConfigError`."""
     valid = [f.name for f in dataclasses.fields(config)]
     for key in overrides:
         if key not in valid:
-            raise ConfigError(f"{name}: unknown config field {key!r}." + _did_you_mean(key, valid))
+            raise ConfigError(f"{label}: unknown config field {key!r}." + _did_you_mean(key, valid))
     return dataclasses.replace(config, **overrides)
 
 
+def family_of(config: Any) -> tuple[str, Family]:
+    """The registered family whose config class `config` is an instance of, and its name."""
+    for name, load in FAMILIES.items():
+        family = load()
+        if type(config) is type(family.presets[family.default]):
+            return name, family
+    raise RegistryError(
+        f"config: expected a 'family:preset' name or a config object of a registered family "
+        f"({', '.join(sorted(FAMILIES))}), got {type(config).__name__}"
+    )
+
+
 def create_world_model(
-    name: str,
+    name: str | Any,
     obs_space: Any,
     action_space: Any,
     device: torch.device | str | None = None,
     seed: int | None = None,
     **overrides: Any,
 ) -> WorldModel:
-    """Build ``"family:preset"`` for the given gymnasium spaces (or `ObsSpec`/`ActionSpec`).
+    """Build a world model for the given gymnasium spaces (or `ObsSpec`/`ActionSpec`).
 
+    `name` is ``"family:preset"`` or a config object of a registered family (e.g.
+    ``dataclasses.replace(TDMPC2Config(), horizon=5)``); the object's type picks the family.
     `seed` makes the initial weights reproducible without touching the global RNG; `overrides`
     replace config fields (unknown names raise `ConfigError` with suggestions).
     """
-    family, _ = resolve(name)
-    config = make_config(name, **overrides)
+    if isinstance(name, str):
+        family, _ = resolve(name)
+        config = make_config(name, **overrides)
+    else:
+        label, family = family_of(name)
+        config = with_overrides(name, label, overrides)
     obs_spec, action_spec = ObsSpec.from_space(obs_space), ActionSpec.from_space(action_space)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         model = family.model_cls(config, obs_spec, action_spec)
     return model.to(device) if device is not None else model
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    """``{"family": name, "fields": {...}}``: a config object as JSON-able data (tuples become
+    lists), for files that must rebuild the model without its preset name."""
+    family, _ = family_of(config)
+    return {"family": family, "fields": dataclasses.asdict(config)}
+
+
+def config_from_json(data: Any, where: str) -> Any:
+    """Inverse of `config_to_json`, validated: a wrong shape, an unknown family or field, or a
+    bad value is a `ConfigError` naming `where` (the file it came from)."""
+    if not isinstance(data, dict) or set(data) != {"family", "fields"}:
+        raise ConfigError(f"{where}: expected {{'family': ..., 'fields': {{...}}}}, got {data!r}")
+    name, fields = data["family"], data["fields"]
+    if name not in FAMILIES or not isinstance(fields, dict):
+        raise ConfigError(
+            f"{where}: expected a family in {sorted(FAMILIES)} and a dict of fields, got "
+            f"family={name!r}, fields of type {type(fields).__name__}"
+        )
+    family = FAMILIES[name]()
+    template = family.presets[family.default]
+    known = {f.name for f in dataclasses.fields(template)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {name} config fields {unknown}")
+    # JSON has no tuples: give tuple fields (e.g. cnn_mults) their type back
+    values = {
+        k: tuple(v) if isinstance(getattr(template, k), tuple) and isinstance(v, list) else v
+        for k, v in fields.items()
+    }
+    try:
+        return type(template)(**values)
+    except (ValueError, TypeError) as err:  # ConfigError is a ValueError
+        raise ConfigError(f"{where}: invalid {name} config ({err})") from err
 
 
 def count_parameters(name: str, obs_space: Any, action_space: Any, **overrides: Any) -> int:

@@ -1,9 +1,15 @@
 """Observation and action specs, built from Gymnasium spaces, with clear errors on bad input.
 
 Conventions the models rely on:
-- An observation is a Tensor (single-field spaces, stored under the key ``"obs"``) or a dict of
-  Tensors (``gymnasium.spaces.Dict``). Images are uint8 with 3 dims; models see them as CHW.
-  Vector fields may be any float dtype; `ObsSpec.as_dict` casts them to the model's dtype.
+- An observation has ONE form from env to encoder: what the env gives. A Box space gives an
+  array (a Tensor once batched for a model), a ``gymnasium.spaces.Dict`` a dict of them; the
+  runner, the replay (`add` and `sample`), `Batch`, `Agent.act` and the model methods all take
+  and return that form (`map_obs` works on either). `ObsSpec` describes it: `fields` names its
+  arrays (a Box's one array is the field `SINGLE_KEY`), `is_dict` says which form it is.
+  Only code that stores or encodes fields one by one (the replay's arrays, the encoders via
+  `ObsSpec.as_dict`) goes to that per-field view, through `fields_of` / `from_fields`.
+  Images are uint8 with 3 dims; models see them as CHW. Vector fields may be any float dtype;
+  `ObsSpec.as_dict` casts them to the model's dtype.
 - An action given to a model is a float tensor ``(*batch, action_dim)``: one-hot for Discrete
   spaces, values in [-1, 1] for Box spaces. `ActionSpec.to_model` also accepts integer indices
   for Discrete spaces and converts them, and casts float actions to the model's dtype.
@@ -18,9 +24,9 @@ Conventions the models rely on:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +34,28 @@ from torch import Tensor
 
 from worldflux.core.exceptions import SpecError
 
-SINGLE_KEY = "obs"
+SINGLE_KEY = "obs"  # the field name of a Box space's one array (per-field views only)
 Obs = Tensor | Mapping[str, Tensor]
+_Leaf = TypeVar("_Leaf")
+_Out = TypeVar("_Out")
+
+
+def map_obs(fn: Callable[[_Leaf], _Out], obs: _Leaf | Mapping[str, _Leaf]) -> Any:
+    """`fn` applied to every array of an observation, keeping its form: an array gives
+    ``fn(obs)``, a dict gives ``{key: fn(value)}``. Works for tensors and numpy arrays alike."""
+    if isinstance(obs, Mapping):
+        return {k: fn(v) for k, v in obs.items()}
+    return fn(obs)
+
+
+def obs_batch_size(obs: Obs) -> int:
+    """Leading size of a batched observation (its first field's, for a dict)."""
+    first = next(iter(obs.values())) if isinstance(obs, Mapping) else obs
+    if not isinstance(first, Tensor) or first.dim() < 1:
+        raise SpecError(
+            f"obs: expected a batched Tensor (N, ...) or a dict of them, got {first!r:.80}"
+        )
+    return int(first.shape[0])
 
 
 def same_device(got: torch.device, want: torch.device) -> bool:
@@ -80,7 +106,8 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class ObsSpec:
-    """The observation fields a model expects; `is_dict` says whether obs arrive as a dict."""
+    """The observation form: its fields (name -> `FieldSpec`) and whether it is a dict of them
+    (`is_dict`, a ``Dict`` space) or one array (a Box space, whose field is `SINGLE_KEY`)."""
 
     fields: dict[str, FieldSpec]
     is_dict: bool = False
@@ -104,6 +131,50 @@ class ObsSpec:
     def vector_keys(self) -> list[str]:
         return [k for k, f in self.fields.items() if not f.is_image]
 
+    def to_json(self) -> dict[str, Any]:
+        """The spec as JSON-able data (inverse: `from_json`), stored with saved models."""
+        fields = {
+            k: {"shape": list(f.shape), "dtype": str(f.dtype).removeprefix("torch."),
+                "is_image": f.is_image, "channels_last": f.channels_last}
+            for k, f in self.fields.items()
+        }  # fmt: skip
+        return {"is_dict": self.is_dict, "fields": fields}
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> ObsSpec:
+        """Inverse of `to_json`; anything malformed is a `SpecError` naming `where`."""
+        fields = data.get("fields") if isinstance(data, dict) else None
+        is_dict = data.get("is_dict") if isinstance(data, dict) else None
+        if not isinstance(fields, dict) or not fields or not isinstance(is_dict, bool):
+            raise SpecError(f"{where}: expected {{'is_dict': bool, 'fields': {{..}}}}, got {data}")
+        parsed = {str(k): _field_from_json(v, f"{where}[{k!r}]") for k, v in fields.items()}
+        return ObsSpec(parsed, is_dict)
+
+    def fields_of(self, obs: Any, arg: str = "obs") -> dict[str, Any]:
+        """The per-field view {name: array} of an observation in this spec's form (tensors or
+        numpy arrays). Checks the form only (a dict with the spec's keys, or not a dict);
+        shapes and dtypes are the caller's to check. Inverse: `from_fields`."""
+        if not self.is_dict:
+            if isinstance(obs, Mapping):
+                raise SpecError(
+                    f"{arg}: expected one array (the space is not a Dict), got a dict with keys "
+                    f"{sorted(obs)}"
+                )
+            return {SINGLE_KEY: obs}
+        if not isinstance(obs, Mapping):
+            raise SpecError(
+                f"{arg}: expected a dict with keys {sorted(self.fields)}, got {type(obs).__name__}"
+            )
+        missing = set(self.fields) - set(obs)
+        if missing:
+            raise SpecError(f"{arg}: missing keys {sorted(missing)}; got {sorted(obs)}")
+        return {k: obs[k] for k in self.fields}
+
+    def from_fields(self, fields: Mapping[str, _Leaf]) -> Any:
+        """The observation in this spec's form from its per-field view (inverse of
+        `fields_of`): the one array of a Box spec, a dict for a Dict spec."""
+        return dict(fields) if self.is_dict else fields[SINGLE_KEY]
+
     def as_dict(
         self,
         obs: Obs,
@@ -119,20 +190,9 @@ class ObsSpec:
         fields are cast to `dtype` (images stay uint8). Raises `SpecError` naming the argument
         on any mismatch.
         """
-        if self.is_dict:
-            if not isinstance(obs, Mapping):
-                raise SpecError(
-                    f"{arg}: expected a dict with keys {sorted(self.fields)}, got "
-                    f"{type(obs).__name__}"
-                )
-            missing = set(self.fields) - set(obs)
-            if missing:
-                raise SpecError(f"{arg}: missing keys {sorted(missing)}; got {sorted(obs)}")
-            out = {k: obs[k] for k in self.fields}
-        else:
-            if not isinstance(obs, Tensor):
-                raise SpecError(f"{arg}: expected a Tensor, got {type(obs).__name__}")
-            out = {SINGLE_KEY: obs}
+        if not self.is_dict and not isinstance(obs, Tensor):
+            raise SpecError(f"{arg}: expected a Tensor, got {type(obs).__name__}")
+        out = self.fields_of(obs, arg)
         lead: tuple[int, ...] | None = None
         for key, t in out.items():
             name = arg if not self.is_dict else f"{arg}[{key!r}]"
@@ -160,6 +220,25 @@ class ObsSpec:
                     f"the other fields' {lead}"
                 )
         return out
+
+
+_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float32": torch.float32, "float64": torch.float64}  # fmt: skip
+
+
+def _field_from_json(data: Any, where: str) -> FieldSpec:
+    keys = {"shape", "dtype", "is_image", "channels_last"}
+    ok = isinstance(data, dict) and set(data) == keys
+    shape: list[Any] = data["shape"] if ok and isinstance(data["shape"], list) else []
+    ok = ok and bool(shape) and all(type(n) is int and n > 0 for n in shape)
+    ok = ok and data["dtype"] in _DTYPES
+    ok = ok and isinstance(data["is_image"], bool) and isinstance(data["channels_last"], bool)
+    if not ok or (data["is_image"] and len(shape) != 3):
+        raise SpecError(
+            f"{where}: expected {{'shape': [positive ints], 'dtype': one of {sorted(_DTYPES)}, "
+            f"'is_image': bool, 'channels_last': bool}} (images 3-D), got {data!r}"
+        )
+    return FieldSpec(tuple(shape), _DTYPES[data["dtype"]], data["is_image"], data["channels_last"])
 
 
 def _field(space: Any, arg: str) -> FieldSpec:
@@ -212,6 +291,19 @@ class ActionSpec:
         if isinstance(space, spaces.Box) and len(space.shape) == 1:
             return ActionSpec(int(space.shape[0]), False)
         raise SpecError(f"action_space: expected Discrete or a 1-D Box, got {space!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as JSON-able data (inverse: `from_json`)."""
+        return {"dim": self.dim, "discrete": self.discrete}
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> ActionSpec:
+        """Inverse of `to_json`; anything malformed is a `SpecError` naming `where`."""
+        ok = isinstance(data, dict) and set(data) == {"dim", "discrete"}
+        ok = ok and type(data["dim"]) is int and data["dim"] >= 1
+        if not ok or not isinstance(data["discrete"], bool):
+            raise SpecError(f"{where}: expected {{'dim': int >= 1, 'discrete': bool}}, got {data}")
+        return ActionSpec(data["dim"], data["discrete"])
 
     def to_model(
         self,

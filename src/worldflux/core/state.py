@@ -274,7 +274,8 @@ class State:
     def from_shared_memory(
         cls, descriptor: dict, copy: bool = False, *, namespace: str | None = None
     ) -> State:
-        """Attach to a published State: one mapping, zero-copy views (or fresh tensors)."""
+        """Attach to a published State: zero-copy views (or fresh tensors) of its segment's
+        one mapping in this process (shared with this process's other attachments to it)."""
         tensors, meta, handle, packing = shm.attach(descriptor, copy=copy, namespace=namespace)
         state = _new(tensors, meta) if cls is State else cls(tensors, meta)  # keys/values checked
         state._attachment, state._packing = handle, packing

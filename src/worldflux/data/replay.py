@@ -4,6 +4,11 @@ Rows are stored exactly as environments emit them (`worldflux.envs.Step` / `Step
 convention of `worldflux.core.batch.Batch`), one FIFO ring per env stream: the capacity is split
 evenly over `num_envs` streams, and a full stream overwrites its oldest row.
 
+Observations keep the env's form across the buffer: `add` takes it (an array, or a dict of
+arrays for a Dict space) and `sample` returns it (a (B, T, ...) Tensor, or a dict of them).
+Inside, each field is one storage array ``obs.<field>`` (``obs.obs`` for a Box space; the name
+the ``.npy`` files on disk have always had).
+
 Sampling picks sequence windows uniformly over all valid (stream, start) pairs:
 
 - a window never crosses from one env's stream into another's;
@@ -32,7 +37,7 @@ import torch
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError, SpecError
-from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec
+from worldflux.core.spec import ActionSpec, ObsSpec
 from worldflux.envs.base import Step, StepBatch
 
 FLAGS = ("is_first", "is_terminal", "is_last")
@@ -164,17 +169,17 @@ class Replay:
 
     def _check_rows(self, batch: StepBatch, ids: np.ndarray) -> dict[str, np.ndarray]:
         n = len(batch)
-        obs = batch.obs if self.obs_spec.is_dict else {SINGLE_KEY: batch.obs}
-        if not isinstance(obs, dict) or set(obs) != set(self.obs_spec.fields):
-            got = sorted(obs) if isinstance(obs, dict) else type(batch.obs).__name__
-            raise SpecError(f"rows.obs: expected fields {sorted(self.obs_spec.fields)}, got {got}")
+        obs = self.obs_spec.fields_of(batch.obs, "rows.obs")
+        if isinstance(batch.obs, dict) and len(batch.obs) != len(obs):  # keys nobody stores
+            raise SpecError(f"rows.obs: expected keys {sorted(obs)}, got {sorted(batch.obs)}")
         values: dict[str, np.ndarray] = {}
         for key, f in self.obs_spec.fields.items():
             arr = np.asarray(obs[key])
+            name = f"rows.obs[{key!r}]" if self.obs_spec.is_dict else "rows.obs"
             if arr.shape != (n, *f.shape):
-                raise SpecError(f"rows.obs[{key!r}]: expected {(n, *f.shape)}, got {arr.shape}")
+                raise SpecError(f"{name}: expected {(n, *f.shape)}, got {arr.shape}")
             if f.is_image and arr.dtype != np.uint8:
-                raise SpecError(f"rows.obs[{key!r}]: images must be uint8, got {arr.dtype}")
+                raise SpecError(f"{name}: images must be uint8, got {arr.dtype}")
             values[f"obs.{key}"] = arr
         action = np.asarray(batch.action, np.float32)
         if action.shape != (n, self.action_spec.dim):
@@ -296,9 +301,8 @@ class Replay:
             t = torch.from_numpy(out)
             return t.pin_memory() if pin else t  # pinned: the copy to the GPU runs async
 
-        obs_fields = {k: take(f"obs.{k}") for k in self.obs_spec.fields}
         batch = Batch(
-            obs=obs_fields if self.obs_spec.is_dict else obs_fields[SINGLE_KEY],
+            obs=self.obs_spec.from_fields({k: take(f"obs.{k}") for k in self.obs_spec.fields}),
             action=take("action"),
             reward=take("reward"),
             is_first=take("is_first"),

@@ -1,13 +1,15 @@
 """`CollectorPool`: N collector processes feeding the learner through shared-memory States.
 
-Usage (the learner's loop)::
+Usage (the learner's loop; `worldflux.distributed.collector_source.CollectorSource` is the
+`Trainer`'s)::
 
     pool = CollectorPool(env_fn, policy_fn, CollectorConfig(num_collectors=2), weights=policy)
     with pool:                                   # Ctrl-C or an error still cleans up
         while training:
-            pool.feed(replay)                    # chunks -> Replay.add, slots acked
+            for chunk in pool.poll(copy=False):
+                add_chunk(replay, chunk)         # rows -> Replay.add, the slot freed
             ... update ...
-            pool.maybe_publish(policy)           # every `weight_sync_every` calls
+            pool.publish_weights(policy)         # a new policy version
 
 Each collector is restarted when it dies (its shm namespace is unlinked first), up to
 `max_restarts` times. Policy weights travel as a versioned `State` of parameters in a small set
@@ -59,7 +61,7 @@ class CollectorConfig:
     start_method: str = "spawn"  # "spawn" (portable) or "fork"
     seed: int = 0  # collector i, generation g seeds envs from SeedSequence([seed, i, g])
     explore: bool = True  # passed to policy.act
-    weight_sync_every: int = 1  # `maybe_publish` publishes on every k-th call
+    weight_sync_every: int = 1  # the learner publishes weights every k-th update
     weight_slots: int = 3  # learner-side segments for weight versions
     max_restarts: int = 3  # restarts per collector before CollectorError
     timeout_s: float = 60.0  # limit for a collector to start, stop or take weights
@@ -352,40 +354,10 @@ class CollectorPool:
                     transport.send(conn, msg)
         return int(msg["version"])
 
-    def maybe_publish(self, module: nn.Module) -> int | None:
-        """Publish on every `weight_sync_every`-th call (call once per update)."""
-        self._calls += 1
-        if self._calls % self.config.weight_sync_every:
-            return None
-        return self.publish_weights(module)
-
     @property
     def version(self) -> int:
         """The latest published policy version (0 before any)."""
         return self.weights.version
-
-    # --- convenience for the trainer -----------------------------------------------------------
-
-    def feed(self, replay: Any, timeout: float = 1.0) -> int:
-        """Poll once and add every row to `replay` (``Replay.add(rows, env_ids)``).
-
-        `replay` needs ``num_envs >= num_collectors * envs_per_collector``; collector i's env
-        copy j writes stream ``i * envs_per_collector + j``. A replay created with
-        ``track_versions=True`` also stores each row's policy version. Returns the rows added.
-        """
-        added = 0
-        track = bool(getattr(replay, "track_versions", False))
-        for chunk in self.poll(timeout, copy=False):
-            with chunk:  # one copy out of shared memory, then the slot goes back at once
-                rows_list = chunk.step_batches()
-                versions = chunk.policy_versions.numpy().copy()  # (E, T)
-            for t, rows in enumerate(rows_list):
-                if track:
-                    replay.add(rows, chunk.env_ids, policy_version=versions[:, t])
-                else:
-                    replay.add(rows, chunk.env_ids)
-                added += len(rows)
-        return added
 
     def stats(self) -> dict[str, Any]:
         """Per collector: chunks received, restarts, generation and newest loaded version."""

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldflux.core.exceptions import ConfigError
-from worldflux.core.spec import ActionSpec
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.spec import ActionSpec, Obs
 from worldflux.core.state import State
 from worldflux.nn.mlp import MLP
 
@@ -30,7 +30,7 @@ class RandomPolicy:
         self.gen = torch.Generator().manual_seed(seed)
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
+        self, obs: Obs, state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         n = int(is_first.shape[0])
         if self.spec.discrete:
@@ -43,7 +43,7 @@ class RandomPolicy:
 
 
 class MLPPolicy(nn.Module):
-    """An MLP from a flat vector observation (``obs["obs"]``, (E, D)) to actions (E, A).
+    """An MLP from a flat vector observation (a Tensor (E, D)) to actions (E, A).
 
     Discrete: samples the softmax with `explore`, else argmax; continuous: tanh mean plus
     Gaussian noise of std `noise` with `explore`.
@@ -76,9 +76,14 @@ class MLPPolicy(nn.Module):
         return self.net(obs.float())
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
+        self, obs: Obs, state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
-        out = self(obs["obs"])
+        if not isinstance(obs, Tensor):
+            raise SpecError(
+                f"obs: MLPPolicy expected a flat vector observation, a Tensor (E, D), got "
+                f"{type(obs).__name__}"
+            )
+        out = self(obs)
         if self.discrete:
             if explore:
                 idx = torch.multinomial(out.softmax(-1), 1, generator=self.gen).squeeze(-1)
@@ -121,7 +126,7 @@ class AgentPolicy:
         return nn.ModuleDict({n: getattr(agent, n) for n in sync})
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
+        self, obs: Obs, state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
         with torch.no_grad():
             return self.agent.act(obs, state, explore=explore, is_first=is_first)
@@ -130,13 +135,7 @@ class AgentPolicy:
         return self.module
 
     def update_goals(self, envs: list[Any]) -> None:
-        """Give a goal-conditioned agent (one with ``set_goal``, e.g. JEPA) the current goal
-        observation of each env; a no-op for other agents. `ConfigError` when an env has none."""
-        set_goal = getattr(self.agent, "set_goal", None)
-        if set_goal is None:
-            return
-        from worldflux.training.evaluate import goal_observations
-
-        goals = goal_observations(envs)  # ConfigError naming a collector env without a goal
+        """Tell the agent that episodes began in `envs` (``Agent.on_episode_start``; a
+        goal-conditioned agent reads the goals, a `ConfigError` when an env has none)."""
         with torch.no_grad():
-            set_goal(torch.from_numpy(goals))
+            self.agent.on_episode_start(list(range(len(envs))), envs)

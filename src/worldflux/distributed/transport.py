@@ -16,7 +16,8 @@ steps, in the row convention of `worldflux.core.batch.Batch`:
 ==================  ==========================================================================
 key                 meaning (shape)
 ==================  ==========================================================================
-obs/<field>         observation field (E, T, *shape); ``obs/obs`` for single-field spaces
+obs                 the observation (E, T, *shape) of a Box space (`obs_entries`)
+obs/<field>         each field (E, T, *shape) of a Dict space's observation
 action              a_{t-1} that led to o_t, model format (E, T, A) float32
 reward              reward on arriving at o_t (E, T) float32
 is_first            reset row (E, T) bool; ``is_terminal``, ``is_last`` likewise
@@ -35,6 +36,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 
 from worldflux.core import shm
 from worldflux.core.exceptions import StateFormatError
+from worldflux.core.spec import map_obs
 from worldflux.core.state import State
 from worldflux.envs.base import StepBatch
 
@@ -196,11 +199,9 @@ class Chunk:
         With `infos`, each row's ``infos`` carry ``policy_version`` and ``env_step``.
         """
         t = {k: v.numpy().copy() for k, v in self.state.tensors.items()}
-        obs_keys = [k for k in t if k.startswith("obs/")]
-        single = obs_keys == ["obs/obs"]
+        obs = obs_from_entries(t)  # (E, T, ...) in the env's form
         out = []
         for i in range(int(t["reward"].shape[1])):
-            obs: Any = t["obs/obs"][:, i] if single else {k[4:]: t[k][:, i] for k in obs_keys}
             row_infos: list[dict[str, Any]] = []
             if infos:
                 versions, steps = t["policy_version"][:, i].tolist(), t["env_step"][:, i].tolist()
@@ -210,7 +211,9 @@ class Chunk:
                 ]
             out.append(
                 StepBatch(
-                    obs=obs,
+                    obs=map_obs(
+                        itemgetter((slice(None), i)), obs
+                    ),  # [:, i]: (E, T, ...) -> (E, ...)
                     action=t["action"][:, i],
                     reward=t["reward"][:, i],
                     is_first=t["is_first"][:, i],
@@ -220,6 +223,21 @@ class Chunk:
                 )
             )
         return out
+
+
+def obs_entries(obs: Any) -> dict[str, Any]:
+    """A chunk's entries for an observation in the env's form: ``obs`` for one array,
+    ``obs/<field>`` for each field of a dict (inverse: `obs_from_entries`)."""
+    if isinstance(obs, Mapping):
+        return {f"obs/{k}": v for k, v in obs.items()}
+    return {"obs": obs}
+
+
+def obs_from_entries(entries: Mapping[str, Any]) -> Any:
+    """The observation in the env's form from a chunk's entries (see `obs_entries`)."""
+    if "obs" in entries:
+        return entries["obs"]
+    return {k[4:]: v for k, v in entries.items() if k.startswith("obs/")}
 
 
 class ChunkReceiver:

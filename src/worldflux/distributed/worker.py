@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.core.exceptions import SharedMemoryError
+from worldflux.core.spec import Obs, map_obs
 from worldflux.core.state import State
 from worldflux.distributed import transport
 from worldflux.envs.base import Env, StepBatch
@@ -33,9 +34,10 @@ class CollectorPolicy(Protocol):
     """What a collector acts with (the `Agent.act` contract, plus the weights to sync)."""
 
     def act(
-        self, obs: dict[str, Tensor], state: State | None, *, explore: bool, is_first: Tensor
+        self, obs: Obs, state: State | None, *, explore: bool, is_first: Tensor
     ) -> tuple[Tensor, State | None]:
-        """Actions (E, A) in model format for obs fields (E, ...); the new acting State."""
+        """Actions (E, A) in model format for observations in the env's form (a (E, ...)
+        Tensor, or a dict of them); the new acting State."""
         ...
 
     def acting_module(self) -> nn.Module | None:
@@ -158,7 +160,7 @@ class _Collector:
     def _record(
         self, t: int, rows: StepBatch, version: np.ndarray, agent_state: State | None
     ) -> None:
-        values: dict[str, Tensor] = {f"obs/{k}": v for k, v in _obs_tensors(rows).items()}
+        values = transport.obs_entries(_obs_tensors(rows))
         values["action"] = torch.from_numpy(np.asarray(rows.action, np.float32))
         values["reward"] = torch.from_numpy(np.asarray(rows.reward, np.float32))
         for name in transport.FLAGS:
@@ -224,7 +226,6 @@ class _Collector:
         transport.send(self.conn, {"type": "weights_loaded", "version": version})
 
 
-def _obs_tensors(rows: StepBatch) -> dict[str, Tensor]:
-    """StepBatch obs (array or dict of arrays, (E, ...)) as a dict of tensors."""
-    obs = rows.obs if isinstance(rows.obs, dict) else {"obs": rows.obs}
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()}
+def _obs_tensors(rows: StepBatch) -> Obs:
+    """StepBatch obs (an array or a dict of arrays, (E, ...)) as tensors of the same form."""
+    return map_obs(lambda v: torch.from_numpy(np.ascontiguousarray(v)), rows.obs)

@@ -120,6 +120,14 @@ class Env(abc.ABC):
     def step(self, action: Any) -> Step:
         """Apply `action` (index or one-hot for Discrete; [-1, 1] vector for Box)."""
 
+    @property
+    def native_action_space(self) -> spaces.Space:
+        """The simulator's own action space (Pendulum: Box(-2, 2)), into which `step` converts
+        model-format actions with an `ActionConverter` (the adapters keep it as ``_actions``);
+        adapters without one act in `action_space` itself."""
+        converter = getattr(self, "_actions", None)
+        return converter.inner if isinstance(converter, ActionConverter) else self.action_space
+
     def render(self) -> np.ndarray:
         """An RGB frame (H, W, 3) uint8 of the current state, for videos."""
         raise NotImplementedError(f"{type(self).__name__} cannot render")

@@ -3,17 +3,21 @@
 The planner knows nothing about models: it asks an `objective` to score candidate sequences and
 refits a diagonal Gaussian to the best ones. Warm start: after each `plan` the final mean is kept,
 and the next `plan` starts from it shifted one step left (the last step is re-initialised to the
-middle of the action box). `reset(mask)` drops the warm start of finished environments.
+middle of the action box). `reset(mask)` drops the warm start of finished environments;
+`batch_size`, `state_dict` and `load_state_dict` are those of the `Planner` protocol
+(`worldflux.planners.base`), which model-driven wrappers such as `GoalPlanner` implement on top.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.planners.base import describe_state
 
 Objective = Callable[[Tensor], Tensor]
 
@@ -81,6 +85,26 @@ class CEM:
         self.last_std: Tensor | None = None  # (B, H, A) final std of the last plan
         self._prev: Tensor | None = None  # (B, H, A) warm start, None when cleared
 
+    @property
+    def batch_size(self) -> int | None:
+        """Envs the warm start is for; None when cold."""
+        return None if self._prev is None else int(self._prev.shape[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """``prev``: the warm start (B, H, A), or None."""
+        return {"prev": self._prev}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of `state_dict`."""
+        prev = state.get("prev")
+        ok = prev is None or (isinstance(prev, Tensor) and prev.dim() == 3)
+        if set(state) != {"prev"} or not ok:
+            raise SpecError(
+                "state: expected {'prev': None or a (B, H, A) tensor}, "
+                f"got {describe_state(state)}"
+            )
+        self._prev = prev
+
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget the warm start: for all envs (mask None) or those where `mask` (B,) is True."""
         if mask is None or self._prev is None:
@@ -116,14 +140,15 @@ class CEM:
         objective: Objective,
         batch_size: int,
         device: torch.device | str,
-        eval_mode: bool = False,
+        *,
+        explore: bool,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """Run CEM in `dtype` (the model's); return the first action (B, A).
 
-        `objective(actions (B, N, H, A)) -> (B, N)` scores (higher is better). In eval mode the
-        action is the final mean's first step; otherwise Gaussian noise with the final std is
-        added (clamped to the bounds) for exploration.
+        `objective(actions (B, N, H, A)) -> (B, N)` scores (higher is better). Without
+        exploration the action is the final mean's first step; with it Gaussian noise with the
+        final std is added (clamped to the bounds).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise SpecError(f"batch_size: expected an int >= 1, got {batch_size!r}")
@@ -149,6 +174,6 @@ class CEM:
         self.last_mean, self.last_std = mean, std
         self._prev = mean
         action = mean[:, 0]
-        if not eval_mode:
+        if explore:
             action = action + std[:, 0] * self._normal((b, a), device, dtype)
         return action.clamp(low, high)

@@ -1,24 +1,19 @@
 """MPPI over latent rollouts, as in TD-MPC2 (nicklashansen/tdmpc2 ``tdmpc2.py``: ``_plan``,
 ``_estimate_value``), batched over B environments.
 
-Model protocol (any `WorldModel` that provides these works):
-
-- ``imagine_step(state, action (B, A)) -> (next_state, {"reward": (B,), "continue": (B,)?})``:
-  the reward of taking ``action`` in ``state`` (a ``continue`` < 0.5 ends the return there);
-- ``value(state, action (B, A)) -> (B,)``: the bootstrap value Q(z_H, a) at the horizon;
-- optional ``pi(state) -> (B, A)``: a policy-prior sample, used for the bootstrap action and
-  for ``pi_trajs`` of the candidate sequences (without it the bootstrap action is the
-  sequence's last action and all candidates are Gaussian samples);
-- optional ``discount`` (float) attribute, used when ``MPPI(discount=None)``;
-- ``action_spec`` (``dim``, ``discrete``).
+The model is a `worldflux.planners.base.PlanningModel`: ``imagine_step`` gives the reward of
+each candidate's actions (a ``continue`` < 0.5 ends the return there), ``value`` the bootstrap
+Q(z_H, a) at the horizon with ``a`` a ``policy`` sample, ``policy`` also rolls out ``pi_trajs``
+of the candidate sequences (with ``transition``), and ``discount`` is used unless
+``MPPI(discount=...)``. MPPI is a `worldflux.planners.base.Planner`.
 
 Continuous actions lie in [-1, 1]. Discrete actions (one-hot) are planned with a categorical
 sampling distribution per step: candidates are drawn from it by Gumbel-max, its probabilities are
 refit to the score-weighted elite one-hots, and ``std_min`` acts as a uniform floor on them.
 Warm start: the previous plan's mean shifted one step (the last step re-initialised);
-``reset(mask)`` clears it for finished environments. In evaluation the highest-scoring elite's
-first action is returned (deterministic choice); in training an elite is sampled by score and
-Gaussian noise with the final std is added (continuous), as in the official planner.
+``reset(mask)`` clears it for finished environments. Without exploration the highest-scoring
+elite's first action is returned (deterministic choice); with it an elite is sampled by score
+and Gaussian noise with the final std is added (continuous), as in the official planner.
 """
 
 from __future__ import annotations
@@ -31,6 +26,7 @@ from torch import Tensor
 
 from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.state import State
+from worldflux.planners.base import PlanningModel, describe_state
 
 
 class MPPI:
@@ -68,8 +64,8 @@ class MPPI:
         self.std_min, self.std_max, self.temperature = std_min, std_max, temperature
         self.discount, self.generator = discount, generator
         self.last_mean: Tensor | None = None  # (B, H, A) final mean (probabilities if discrete)
-        self._prev: Tensor | None = None
-        self._discrete = False
+        self._prev: Tensor | None = None  # (B, H, A) warm start, None when cold
+        self._discrete = False  # the last planned model's actions were one-hot
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> MPPI:
@@ -81,6 +77,29 @@ class MPPI:
         )  # fmt: skip
         args.update(overrides)
         return cls(**args)
+
+    # --- the Planner protocol (worldflux.planners.base) ---------------------------------------
+
+    @property
+    def batch_size(self) -> int | None:
+        """Envs the warm start is for; None when cold."""
+        return None if self._prev is None else int(self._prev.shape[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """``prev``: the warm start (B, H, A) or None; ``discrete``: whether it holds
+        probabilities (what `reset(mask)` refills rows with depends on it)."""
+        return {"prev": self._prev, "discrete": self._discrete}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of `state_dict`."""
+        prev, discrete = state.get("prev"), state.get("discrete")
+        ok = prev is None or (isinstance(prev, Tensor) and prev.dim() == 3)
+        if set(state) != {"prev", "discrete"} or not ok or not isinstance(discrete, bool):
+            raise SpecError(
+                "state: expected {'prev': None or a (B, H, A) tensor, 'discrete': bool}, "
+                f"got {describe_state(state)}"
+            )
+        self._prev, self._discrete = prev, discrete
 
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget the warm start for all envs, or those where `mask` (B,) bool is True."""
@@ -128,13 +147,11 @@ class MPPI:
 
     # --- planning -----------------------------------------------------------------------------
 
-    def _discount(self, model: Any) -> float:
-        if self.discount is not None:
-            return self.discount
-        return float(getattr(model, "discount", 0.99))
+    def _discount(self, model: PlanningModel) -> float:
+        return self.discount if self.discount is not None else float(model.discount)
 
     @torch.no_grad()
-    def estimate_value(self, model: Any, state: State, actions: Tensor) -> Tensor:
+    def estimate_value(self, model: PlanningModel, state: State, actions: Tensor) -> Tensor:
         """Discounted predicted return plus bootstrap value. actions (B, N, H, A) -> (B, N).
 
         `state` is already repeated to B*N rows (row b*N + n is env b, candidate n).
@@ -151,18 +168,17 @@ class MPPI:
             disc *= gamma
             if "continue" in preds:
                 alive = alive * (preds["continue"] >= 0.5).to(alive.dtype)
-        last = model.pi(state) if hasattr(model, "pi") else act
-        ret = ret + disc * alive * model.value(state, last)
+        ret = ret + disc * alive * model.value(state, model.policy(state))
         return ret.reshape(b, n)  # (B*N,) -> (B, N)
 
     @torch.no_grad()
-    def _policy_sequences(self, model: Any, state: State, p: int) -> Tensor:
+    def _policy_sequences(self, model: PlanningModel, state: State, p: int) -> Tensor:
         """Roll the policy prior out H steps from each env, p times. -> (B, p, H, A)."""
         b = state.batch_size
         s = _repeat(state, p)
         acts = []
         for t in range(self.horizon):
-            act = model.pi(s)
+            act = model.policy(s)
             acts.append(act)
             if t < self.horizon - 1:
                 s = model.transition(s, act)
@@ -191,18 +207,21 @@ class MPPI:
         return mean, std.clamp(self.std_min, self.std_max)
 
     @torch.no_grad()
-    def plan(self, model: Any, state: State, eval_mode: bool = False) -> Tensor:
+    def plan(self, model: PlanningModel, state: State, *, explore: bool) -> Tensor:
         """Plan from `state` (B envs); return the first action (B, A). See the module docs."""
         if not isinstance(state, State):
             raise SpecError(f"state: expected a State, got {type(state).__name__}")
-        for need in ("imagine_step", "value", "action_spec"):
-            if not hasattr(model, need):
-                raise SpecError(f"model: MPPI needs `{need}` (see worldflux.planners.mppi)")
+        if not isinstance(model, PlanningModel):
+            raise SpecError(
+                "model: MPPI needs a PlanningModel (action_spec, discount, imagine_step, "
+                "transition, policy, value; see worldflux.planners.base), "
+                f"got {type(model).__name__}"
+            )
         b, a = state.batch_size, int(model.action_spec.dim)
         self._discrete = bool(model.action_spec.discrete)
         n, k, device = self.samples, self.elites, state.device
         dtype = next(iter(state.tensors.values())).dtype  # plans in the model's dtype
-        p = self.pi_trajs if hasattr(model, "pi") else 0
+        p = self.pi_trajs
         pi_seq = self._policy_sequences(model, state, p) if p > 0 else None
         rep = _repeat(state, n)
         mean = self._initial_mean(b, a, device, dtype)
@@ -216,12 +235,12 @@ class MPPI:
             score = torch.softmax(self.temperature * elite_value, dim=1)  # (B, K)
             mean, std = self._refit(elite, score)
         self._prev, self.last_mean = mean, mean
-        if eval_mode:
+        if not explore:
             choice = score.argmax(1)  # (B,)
         else:
             choice = (score.clamp_min(1e-30).log() + self._gumbel((b, k), score)).argmax(1)
         first = elite[torch.arange(b, device=device), choice, 0]  # (B, A)
-        if not eval_mode and not self._discrete:
+        if explore and not self._discrete:
             first = first + std[:, 0] * self._randn((b, a), std)
         return first.clamp(-1.0, 1.0) if not self._discrete else first
 

@@ -1,75 +1,39 @@
-"""Runs from names: ``RunSpec`` (model, env, overrides) -> a ready `Trainer`; resume from a run dir.
+"""Runs from names: a `RunConfig` -> a ready `Trainer` (`build_trainer`), and a run dir -> the
+same `Trainer` at its latest checkpoint (`resume_trainer`).
 
-A run directory holds ``run.json`` (the spec), ``metrics.jsonl``, ``tb/``, ``checkpoints/`` and
-``videos/``. `resume_trainer(run_dir)` rebuilds everything from ``run.json`` and the latest
-checkpoint, so ``worldflux resume <run dir>`` continues exactly where the run stopped.
+One builder for every way of training: envs in this process, ``collectors=N`` collector
+processes, offline data (``trainer.dataset``: an `OfflineDataset` folder or a saved `Replay`,
+world-model pretraining), each alone or under ``distributed=ctx`` (data-parallel ranks, from
+`worldflux.distributed.ddp.init_distributed`; ``torchrun -m worldflux train ...`` and
+``worldflux train --nproc N`` build through here).
+
+A run directory holds ``run.json`` (the `RunConfig`), ``metrics.jsonl``, ``tb/``,
+``checkpoints/`` and ``videos/``; ``worldflux resume <run dir>`` continues exactly where the run
+stopped (with its collectors, on any world size).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from worldflux.agents import make_agent
-from worldflux.core.exceptions import ConfigError
+from worldflux.agents.io import load_agent, load_run_agent, read_checkpoint  # noqa: F401 - moved
+from worldflux.core.exceptions import ConfigError, WorldFluxError
 from worldflux.training.config import TrainerConfig, check_device
+from worldflux.training.run_config import RUN_FILE, RunConfig, read_run_file, write_run_file
+from worldflux.training.sources import EnvSource, OfflineSource, Source
 from worldflux.training.trainer import Trainer
 
-RUN_FILE = "run.json"
-TRAINER_FIELDS = {f.name for f in dataclasses.fields(TrainerConfig)}
 
-
-@dataclass
-class RunSpec:
-    """Everything that defines a run, stored as ``run.json``."""
-
-    model: str  # "family:preset"
-    env: str  # an id for worldflux.envs.make_env
-    trainer: dict[str, Any] = field(default_factory=dict)  # TrainerConfig fields
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields of the model
-    agent: dict[str, Any] = field(default_factory=dict)  # agent keyword options
-    env_kwargs: dict[str, Any] = field(default_factory=dict)  # make_env keyword options
-
-    def trainer_config(self) -> TrainerConfig:
-        return TrainerConfig.from_dict(self.trainer)
-
-
-def parse_value(text: str) -> Any:
-    """``key=value`` values: JSON when it parses (numbers, true/false, lists), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(model: str, env: str, items: list[str]) -> RunSpec:
-    """Sort ``key=value`` items: trainer fields, ``agent.x``, ``env.x``, else model config."""
-    spec = RunSpec(model=model, env=env)
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override: expected key=value, got {item!r}")
-        value = parse_value(raw)
-        if key in TRAINER_FIELDS:
-            spec.trainer[key] = value
-        elif key.startswith("agent."):
-            spec.agent[key[6:]] = value
-        elif key.startswith("env."):
-            spec.env_kwargs[key[4:]] = value
-        else:
-            spec.model_overrides[key.removeprefix("model.")] = value
-    spec.trainer_config()  # validate early
-    return spec
-
-
-def default_run_dir(spec: RunSpec, root: str | Path = "runs") -> Path:
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
     """``<root>/<model>_<env>_<time stamp>``, with a suffix if two runs start in one second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{spec.model.replace(':', '-')}_{spec.env.replace('/', '-').replace(':', '-')}"
+    env = (config.env_id or "offline").replace("/", "-").replace(":", "-")
+    name = f"{config.model_name.replace(':', '-')}_{env}"
     path, n = Path(root) / f"{name}_{stamp}", 1
     while path.exists():
         n += 1
@@ -96,132 +60,234 @@ def check_new_run_dir(run_dir: str | Path) -> Path:
     return path
 
 
-def env_factory(spec: RunSpec) -> Any:
-    """index -> a fresh env of the run (seeded by the runner / evaluator)."""
+def finished_message(run_dir: str | Path, steps: int | None) -> str | None:
+    """What to say instead of resuming when the run reached its step budget and `steps` does
+    not extend it (None: resume). A `ConfigError` when `steps` is not beyond the latest
+    checkpoint; checked before the run is rebuilt, since resuming rewrites run.json."""
+    from worldflux.training.checkpoint import CheckpointManager
+
+    config = read_run_file(run_dir)
+    latest = CheckpointManager(run_dir).latest()
+    if latest is None:
+        return None  # resuming reports the missing checkpoint
+    done = int(latest.name.removeprefix("step_"))
+    if steps is not None:
+        if steps <= done:
+            raise ConfigError(
+                f"--steps: expected a new total above the {done} env steps {run_dir} has done, "
+                f"got {steps}"
+            )
+        return None
+    total = int(config.trainer.get("steps", TrainerConfig.steps))
+    if done < total:
+        return None
+    return (
+        f"{run_dir} is finished (at env step {done} of {total}); to train on, extend it: "
+        f"worldflux resume {run_dir} --steps {2 * total}"
+    )
+
+
+def env_factory(config: RunConfig) -> Any:
+    """index -> a fresh env of the run (seeded by the source / evaluator)."""
+    if config.env_id is None:
+        raise ConfigError("env: this run has no env (offline data only); pass --env ENV")
     from worldflux.envs import make_env
 
-    def make(_: int) -> Any:
-        return make_env(spec.env, **spec.env_kwargs)
-
-    return make
+    return functools.partial(_make_env, make_env, config.env_id, config.env_options())
 
 
-def make_replay(config: TrainerConfig, obs_space: Any, action_space: Any) -> Any:
-    from worldflux.data.replay import Replay
-
-    return Replay(
-        config.replay_capacity, obs_space, action_space, num_envs=config.num_envs, seed=config.seed
-    )
+def _make_env(make_env: Any, env_id: str, options: dict[str, Any], index: int) -> Any:
+    del index  # every copy is the same env; the source seeds each
+    return make_env(env_id, **options)
 
 
-def build_trainer(spec: RunSpec, run_dir: str | Path) -> Trainer:
-    """A fresh Trainer for `spec`; writes ``run.json`` into `run_dir`.
+def build_trainer(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    collectors: int = 0,
+    distributed: Any = None,
+    **collector_options: Any,
+) -> Trainer:
+    """A fresh `Trainer` for `config`; writes ``run.json`` into `run_dir`.
 
-    Everything is validated (config, device, env options, agent options, model overrides) and
-    built first; `run_dir` is only created once the run is known to start, so a rejected command
-    leaves no directory behind. An existing non-empty `run_dir` is refused (`check_new_run_dir`).
+    `collectors` > 0 steps the envs in that many collector processes (`collector_options` are
+    further `CollectorConfig` fields, e.g. ``start_method``); `distributed` is this rank's
+    `DistContext` for data-parallel training. Everything is validated (config, device, env,
+    agent and model options) and built first, on every rank: a rejected command fails the same
+    way everywhere and leaves no run dir behind; an existing non-empty `run_dir` is refused.
     """
     check_new_run_dir(run_dir)
-    trainer = _build(spec, run_dir)
-    write_spec(spec, run_dir)
+    if collectors:
+        start = str(collector_options.get("start_method", "spawn"))
+        config.collectors = {"num_collectors": collectors, "start_method": start}
+    trainer = _build(config, run_dir, distributed, collector_options)
+    if trainer.sync.is_main:
+        write_run_file(config, run_dir)
     return trainer
 
 
-def write_spec(spec: RunSpec, run_dir: str | Path) -> None:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / RUN_FILE, "w") as f:
-        json.dump(dataclasses.asdict(spec), f, indent=2)
-
-
-def _build(spec: RunSpec, run_dir: str | Path) -> Trainer:
-    config = spec.trainer_config()
-    check_device(config.device)  # before any model is moved there
-    run_dir = Path(run_dir)
-    env_fn = env_factory(spec)
-    probe = env_fn(0)
-    agent = make_agent(
-        spec.model,
-        probe.observation_space,
-        probe.action_space,
-        config.seed,
-        config.device,
-        spec.model_overrides,
-        spec.agent,
-    )
-    replay = make_replay(config, probe.observation_space, probe.action_space)
-    probe.close()
-    return Trainer(agent, env_fn, replay, config, run_dir, dataclasses.asdict(spec))
-
-
-def load_spec(run_dir: str | Path) -> RunSpec:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise ConfigError(f"run_dir: {run_dir} has no {RUN_FILE}; is it a worldflux run directory?")
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if "collectors" in data:
-        raise ConfigError(
-            f"{path} is a collector run: resume it with `worldflux resume {run_dir}` or "
-            "worldflux.distributed.trainer.resume_collector_trainer"
-        )
-    known = {f.name for f in dataclasses.fields(RunSpec)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
-    return RunSpec(**data)
-
-
-def resume_trainer(run_dir: str | Path, **trainer_changes: Any) -> Trainer:
+def resume_trainer(
+    run_dir: str | Path,
+    *,
+    collectors: int | None = None,
+    distributed: Any = None,
+    collector_options: dict[str, Any] | None = None,
+    **trainer_changes: Any,
+) -> Trainer:
     """Rebuild the run in `run_dir` and load its latest checkpoint.
 
-    `trainer_changes` may extend the run (``steps=...``) or change threads/device/progress.
+    `trainer_changes` may extend the run (``steps=...``) or change threads/device/progress. A
+    collector run resumes with the collectors ``run.json`` recorded unless `collectors` (and
+    ``start_method`` in `collector_options`) say otherwise; a single-process run resumes in
+    one process unless `collectors` is given. `distributed`: as for `build_trainer` (any
+    world size that divides the batch).
     """
-    spec = load_spec(run_dir)
-    spec.trainer.update(trainer_changes)
-    trainer = _build(spec, run_dir)
+    config = read_run_file(run_dir)
+    config.trainer.update(trainer_changes)
+    collector_options = dict(collector_options or {})
+    recorded = config.collectors
+    if collectors is None:
+        collectors = int(recorded.get("num_collectors", 0))
+    if collectors and "start_method" in recorded:
+        collector_options.setdefault("start_method", recorded["start_method"])
+    if collectors:
+        start = str(collector_options.get("start_method", "spawn"))
+        config.collectors = {"num_collectors": collectors, "start_method": start}
+    trainer = _build(config, run_dir, distributed, collector_options)
     trainer.restore()
-    write_spec(spec, run_dir)  # the changes, once the checkpoint is known to load
+    if trainer.sync.is_main:
+        write_run_file(config, run_dir)  # the changes, once the checkpoint is known to load
     return trainer
 
 
-def read_checkpoint(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint's path and verified tree, from its directory, a run dir or
-    ``<run>/checkpoints/latest`` (the latter two: the newest intact checkpoint, damaged newer
-    ones skipped with a notice on stderr)."""
-    from worldflux.training.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+def _build(
+    config: RunConfig, run_dir: str | Path, ctx: Any, collector_options: dict[str, Any]
+) -> Trainer:
+    tc = config.trainer_config()
+    check_device(tc.device)  # before any model is moved there
+    sync = None
+    if ctx is not None:
+        if config.collectors and ctx.world_size > 1:  # ranks would count different steps
+            raise ConfigError("collectors: not with data-parallel ranks; use one or the other")
+        tc = _rank_device(tc, ctx)
+        from worldflux.distributed.data_parallel import DataParallel
 
-    path = Path(checkpoint)
-    if path.name == "latest" and path.parent.name == "checkpoints" and not path.exists():
-        path = path.parent.parent  # no such directory: the name stands for the newest one
-    elif not (path / RUN_FILE).is_file():
-        return path, load_checkpoint(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint: run dir {path} does not exist")
-    manager = CheckpointManager(path)
-    if not manager.list():
-        raise CheckpointError(f"checkpoint: run dir {path} has no checkpoints yet")
-    return manager.load_latest()
-
-
-def load_agent(checkpoint: str | Path, device: str = "cpu") -> tuple[Any, RunSpec]:
-    """The agent stored in a checkpoint directory (or a run dir, or ``<run>/checkpoints/latest``:
-    its newest intact checkpoint)."""
-    check_device(device)
-    _, tree = read_checkpoint(checkpoint)
-    spec = RunSpec(**tree["run"])
-    probe = env_factory(spec)(0)
-    agent = make_agent(
-        spec.model,
-        probe.observation_space,
-        probe.action_space,
-        int(spec.trainer.get("seed", 0)),
-        device,
-        spec.model_overrides,
-        spec.agent,
+        sync = DataParallel(ctx)
+    env_fn = env_factory(config) if config.env_id is not None else None
+    data = open_dataset(tc.dataset) if tc.dataset is not None else None
+    probe = env_fn(0) if env_fn is not None else None
+    try:
+        spaces = _spaces(probe, data)
+        agent = make_agent(
+            config.model_name, *spaces, tc.seed, tc.device, config.model_options(), config.agent,
+            native_action_space=getattr(probe, "native_action_space", None),
+        )  # fmt: skip
+        if sync is not None:
+            _split_batch(agent, sync.world_size)
+        _check_envs(agent, probe, tc, bool(config.collectors))
+    finally:
+        if probe is not None:
+            probe.close()
+    seed = tc.seed if sync is None else sync.stream_seed(tc.seed)
+    source = _source(config, tc, (agent, spaces), env_fn, data, seed, collector_options)
+    return Trainer(
+        agent, source, tc, run_dir, sync=sync, eval_env_fn=env_fn, run_info=config.to_dict()
     )
-    probe.close()
-    agent.load_state_dict(tree["agent"])
-    return agent, spec
+
+
+def _rank_device(tc: TrainerConfig, ctx: Any) -> TrainerConfig:
+    import torch
+
+    if ctx.device.type != torch.device(tc.device).type:
+        raise ConfigError(
+            f"device: the process group runs on {ctx.device.type} ({ctx.backend}), but the run "
+            f"asks for device={tc.device!r}; launch with a matching device"
+        )
+    return dataclasses.replace(
+        tc, device=str(ctx.device) if ctx.device.type == "cuda" else tc.device
+    )
+
+
+def open_dataset(path: str) -> Any:
+    """Offline data at `path`: an `OfflineDataset` folder (``meta.json``) or a folder written
+    by `Replay.save` (``replay.json``, e.g. a checkpoint's ``replay/``)."""
+    from worldflux.data.offline import OfflineDataset
+    from worldflux.data.replay import Replay
+
+    try:
+        if (Path(path) / "meta.json").is_file() or not (Path(path) / "replay.json").is_file():
+            return OfflineDataset(path)
+        return Replay.load(path)
+    except WorldFluxError as err:
+        raise ConfigError(f"dataset: cannot open {path!r}: {err}") from err
+
+
+def _spaces(probe: Any, data: Any) -> tuple[Any, Any]:
+    """(observation, action) spaces of the run: the env's, else the saved replay's specs."""
+    if probe is not None:
+        return probe.observation_space, probe.action_space
+    if data is not None and hasattr(data, "obs_spec"):
+        return data.obs_spec, data.action_spec
+    raise ConfigError("env: needed for the observation and action spaces; pass --env ENV")
+
+
+def _split_batch(agent: Any, world_size: int) -> None:
+    """``agent.batch_size`` is the global batch: each rank samples its share."""
+    if agent.batch_size % world_size:
+        raise ConfigError(
+            f"agent.batch_size: the global batch is split over {world_size} ranks, so it "
+            f"must be a multiple of {world_size}; got {agent.batch_size}"
+        )
+    agent.batch_size //= world_size
+
+
+def _check_envs(agent: Any, probe: Any, tc: TrainerConfig, collectors: bool) -> None:
+    """Up front: the agent can act in the run's envs (where it acts in them at all)."""
+    online = tc.dataset is None
+    if probe is None:
+        if online or tc.eval_every > 0:
+            raise ConfigError("env: needed to act and evaluate; pass --env ENV (or eval_every=0)")
+        return
+    if not online and tc.eval_every == 0:
+        return
+    try:
+        agent.check_envs([probe])
+    except ConfigError as err:
+        if online and not collectors:
+            raise ConfigError(f"{err}; or train offline: dataset=<folder>, eval_every=0") from None
+        if online:
+            raise
+        raise ConfigError(f"eval_every: {err}; or set eval_every=0") from None
+
+
+def _source(
+    config: RunConfig,
+    tc: TrainerConfig,
+    built: tuple[Any, tuple[Any, Any]],
+    env_fn: Any,
+    data: Any,
+    seed: int,
+    collector_options: dict[str, Any],
+) -> Source:
+    """The run's data source; `built` is (agent, its observation and action spaces)."""
+    agent, spaces = built
+    if data is not None:
+        return OfflineSource(data, seed)
+    collectors = int(config.collectors.get("num_collectors", 0))
+    if collectors:
+        from worldflux.distributed.collector_source import collector_source
+
+        options = {"seed": seed, **collector_options}
+        return collector_source(config, tc, agent, spaces, collectors, options)
+    replay = make_replay(tc, spaces, tc.num_envs, seed)
+    return EnvSource(env_fn, tc.num_envs, seed, replay)
+
+
+def make_replay(
+    tc: TrainerConfig, spaces: tuple[Any, Any], streams: int, seed: int, **options: Any
+) -> Any:
+    """The run's replay: `streams` streams (one per env copy) of the run's `spaces`."""
+    from worldflux.data.replay import Replay
+
+    return Replay(tc.replay_capacity, *spaces, num_envs=streams, seed=seed, **options)

@@ -1,34 +1,47 @@
 """`EnvRunner`: N environment copies stepped in one process, with episode bookkeeping.
 
-It converts observations to the model's tensors and model actions (one-hot / [-1, 1]) to the
-env's actions, resets finished episodes itself (so the caller sees the reset observation with
-``is_first``), and can snapshot and restore the envs for exact resume.
+Observations keep the env's form (see `worldflux.core.spec`): the runner holds each env's
+latest one as numpy with the spec's dtypes (`obs_to_numpy`, the check at the env boundary) and
+hands the agent the stacked batch (`observe`): a (N, ...) Tensor for a Box space, a dict of
+them for a Dict space. It converts model actions (one-hot / [-1, 1]) to the env's actions,
+resets finished episodes itself (so the caller sees the reset observation with ``is_first``),
+and can snapshot and restore the envs for exact resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from worldflux.core.exceptions import SpecError
-from worldflux.core.spec import SINGLE_KEY, ActionSpec, ObsSpec
+from worldflux.core.spec import SINGLE_KEY, ActionSpec, Obs, ObsSpec, map_obs
 
 EnvFn = Callable[[int], Any]  # index -> a `worldflux.envs.Env` (reset/step return `Step` rows)
+NumpyObs = np.ndarray | dict[str, np.ndarray]  # one observation in the env's form
 
 
-def obs_to_numpy(obs: Any, spec: ObsSpec) -> dict[str, np.ndarray]:
-    """A single env observation as a dict of numpy arrays with the spec's dtypes."""
-    raw = obs if spec.is_dict else {SINGLE_KEY: obs}
+def obs_to_numpy(obs: Any, spec: ObsSpec, arg: str = "env observation") -> NumpyObs:
+    """A single env observation, in its own form, as contiguous numpy with the spec's dtypes
+    (uint8 images, float32 vectors); `SpecError` naming `arg` when the form is not the spec's."""
+    fields = spec.fields_of(obs, arg)
     out = {}
     for key, field in spec.fields.items():
         dtype = np.uint8 if field.is_image else np.float32
         # contiguous: envs may hand out flipped or strided views that torch cannot wrap
-        out[key] = np.ascontiguousarray(raw[key], dtype=dtype)
-    return out
+        out[key] = np.ascontiguousarray(fields[key], dtype=dtype)
+    return spec.from_fields(out)
+
+
+def stack_obs(items: Sequence[NumpyObs], device: torch.device | str = "cpu") -> Obs:
+    """Observations of one form stacked into a batch on `device`: (N, ...) per array."""
+    first = items[0]
+    if isinstance(first, Mapping):
+        return {k: torch.from_numpy(np.stack([o[k] for o in items])).to(device) for k in first}
+    return torch.from_numpy(np.stack(cast(Sequence[np.ndarray], items))).to(device)
 
 
 def random_actions(spec: ActionSpec, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -53,7 +66,7 @@ class EnvRunner:
         self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
         self.num_envs = num_envs
         self.rows: list[tuple[int, Any]] = []
-        self.obs: list[dict[str, np.ndarray]] = []
+        self.obs: list[NumpyObs] = []  # each env's latest observation
         for i, env in enumerate(self.envs):
             row = env.reset(seed=seed + i)
             self.rows.append((i, row))
@@ -75,12 +88,11 @@ class EnvRunner:
         self.ep_return[:] = 0.0
         self.ep_length[:] = 0
 
-    def obs_tensors(self, device: torch.device) -> dict[str, Tensor]:
-        """Current observations stacked: key -> (N, *shape)."""
-        return {
-            k: torch.from_numpy(np.stack([o[k] for o in self.obs])).to(device)
-            for k in self.obs_spec.fields
-        }
+    def observe(self, device: torch.device | str) -> tuple[Obs, Tensor]:
+        """What the agent acts on, on `device`: the current observations stacked in the env's
+        form ((N, ...), or a dict of those) and ``is_first`` (N,) bool."""
+        is_first = torch.from_numpy(self.is_first.copy()).to(device)
+        return stack_obs(self.obs, device), is_first
 
     def step(self, actions: np.ndarray) -> list[tuple[int, float, int]]:
         """Step every env with model-format `actions` (N, A); finished envs are reset.
@@ -116,11 +128,18 @@ class EnvRunner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for env, s in zip(self.envs, state["envs"], strict=True):
             restore_env(env, s)
-        self.obs = [dict(o) for o in state["obs"]]
+        self.obs = [self._saved_obs(o) for o in state["obs"]]
         self.is_first = np.array(state["is_first"], dtype=bool)
         self.ep_return = np.array(state["ep_return"], dtype=np.float64)
         self.ep_length = np.array(state["ep_length"], dtype=np.int64)
         self.rows = []
+
+    def _saved_obs(self, obs: Any) -> NumpyObs:
+        """An observation from `state_dict`. Checkpoints written before observations kept the
+        env's form hold a Box space's array as ``{"obs": array}``: unwrapped here."""
+        if not self.obs_spec.is_dict and isinstance(obs, Mapping) and set(obs) == {SINGLE_KEY}:
+            obs = obs[SINGLE_KEY]
+        return map_obs(np.asarray, obs)
 
     def close(self) -> None:
         for env in self.envs:

@@ -18,6 +18,7 @@ from torch import Tensor
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import SpecError
 from worldflux.core.model import WorldModel
+from worldflux.core.spec import Obs, map_obs
 
 
 def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 15) -> Path:
@@ -56,26 +57,26 @@ def imagine(
     key = key or shown_field(model)
     # Dict specs decode to "obs/<field>", single-field specs to "obs"
     head = f"obs/{key}" if model.obs_spec.is_dict else "obs"
-    obs: dict[str, Tensor] = (
-        dict(batch.obs) if not isinstance(batch.obs, Tensor) else {"obs": batch.obs}
-    )
     T = batch.shape[1]
     if not 1 <= context < T:
         raise SpecError(f"context: expected 1 <= context < T={T}, got {context}")
     if "obs" not in model.heads:
         raise SpecError(f"imagine: {model.family} has no 'obs' decoder head; heads: {model.heads}")
-    first = {k: v[:1, 0] for k, v in obs.items()}  # (1, *shape)
-    state = model.encode(first if model.obs_spec.is_dict else first["obs"])
+    state = model.encode(_obs_at(batch.obs, 0))
     for t in range(1, context):
-        o = {k: v[:1, t] for k, v in obs.items()}
-        state = model.update(state, batch.action[:1, t], o if model.obs_spec.is_dict else o["obs"])
+        state = model.update(state, batch.action[:1, t], _obs_at(batch.obs, t))
     actions = batch.action[:1, context:]  # (1, T - context, A): actions leading to o_context..
     traj = model.rollout(state, actions=actions)
     preds = []
     for t in range(1, traj.horizon + 1):
         preds.append(model.decode(traj.state_at(t), ["obs"])[head])
-    real = {k: v[0] for k, v in obs.items()}
+    real = {k: v[0] for k, v in model.obs_spec.fields_of(batch.obs, "batch.obs").items()}
     return real, torch.cat(preds, 0)
+
+
+def _obs_at(obs: Obs, t: int) -> Obs:
+    """Step `t` of sequence 0: (B, T, ...) -> (1, ...), in the observation's own form."""
+    return map_obs(lambda v: v[:1, t], obs)
 
 
 def _to_uint8_image(x: Tensor, channels_last: bool) -> np.ndarray:

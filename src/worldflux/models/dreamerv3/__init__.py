@@ -2,6 +2,6 @@
 
 from worldflux.models.dreamerv3.actor_critic import DreamerV3ActorCritic
 from worldflux.models.dreamerv3.config import PRESETS, DreamerV3Config
-from worldflux.models.dreamerv3.model import DreamerV3, DreamerV3Optimizers
+from worldflux.models.dreamerv3.model import DreamerV3
 
-__all__ = ["PRESETS", "DreamerV3", "DreamerV3ActorCritic", "DreamerV3Config", "DreamerV3Optimizers"]
+__all__ = ["PRESETS", "DreamerV3", "DreamerV3ActorCritic", "DreamerV3Config"]

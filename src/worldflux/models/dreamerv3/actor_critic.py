@@ -14,8 +14,9 @@ back-propagated with ``backward(inputs=...)`` restricted to the actor's and crit
 so no gradient ever reaches the world model (tested).
 
 Use: ``ac = model.actor_critic``; ``ac.imagine_loss(model, start)`` -> (actor_loss, critic_loss,
-metrics) or ``ac.train_step(model, start, actor_opt, critic_opt)`` -> metrics, where ``start``
-is a State of N posterior states; ``ac.act(features, sample)`` -> actions (N, A).
+metrics), where ``start`` is a State of N posterior states, then ``ac.update_slow_critic()``
+after the steps (`worldflux.agents.dreamer.actor_critic_step` does both, with the optimisers);
+``ac.act(features, sample)`` -> actions (N, A).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldflux.core.gradsync import sync_gradients
 from worldflux.core.spec import ActionSpec
 from worldflux.core.state import State
 from worldflux.models.dreamerv3.config import DreamerV3Config
@@ -273,34 +273,6 @@ class DreamerV3ActorCritic(nn.Module):
             slow = self.slow_critic.mean(self.slow_critic(feat))
         loss = self.critic.loss(logits, ret) + cfg.slow_critic_reg * self.critic.loss(logits, slow)
         return ((~replay.is_last[:, :-1]).to(dt) * loss).mean()
-
-    def train_step(
-        self,
-        wm: DreamerV3,
-        start: State,
-        actor_opt: torch.optim.Optimizer,
-        critic_opt: torch.optim.Optimizer,
-        replay: ReplayContext | None = None,
-    ) -> dict[str, Tensor]:
-        """One actor and one critic update (grad-clipped), then the slow-critic EMA."""
-        actor_loss, critic_loss, metrics = self.imagine_loss(wm, start, replay)
-        pairs = (
-            ("actor", actor_loss, self.actor, actor_opt),
-            ("critic", critic_loss, self.critic, critic_opt),
-        )
-        for name, loss, module, opt in pairs:
-            params = list(module.parameters())
-            opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=params)
-            sync_gradients(params)  # rank-mean under data-parallel training
-            clip = self.cfg.ac_grad_clip if self.cfg.optimizer == "adam" else math.inf
-            norm = nn.utils.clip_grad_norm_(params, clip)  # LaProp clips per tensor (AGC)
-            metrics[f"ac/{name}_grad_norm"] = norm.detach()
-            opt.step()
-        self.update_slow_critic()
-        metrics["ac/actor_loss"] = actor_loss.detach()
-        metrics["ac/critic_loss"] = critic_loss.detach()
-        return metrics
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:

@@ -9,14 +9,14 @@ State keys (tensors batch-first):
 - `initial_state`: zeros for ``deter``/``stoch`` and uniform ``prior_logits``.
 
 `loss(batch)` is the world-model loss only. The actor-critic lives in ``model.actor_critic``
-(`DreamerV3ActorCritic`); `train_step` runs both updates, `policy` acts.
+(`DreamerV3ActorCritic`, whose `imagine_loss` gives the actor and critic losses); `policy` acts.
+The optimisers and the update are `worldflux.agents.dreamer.DreamerAgent`'s.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,29 +24,18 @@ from torch import Tensor, nn
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import StateError
-from worldflux.core.gradsync import sync_gradients
 from worldflux.core.model import Metrics, Policy, WorldModel
 from worldflux.core.spec import ActionSpec, Obs, ObsSpec
 from worldflux.core.state import State
 from worldflux.core.trajectory import Trajectory
-from worldflux.models.dreamerv3.actor_critic import DreamerV3ActorCritic, ReplayContext
+from worldflux.models.dreamerv3.actor_critic import DreamerV3ActorCritic
 from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.networks import BinaryHead, Decoder, Encoder, TwoHotHead
-from worldflux.models.dreamerv3.optim import LaProp
 from worldflux.models.dreamerv3.rssm import RSSM
 from worldflux.nn.blocks import set_norm_eps_
 
 _CARRY_KEYS = ("deter", "stoch")  # what filtering and imagination read
 _PRIOR_KEYS = ("deter", "stoch", "prior_logits")  # what every rollout State holds
-
-
-@dataclass
-class DreamerV3Optimizers:
-    """One optimiser per learner (paper v1: Adam, separate rates for model and actor-critic)."""
-
-    wm: torch.optim.Optimizer
-    actor: torch.optim.Optimizer
-    critic: torch.optim.Optimizer
 
 
 class DreamerV3(WorldModel):
@@ -196,41 +185,6 @@ class DreamerV3(WorldModel):
     def world_model_parameters(self) -> list[nn.Parameter]:
         """Every parameter except the actor-critic's."""
         return [p for n, p in self.named_parameters() if not n.startswith("actor_critic.")]
-
-    def make_optimizers(self) -> DreamerV3Optimizers:
-        """One optimiser each for world model, actor and critic: Adam with the paper's rates,
-        or LaProp + AGC with the current code's settings (``config.optimizer``)."""
-        cfg, ac = self.config, self.actor_critic
-        groups = (self.world_model_parameters(), ac.actor.parameters(), ac.critic.parameters())
-        if cfg.optimizer == "laprop":
-            kw = dict(lr=cfg.laprop_lr, eps=cfg.laprop_eps, agc=cfg.agc, warmup=cfg.warmup)
-            return DreamerV3Optimizers(*(LaProp(g, **kw) for g in groups))
-        rates = ((cfg.wm_lr, cfg.wm_eps), (cfg.ac_lr, cfg.ac_eps), (cfg.ac_lr, cfg.ac_eps))
-        opts = (
-            torch.optim.Adam(g, lr, eps=eps) for g, (lr, eps) in zip(groups, rates, strict=True)
-        )
-        return DreamerV3Optimizers(*opts)
-
-    def train_step(self, batch: Batch, opt: DreamerV3Optimizers) -> Metrics:
-        """World-model update on `batch`, then an actor-critic update imagined from all B*T
-        posterior states (detached). Returns detached metrics."""
-        loss, metrics, post = self.world_model_loss(batch)
-        opt.wm.zero_grad(set_to_none=True)
-        loss.backward()
-        wm_params = self.world_model_parameters()
-        sync_gradients(wm_params)  # rank-mean under data-parallel training
-        clip = self.config.wm_grad_clip if self.config.optimizer == "adam" else math.inf
-        norm = nn.utils.clip_grad_norm_(wm_params, clip)
-        opt.wm.step()
-        metrics["wm/grad_norm"] = norm.detach()
-        start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)
-        replay = None
-        if self.config.repval_scale > 0:
-            feat = self.features(post).detach()  # (B, T, F)
-            replay = ReplayContext(feat, batch.reward, batch.is_terminal, batch.is_last)
-        ac = self.actor_critic.train_step(self, start, opt.actor, opt.critic, replay)
-        metrics.update(ac)
-        return metrics
 
     def policy(self, state: State, sample: bool = True) -> Tensor:
         """Action (B, A) for the environment from the actor reading `features(state)`."""

@@ -1,6 +1,18 @@
 """TD-MPC2: an implicit (decoder-free) world model with a Q ensemble and a policy prior.
 
-Contract mapping (see `worldflux.core.model.WorldModel`):
+The class has two layers:
+
+1. **Latent maths** (tensors in, tensors out), one method per component of the paper and of the
+   official ``world_model.py``: `embed` (encode), `next_latent` (next), `reward_logits`
+   (reward), `termination_logit` (termination), `pi`, `q_logits` / `q` (Q), plus `to_scalar`
+   (two-hot logits -> value) and `update_target` (the target-Q EMA). The losses built from
+   them are in `worldflux.models.tdmpc2.losses`; the optimisers and the update in
+   `worldflux.agents.tdmpc2.TDMPC2Agent`.
+2. **State adapter**: the `WorldModel` contract on `State`s (see `worldflux.core.model`) and the
+   two extra methods MPPI needs (`worldflux.planners.base.PlanningModel`: `policy`, `value`),
+   each a validated call of the latent maths.
+
+Contract mapping:
 
 - State: one tensor, ``latent`` (B, latent_dim), the SimNorm embedding (groups of 8 sum to 1).
 - TD-MPC2 is NOT recurrent: `update(state, action, obs)` ignores `state` and `action` (they are
@@ -9,18 +21,13 @@ Contract mapping (see `worldflux.core.model.WorldModel`):
   when given, else at the policy's deterministic action (its ``action`` head). `imagine_step`
   is overridden so `rollout` rewards are r(z_t, a_t), the reward of the transition taken.
 - ``continue`` is 1 - P(terminated | z) for episodic configs, and 1 otherwise.
-- `loss(batch)` is the world-model loss; the policy loss is `policy_loss(latents)` and
-  `train_step(batch)` does one full official update (model, policy, target EMA). See
-  `worldflux.models.tdmpc2.training`.
-
-Planner protocol (used by `worldflux.planners.MPPI`): `pi(state)`, `value(state, action)`,
-`reward(state, action)`, `imagine_step`, `discount`.
+- `loss(batch)` is the world-model loss.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +38,7 @@ from worldflux.core.exceptions import SpecError, StateError
 from worldflux.core.model import Metrics, WorldModel
 from worldflux.core.spec import ActionSpec, Obs, ObsSpec, same_device
 from worldflux.core.state import State
-from worldflux.models.tdmpc2 import training
+from worldflux.models.tdmpc2 import losses
 from worldflux.models.tdmpc2.config import TDMPC2Config
 from worldflux.models.tdmpc2.networks import (
     Encoder,
@@ -45,7 +52,8 @@ from worldflux.models.tdmpc2.networks import (
 from worldflux.nn.ensemble import EnsembleMLP
 from worldflux.nn.functional import symexp, two_hot_mean
 
-_REDUCE = ("avg", "min", "all", "mean")
+QReduce = Literal["min_of_two_random", "mean_of_two_random", "mean_of_all", "per_member"]
+Q_REDUCE: tuple[str, ...] = get_args(QReduce)
 
 
 class TDMPC2(WorldModel):
@@ -77,73 +85,84 @@ class TDMPC2(WorldModel):
         self.scale = RunningScale(c.tau)
         self.register_buffer("bins", torch.linspace(c.vmin, c.vmax, c.num_bins), persistent=False)
         self.discount = c.discount
-        self._optims: Any = None
 
-    # --- latent-level components (tensors in, tensors out) -------------------------------------
+    # --- latent maths (tensors in, tensors out) ------------------------------------------------
 
-    def target_q_params(self) -> list[Tensor]:
-        return [getattr(self, f"target_q{i}") for i in range(len(self.qs.param_list()))]
+    def embed(self, obs: dict[str, Tensor], batch_dims: int = 1) -> Tensor:
+        """Checked obs dict (see `check_obs`) with `batch_dims` leading dims -> z (*lead, L)."""
+        first = next(iter(obs.values()))
+        lead = first.shape[:batch_dims]
+        flat = {k: v.reshape(-1, *v.shape[batch_dims:]) for k, v in obs.items()}  # (N, ...)
+        return self.encoder(flat).reshape(*lead, -1)  # (N, L) -> (*lead, L)
 
     def next_latent(self, z: Tensor, a: Tensor) -> Tensor:
-        """(..., L), (..., A) -> (..., L)."""
+        """Latent dynamics. (..., L), (..., A) -> (..., L)."""
         return self.dynamics(torch.cat([z, a], -1))
 
     def reward_logits(self, z: Tensor, a: Tensor) -> Tensor:
-        """(..., L), (..., A) -> (..., K) two-hot logits of symlog reward."""
+        """(..., L), (..., A) -> (..., K) two-hot logits of symlog reward (see `to_scalar`)."""
         return self.reward_net(torch.cat([z, a], -1))
 
-    def to_scalar(self, logits: Tensor) -> Tensor:
-        """Two-hot logits (..., K) -> value (...) in real space."""
-        return symexp(two_hot_mean(logits, self.bins))
+    def termination_logit(self, z: Tensor) -> Tensor | None:
+        """(..., L) -> (...) logit of termination, or None for non-episodic configs."""
+        return None if self.termination_net is None else self.termination_net(z).squeeze(-1)
 
-    def q_logits(self, z: Tensor, a: Tensor, members: Tensor | None = None,
-                 params: Sequence[Tensor] | None = None) -> Tensor:  # fmt: skip
-        """(..., L), (..., A) -> (E, ..., K) logits of every (or the chosen) Q member."""
-        return self.qs(torch.cat([z, a], -1), params=params, members=members)
+    def pi(self, z: Tensor, sample: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Policy prior. (..., L) -> action (..., A), a sample or (not `sample`) the mean, and
+        info (mean, entropy, scaled_entropy, ...). Discrete actions carry a straight-through
+        gradient."""
+        out = self.pi_net(z)
+        if self.discrete:
+            return categorical(out, sample)
+        return squashed_gaussian(out, self.config.log_std_min, self.config.log_std_max, sample)
 
-    def q_values(self, z: Tensor, a: Tensor, reduce: str = "avg", target: bool = False,
-                 detach: bool = False, dropout: bool | None = None) -> Tensor:  # fmt: skip
-        """Q(z, a) -> (...). 'avg'/'min' of 2 random members, 'mean' of all, 'all' (E, ...).
+    def q_logits(self, z: Tensor, a: Tensor) -> Tensor:
+        """(..., L), (..., A) -> (E, ..., K) two-hot logits of every Q member (the value loss)."""
+        return self.qs(torch.cat([z, a], -1))
 
-        `target` uses the EMA weights (never dropout); `detach` uses the live weights cut from
-        autograd (no gradient reaches the Q parameters, the gradient w.r.t. z and a still
-        flows); `dropout` overrides the module's train/eval mode for the first-layer dropout.
+    def q(self, z: Tensor, a: Tensor, *, reduce: QReduce, target: bool = False,
+          detach: bool = False, dropout: bool | None = None) -> Tensor:  # fmt: skip
+        """Q(z, a) as values. (..., L), (..., A) -> (...), or (E, ...) for ``per_member``.
+
+        `reduce`: ``min_of_two_random`` / ``mean_of_two_random`` of two members drawn at random
+        (both when num_q == 2; official 'min' / 'avg'), ``mean_of_all`` members, or
+        ``per_member`` (no reduction). `target` uses the EMA weights (never dropout); `detach`
+        uses the live weights cut from autograd (no gradient reaches the Q parameters, the
+        gradient w.r.t. z and a still flows); `dropout` overrides the module's train/eval mode
+        for the first-layer dropout.
         """
-        if reduce not in _REDUCE:
-            raise SpecError(f"reduce: expected one of {_REDUCE}, got {reduce!r}")
+        if reduce not in Q_REDUCE:
+            raise SpecError(f"reduce: expected one of {Q_REDUCE}, got {reduce!r}")
         params: Sequence[Tensor] | None = None
         if target:
             params = self.target_q_params()
         elif detach:
             params = [p.detach() for p in self.qs.param_list()]
         members = None
-        if reduce in ("avg", "min") and self.config.num_q > 2:  # with 2 members: both
+        two = reduce in ("min_of_two_random", "mean_of_two_random")
+        if two and self.config.num_q > 2:  # with 2 members: both
             members = torch.randperm(self.config.num_q, device=z.device)[:2]
         training = False if target else dropout
         q = self.to_scalar(self.qs(torch.cat([z, a], -1), params, members, training))
-        if reduce == "avg" or reduce == "mean":
-            return q.mean(0)
-        return q.min(0).values if reduce == "min" else q
+        if reduce == "min_of_two_random":
+            return q.min(0).values
+        return q if reduce == "per_member" else q.mean(0)
 
-    def policy(self, z: Tensor, eval_mode: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        """(..., L) -> action (..., A) and info (mean, entropy, scaled_entropy, ...)."""
-        out = self.pi_net(z)
-        if self.discrete:
-            return categorical(out, eval_mode)
-        return squashed_gaussian(out, self.config.log_std_min, self.config.log_std_max, eval_mode)
+    def to_scalar(self, logits: Tensor) -> Tensor:
+        """Two-hot logits (..., K) -> value (...) in real space."""
+        return symexp(two_hot_mean(logits, self.bins))
 
-    def termination_logit(self, z: Tensor) -> Tensor | None:
-        """(..., L) -> (...) logit of termination, or None for non-episodic configs."""
-        return None if self.termination_net is None else self.termination_net(z).squeeze(-1)
+    def target_q_params(self) -> list[Tensor]:
+        """The EMA copies of the Q ensemble's parameters (buffers ``target_q*``)."""
+        return [getattr(self, f"target_q{i}") for i in range(len(self.qs.param_list()))]
 
-    def encode_obs(self, obs: dict[str, Tensor], batch_dims: int) -> Tensor:
-        """Obs dict with `batch_dims` leading dims -> latents (*lead, L)."""
-        first = next(iter(obs.values()))
-        lead = first.shape[:batch_dims]
-        flat = {k: v.reshape(-1, *v.shape[batch_dims:]) for k, v in obs.items()}  # (N, ...)
-        return self.encoder(flat).reshape(*lead, -1)  # (N, L) -> (*lead, L)
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """Target-Q EMA: target <- target + tau * (online - target)."""
+        online = [p.detach() for p in self.qs.param_list()]
+        torch._foreach_lerp_(self.target_q_params(), online, self.config.tau)
 
-    # --- the contract -------------------------------------------------------------------------
+    # --- State adapter: the WorldModel contract and the PlanningModel methods ------------------
 
     def _latent(self, state: State, arg: str = "state") -> Tensor:
         if not isinstance(state, State):
@@ -178,14 +197,14 @@ class TDMPC2(WorldModel):
 
     def encode(self, obs: Obs) -> State:
         """obs (B, ...) -> State latent (B, L)."""
-        return State({"latent": self.encode_obs(self.check_obs(obs), 1)})
+        return State({"latent": self.embed(self.check_obs(obs))})
 
     def update(self, state: State, action: Tensor, obs: Obs) -> State:
         """Not recurrent: re-encodes `obs`; `state` and `action` are only validated (batch
         sizes must agree)."""
         z = self._latent(state)
         self._action(action, z)
-        return State({"latent": self.encode_obs(self.check_obs(obs, z.shape[0]), 1)})
+        return State({"latent": self.embed(self.check_obs(obs, z.shape[0]))})
 
     def transition(self, state: State, action: Tensor) -> State:
         """Latent dynamics: z' = d(z, a). -> latent (B, L)."""
@@ -207,7 +226,7 @@ class TDMPC2(WorldModel):
         out: dict[str, Tensor] = {}
         mean = None
         if action is None or "action" in wanted:
-            mean = self.policy(z, eval_mode=True)[1]["mean"]  # deterministic policy action
+            mean = self.pi(z, sample=False)[1]["mean"]  # deterministic policy action
         a = mean if action is None else self._action(action, z)
         assert a is not None
         if "action" in wanted and mean is not None:
@@ -215,7 +234,7 @@ class TDMPC2(WorldModel):
         if "reward" in wanted:
             out["reward"] = self.to_scalar(self.reward_logits(z, a))
         if "q" in wanted:
-            out["q"] = self.q_values(z, a, reduce="mean", dropout=False)  # deterministic
+            out["q"] = self.q(z, a, reduce="mean_of_all", dropout=False)  # deterministic
         if "continue" in wanted:
             out["continue"] = self._continue(z)
         return out
@@ -233,56 +252,26 @@ class TDMPC2(WorldModel):
         preds = {"reward": self.to_scalar(self.reward_net(za)), "continue": self._continue(nz)}
         return State({"latent": nz}), preds
 
-    # --- planner protocol ---------------------------------------------------------------------
-
-    def pi(self, state: State, eval_mode: bool = False) -> Tensor:
-        """Policy-prior action (B, A): a sample, or the mean when `eval_mode`."""
+    def policy(self, state: State, sample: bool = True) -> Tensor:
+        """Policy-prior action (B, A): a sample, or the mean. Discrete: exact one-hots."""
         z = self._latent(state)
-        action, info = self.policy(z, eval_mode)
-        if eval_mode:
+        action, info = self.pi(z, sample)
+        if not sample:
             return info["mean"]
         if self.discrete:  # exact one-hot, without the straight-through term
             return F.one_hot(action.argmax(-1), self.action_spec.dim).to(action.dtype)
         return action
 
-    def q(self, state: State, action: Tensor, reduce: str = "avg", target: bool = False) -> Tensor:
-        """Q(z, a): (B,), or (E, B) for reduce='all'. See `q_values`."""
-        z = self._latent(state)
-        return self.q_values(z, self._action(action, z), reduce, target)
-
     def value(self, state: State, action: Tensor) -> Tensor:
-        """Planning value: average of 2 random Qs (the official 'avg'), no dropout. -> (B,)."""
+        """Planning value: Q ``mean_of_two_random`` (the official 'avg'), no dropout. -> (B,)."""
         z = self._latent(state)
-        return self.q_values(z, self._action(action, z), "avg", dropout=False)
-
-    def reward(self, state: State, action: Tensor) -> Tensor:
-        """Predicted reward of taking `action` in `state`. -> (B,)."""
-        z = self._latent(state)
-        return self.to_scalar(self.reward_logits(z, self._action(action, z)))
-
-    # --- training -----------------------------------------------------------------------------
+        return self.q(z, self._action(action, z), reduce="mean_of_two_random", dropout=False)
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         """World-model loss (consistency, reward, value, termination) on a (B, H+1) window."""
-        total, metrics, _ = training.world_model_loss(self, batch)
+        total, metrics, _ = losses.world_model_loss(self, batch)
         out: Metrics = {**metrics}
         return total, out
-
-    def policy_loss(self, latents: Tensor) -> tuple[Tensor, Metrics]:
-        """Policy-prior loss on latents (H+1, B, L); Q is frozen. Updates the running scale."""
-        loss, metrics = training.policy_loss(self, latents)
-        out: Metrics = {**metrics}
-        return loss, out
-
-    def train_step(self, batch: Batch) -> dict[str, Tensor]:
-        """One official update: model step, policy step, target-Q EMA. Tensor metrics, no sync."""
-        return training.train_step(self, batch)
-
-    def soft_update_targets(self) -> None:
-        """target <- target + tau * (online - target)."""
-        with torch.no_grad():
-            online = [p.detach() for p in self.qs.param_list()]
-            torch._foreach_lerp_(self.target_q_params(), online, self.config.tau)
 
     def extra_repr(self) -> str:
         return f"discount={self.discount:.4f}, discrete={self.discrete}"

@@ -163,15 +163,16 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
-def squashed_gaussian(out: Tensor, log_std_min: float, log_std_max: float, eval_mode: bool):
-    """Tanh-squashed Gaussian from (..., 2A) net output -> (action (..., A), info).
+def squashed_gaussian(out: Tensor, log_std_min: float, log_std_max: float, sample: bool):
+    """Tanh-squashed Gaussian from (..., 2A) net output -> (action (..., A), info); the action
+    is a sample, or the mean (no noise drawn) when not `sample`.
 
     info: ``mean`` (tanh of the mean), ``log_std``, ``entropy`` (-log pi) and ``scaled_entropy``
     (the official rescaling: the entropy term weighted by the action dimension).
     """
     mu, raw = out.chunk(2, dim=-1)
     log_std = log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(raw) + 1)
-    eps = torch.zeros_like(mu) if eval_mode else torch.randn_like(mu)
+    eps = torch.randn_like(mu) if sample else torch.zeros_like(mu)
     log_prob = (-0.5 * eps.pow(2) - log_std - _LOG_SQRT_2PI).sum(-1, keepdim=True)  # (..., 1)
     scaled_log_prob = log_prob * mu.shape[-1]
     action = torch.tanh(mu + eps * log_std.exp())
@@ -186,15 +187,16 @@ def squashed_gaussian(out: Tensor, log_std_min: float, log_std_max: float, eval_
     return action, info
 
 
-def categorical(logits: Tensor, eval_mode: bool):
+def categorical(logits: Tensor, sample: bool):
     """Categorical policy over A choices -> (one-hot action (..., A), info).
 
-    Samples by Gumbel-max; the action carries a straight-through gradient (one-hot forward,
-    softmax backward). ``scaled_entropy`` is the entropy times A, mirroring the continuous case.
+    Samples by Gumbel-max (the argmax when not `sample`); the action carries a straight-through
+    gradient (one-hot forward, softmax backward). ``scaled_entropy`` is the entropy times A,
+    mirroring the continuous case.
     """
     log_p = F.log_softmax(logits, dim=-1)
     probs = log_p.exp()
-    noisy = logits if eval_mode else logits - torch.empty_like(logits).exponential_().log()
+    noisy = logits - torch.empty_like(logits).exponential_().log() if sample else logits
     hard = F.one_hot(noisy.argmax(-1), logits.shape[-1]).to(logits.dtype)
     action = hard + probs - probs.detach()
     entropy = -(probs * log_p).sum(-1, keepdim=True)  # (..., 1)

@@ -1,5 +1,6 @@
-"""TD-MPC2 losses and the full update step (nicklashansen/tdmpc2 ``tdmpc2.py``: ``_update``,
-``update_pi``, ``_td_target``).
+"""TD-MPC2 losses (nicklashansen/tdmpc2 ``tdmpc2.py``: the loss parts of ``_update``,
+``update_pi``, ``_td_target``). The optimisers, clipping, NaN/Inf guard and target EMA that turn
+them into one update live in `worldflux.agents.tdmpc2.TDMPC2Agent.update`.
 
 Batch mapping: a `Batch` window of T = horizon + 1 rows. Row 0 gives the start observation;
 rows 1..H give, for transition t (row t -> row t+1), the action a_t = ``action[:, t+1]``, the
@@ -19,7 +20,6 @@ from torch import Tensor
 
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import SpecError
-from worldflux.core.gradsync import sync_gradients
 from worldflux.nn.functional import soft_cross_entropy, symlog, two_hot
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ def _split_batch(model: TDMPC2, batch: Batch):
 @torch.no_grad()
 def td_target(model: TDMPC2, next_z: Tensor, reward: Tensor, term: Tensor) -> Tensor:
     """r + discount * (1 - terminal) * min of 2 random target Qs at (z', pi(z')). (H, B)."""
-    action, _ = model.policy(next_z)
-    q = model.q_values(next_z, action, reduce="min", target=True)
+    action, _ = model.pi(next_z)
+    q = model.q(next_z, action, reduce="min_of_two_random", target=True)
     return reward + model.discount * (1.0 - term) * q
 
 
@@ -57,10 +57,10 @@ def world_model_loss(model: TDMPC2, batch: Batch) -> tuple[Tensor, dict[str, Ten
     obs, action, reward, term, valid = _split_batch(model, batch)
     h, b = reward.shape
     with torch.no_grad():
-        next_z = model.encode_obs({k: v[:, 1:] for k, v in obs.items()}, 2)  # (B, H, L)
+        next_z = model.embed({k: v[:, 1:] for k, v in obs.items()}, 2)  # (B, H, L)
         next_z = next_z.transpose(0, 1)  # (B, H, L) -> (H, B, L)
         targets = td_target(model, next_z, reward, term)  # (H, B)
-    z = model.encode_obs({k: v[:, 0] for k, v in obs.items()}, 1)  # (B, L)
+    z = model.embed({k: v[:, 0] for k, v in obs.items()})  # (B, L)
     zs = [z]
     for t in range(h):
         z = model.next_latent(z, action[t])
@@ -109,8 +109,8 @@ def policy_loss(model: TDMPC2, latents: Tensor) -> tuple[Tensor, dict[str, Tenso
     """Maximise scaled Q + entropy over latents (H+1, B, L), Q frozen (detached weights)."""
     c = model.config
     zs = latents.detach()
-    action, info = model.policy(zs)
-    qs = model.q_values(zs, action, reduce="avg", detach=True)  # (H+1, B)
+    action, info = model.pi(zs)
+    qs = model.q(zs, action, reduce="mean_of_two_random", detach=True)  # (H+1, B)
     model.scale.update(qs[0][:, None])
     qs = model.scale(qs)
     rho = c.rho ** torch.arange(zs.shape[0], device=zs.device, dtype=zs.dtype)
@@ -123,49 +123,3 @@ def policy_loss(model: TDMPC2, latents: Tensor) -> tuple[Tensor, dict[str, Tenso
         "pi_scale": model.scale.value[0].detach().clone(),
     }
     return loss, metrics
-
-
-def make_optimizers(model: TDMPC2) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam (lr, encoder lr * enc_lr_scale) for the model; Adam (lr, eps) for the policy."""
-    c = model.config
-    groups = [
-        {"params": list(model.encoder.parameters()), "lr": c.lr * c.enc_lr_scale},
-        {"params": list(model.dynamics.parameters())},
-        {"params": list(model.reward_net.parameters())},
-        {"params": list(model.qs.parameters())},
-    ]
-    if model.termination_net is not None:
-        groups.append({"params": list(model.termination_net.parameters())})
-    # the fused Adam kernel (same update rule) is ~5x faster than the per-tensor loop on CPU
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-    optim = torch.optim.Adam(groups, lr=c.lr, fused=fused)
-    pi_optim = torch.optim.Adam(model.pi_net.parameters(), lr=c.lr, eps=c.pi_eps, fused=fused)
-    return optim, pi_optim
-
-
-def train_step(model: TDMPC2, batch: Batch) -> dict[str, Tensor]:
-    """Model step, policy step, target EMA. Optimisers are created on the first call."""
-    if model._optims is None:
-        model._optims = make_optimizers(model)
-    optim, pi_optim = model._optims
-    was_training = model.training
-    model.train()
-    total, metrics, latents = world_model_loss(model, batch)
-    total.backward()
-    wm_params = [p for g in optim.param_groups for p in g["params"]]
-    sync_gradients(wm_params)  # rank-mean under data-parallel training
-    metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(wm_params, model.config.grad_clip_norm)
-    optim.step()
-    optim.zero_grad(set_to_none=True)
-    pi_loss, pi_metrics = policy_loss(model, latents)
-    pi_loss.backward()
-    pi_params = list(model.pi_net.parameters())
-    sync_gradients(pi_params)
-    pi_metrics["pi_grad_norm"] = torch.nn.utils.clip_grad_norm_(
-        pi_params, model.config.grad_clip_norm
-    )
-    pi_optim.step()
-    pi_optim.zero_grad(set_to_none=True)
-    model.soft_update_targets()
-    model.train(was_training)
-    return {**metrics, **pi_metrics}

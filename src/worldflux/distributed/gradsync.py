@@ -1,16 +1,17 @@
 """The point between backward and clipping where data-parallel training averages gradients.
 
-Every update in worldflux calls `sync_gradients(params)` right after its ``backward``: the
-agents' guarded steps, DreamerV3's world-model and actor-critic steps, TD-MPC2's model and
-policy steps. In a single process nothing is installed and the call returns False at once.
-A data-parallel learner installs an all-reduce with `gradient_sync`
-(`worldflux.distributed.ddp.GradientAllReduce`), so gradient clipping, the NaN/Inf check and
-the optimizer step all see the rank-mean gradient, as under DDP, for update code that does not
-run through a module's ``forward``.
+Every update in worldflux calls `sync_gradients(params)` right after its ``backward`` (the
+agents' guarded steps, DreamerV3's world-model and actor-critic steps, TD-MPC2's steps). In a
+single process nothing is installed and the call returns False at once. The data-parallel sync
+strategy (`worldflux.distributed.data_parallel.DataParallel`) installs its all-reduce with
+`gradient_sync` while it trains, so clipping, the NaN/Inf check and the optimizer step all see
+the rank-mean gradient. This is the only gradient-sync mechanism in worldflux.
 
 ``poisoned=True`` says this rank's loss was not finite and it did not call backward; the
 synchroniser must still take part (the other ranks are waiting in the collective) and must
 leave non-finite gradients on every rank, so every rank skips the step together.
+
+This module imports nothing but torch's types: models and agents import it at no cost.
 """
 
 from __future__ import annotations

@@ -1,0 +1,161 @@
+"""`save_pretrained` / `load_pretrained`: a world model as a directory anyone can load.
+
+The directory holds two files:
+
+- ``model.safetensors``: the model's ``state_dict()`` (weights and persistent buffers);
+- ``config.json``: ``{"format": "worldflux-model", "version": 1, "config": {"family", "fields"},
+  "obs_spec", "action_spec", "dtype", "weights": {"file", "xxh3_64"}}``, everything needed to
+  rebuild the model without its preset name or an environment.
+
+Nothing is unpickled: the weights are parsed by safetensors, the rest is JSON, and the weights'
+checksum is checked before they are parsed. Any problem (a missing or damaged file, a foreign
+config, weights that do not fit) is one `ConfigError` naming the file. The methods users call
+are `WorldModel.save_pretrained(dir)` and `WorldModel.from_pretrained(dir)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
+
+from worldflux.core.exceptions import ConfigError, SpecError
+from worldflux.core.model import WorldModel
+from worldflux.core.spec import ActionSpec, ObsSpec
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "worldflux-model"
+VERSION = 1
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+           "float64": torch.float64}  # fmt: skip
+
+
+def save_pretrained(model: WorldModel, path: str | os.PathLike[str]) -> Path:
+    """Write `model` into the directory `path` (created if needed; files of an earlier save
+    there are replaced, other files left alone). -> the directory."""
+    from worldflux.core.registry import config_to_json
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"path: {folder} is a file; expected a directory to save the model in")
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    data = safetensors_bytes(weights)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config_to_json(model.config),
+        "obs_spec": model.obs_spec.to_json(),
+        "action_spec": model.action_spec.to_json(),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "weights": {"file": WEIGHTS_FILE, "xxh3_64": xxhash.xxh3_64_hexdigest(data)},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / WEIGHTS_FILE, data)
+    _write(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())  # last: names the weights
+    return folder
+
+
+def _write(file: Path, data: bytes) -> None:
+    """Replace `file` with `data` atomically (a crash leaves the old file or the new one)."""
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_pretrained(
+    path: str | os.PathLike[str],
+    device: torch.device | str | None = None,
+    cls: type[WorldModel] = WorldModel,
+) -> WorldModel:
+    """The model saved in `path` by `save_pretrained`, on `device`, in eval mode.
+
+    `cls` (what ``from_pretrained`` was called on) must be the saved model's class or a base of
+    it. Building the model leaves the global RNG untouched.
+    """
+    from worldflux.core.registry import config_from_json, create_world_model
+
+    folder = Path(path)
+    file = folder / CONFIG_FILE
+    doc = _read_config(folder, file)
+    try:
+        config = config_from_json(doc["config"], f"{file}: config")
+        obs_spec = ObsSpec.from_json(doc["obs_spec"], f"{file}: obs_spec")
+        action_spec = ActionSpec.from_json(doc["action_spec"], f"{file}: action_spec")
+    except SpecError as err:
+        raise ConfigError(str(err)) from None
+    model = create_world_model(config, obs_spec, action_spec, seed=0)  # seed: RNG left alone
+    if not isinstance(model, cls):
+        raise ConfigError(
+            f"from_pretrained: {folder} holds a {type(model).__name__}, not a {cls.__name__}; "
+            f"load it with WorldModel.from_pretrained or {type(model).__name__}.from_pretrained"
+        )
+    model = model.to(_DTYPES[doc["dtype"]])
+    _load_weights(model, folder, doc["weights"])
+    return (model.to(device) if device is not None else model).eval()
+
+
+def _read_config(folder: Path, file: Path) -> dict[str, Any]:
+    """config.json parsed and its outer keys checked."""
+    if not file.is_file():
+        raise ConfigError(
+            f"from_pretrained: {folder} has no {CONFIG_FILE}; expected a directory written by "
+            "save_pretrained"
+        )
+    try:
+        doc = json.loads(file.read_bytes())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(f"from_pretrained: {file} is damaged: not valid JSON ({err})") from err
+    keys = {"format", "version", "config", "obs_spec", "action_spec", "dtype", "weights"}
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ConfigError(f"from_pretrained: {file} is not a worldflux model config (no format)")
+    if doc.get("version") != VERSION or set(doc) != keys:
+        raise ConfigError(
+            f"from_pretrained: {file}: expected version {VERSION} with keys {sorted(keys)}, got "
+            f"version {doc.get('version')!r} with keys {sorted(doc)}"
+        )
+    weights = doc["weights"]
+    if doc["dtype"] not in _DTYPES or not (
+        isinstance(weights, dict) and set(weights) == {"file", "xxh3_64"}
+    ):
+        raise ConfigError(
+            f"from_pretrained: {file}: expected dtype in {sorted(_DTYPES)} and weights "
+            f"{{'file', 'xxh3_64'}}, got dtype {doc['dtype']!r}, weights {weights!r}"
+        )
+    return doc
+
+
+def _load_weights(model: WorldModel, folder: Path, weights: dict[str, Any]) -> None:
+    name = weights["file"]
+    if not isinstance(name, str) or Path(name).name != name:  # no paths out of the folder
+        raise ConfigError(f"from_pretrained: {folder / CONFIG_FILE}: bad weights file {name!r}")
+    file = folder / name
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(f"from_pretrained: {file} is missing") from err
+    digest = xxhash.xxh3_64_hexdigest(data)
+    if digest != weights["xxh3_64"]:
+        raise ConfigError(
+            f"from_pretrained: {file} is damaged: checksum {digest}, {CONFIG_FILE} says "
+            f"{weights['xxh3_64']}"
+        )
+    try:
+        state = safetensors_load(data)
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise ConfigError(f"from_pretrained: {file} does not fit {CONFIG_FILE} ({first})") from err

@@ -26,13 +26,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from worldflux.agents import make_agent  # noqa: E402
-from worldflux.core import shm  # noqa: E402
+from worldflux.core.serialization import shm  # noqa: E402
 from worldflux.core.state import State  # noqa: E402
 from worldflux.data.replay import Replay  # noqa: E402
 from worldflux.distributed import transport  # noqa: E402
 from worldflux.distributed.collectors import CollectorConfig, CollectorPool  # noqa: E402
 from worldflux.distributed.policies import AgentPolicy, MLPPolicy  # noqa: E402
-from worldflux.distributed.worker import _obs_tensors  # noqa: E402
+from worldflux.distributed.worker import rows_obs  # noqa: E402
 from worldflux.envs import VectorEnv, make_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +64,9 @@ def single_process(env_fn, policy_fn, envs: int, chunk: int, seconds: float) -> 
         t0 = time.perf_counter()
         with torch.no_grad():
             first = torch.from_numpy(rows.is_first)
-            action, state = policy.act(_obs_tensors(rows), state, explore=True, is_first=first)
+            action, state = policy.act(rows_obs(rows), state, explore=True, is_first=first)
         t1 = time.perf_counter()
-        obs = _obs_tensors(rows)  # a Box space: one (E, D) Tensor
+        obs = rows_obs(rows)  # a Box space: one (E, D) Tensor
         if buf is None:
             buf = torch.empty((envs, chunk, *obs.shape[1:]))
         buf[:, t] = obs

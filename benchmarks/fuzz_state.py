@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT / "tests" / "core"))
 
 from test_codec_fuzz import mutate, seeds  # noqa: E402
 
-from worldflux.core import shm  # noqa: E402
 from worldflux.core.exceptions import StateError  # noqa: E402
+from worldflux.core.serialization import shm  # noqa: E402
 from worldflux.core.state import State  # noqa: E402
 
 NAMESPACE = f"fuzz_{os.getpid()}"

@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import safetensors.torch as st  # noqa: E402
 import torch  # noqa: E402
 
-from worldflux.core import payload, shm  # noqa: E402
+from worldflux.core.serialization import payload, shm  # noqa: E402
 from worldflux.core.state import State  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

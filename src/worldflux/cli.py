@@ -167,14 +167,23 @@ def train(
         StartMethod, typer.Option(help="how collector processes start")
     ] = StartMethod.spawn,
     nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help="a benchmark suite's reference settings before the key=value items: "
+            "dmc_proprio, dmc_vision, dmc_proprio_cpu, atari100k (worldflux.training.suites)"
+        ),
+    ] = None,
 ) -> None:
     """Train a model online on an environment, or offline on data (dataset=<folder>), with
     evaluation and checkpoints."""
     from worldflux.training.run import build_trainer, default_run_dir
     from worldflux.training.run_config import parse_overrides
+    from worldflux.training.suites import suite_overrides
 
     try:
-        config = parse_overrides(model, env, overrides or [])
+        overrides = suite_overrides(suite, model, overrides or [])
+        config = parse_overrides(model, env, overrides)
         out = run_dir or default_run_dir(config)
         if nproc > 1:
             env_args = [] if env is None else ["--env", env]

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from worldflux.core import shm
+from worldflux.core.serialization import shm
 from worldflux.core.state import State
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from worldflux.core.codec_header import DTYPES
+from worldflux.core.serialization.codec_header import DTYPES
 from worldflux.core.state import State
 
 ALL_DTYPES = sorted(set(DTYPES.values()), key=str)

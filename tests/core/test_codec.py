@@ -12,8 +12,8 @@ import torch
 from _state_strategies import ALL_DTYPES, random_tensor, states
 from hypothesis import given, settings
 
-from worldflux.core import payload
 from worldflux.core.exceptions import ChecksumError, StateError, StateFormatError
+from worldflux.core.serialization import payload
 from worldflux.core.state import State
 
 
@@ -234,7 +234,7 @@ def test_misaligned_tensors_are_copied_not_viewed() -> None:
 
 
 def test_without_xxhash_falls_back_to_crc32(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worldflux.core import checksum
+    from worldflux.core.serialization import checksum
 
     s = State({"a": torch.arange(3.0)})
     xxh = s.serialize(checksum="xxh3_64")

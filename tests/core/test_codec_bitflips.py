@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from worldflux.core import payload
-from worldflux.core.codec_header import DTYPES
 from worldflux.core.exceptions import StateFormatError
+from worldflux.core.serialization import payload
+from worldflux.core.serialization.codec_header import DTYPES
 from worldflux.core.state import State
 
 

@@ -12,8 +12,8 @@ import tracemalloc
 import pytest
 import torch
 
-from worldflux.core import payload as payload_mod
 from worldflux.core.exceptions import ChecksumError, StateError, StateFormatError
+from worldflux.core.serialization import payload as payload_mod
 from worldflux.core.state import State
 
 FUZZ_CASES = 12_000

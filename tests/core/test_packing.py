@@ -14,7 +14,7 @@ from _state_strategies import states
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worldflux.core import shm
+from worldflux.core.serialization import shm
 from worldflux.core.state import State
 
 

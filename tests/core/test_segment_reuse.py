@@ -14,8 +14,8 @@ from _state_strategies import states
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worldflux.core import segment_attach, shm
 from worldflux.core.exceptions import SharedMemoryError, StateError, StateFormatError
+from worldflux.core.serialization import segment_attach, shm
 from worldflux.core.state import State
 
 NS = f"test-reuse-{os.getpid()}"

@@ -12,8 +12,8 @@ import pytest
 import torch
 from _shm_workers import make, open_fds, own_segments
 
-from worldflux.core import codec, shm
 from worldflux.core.exceptions import SharedMemoryError, StateError, StateFormatError
+from worldflux.core.serialization import codec, shm
 from worldflux.core.state import State
 
 NS = f"test-{os.getpid()}"

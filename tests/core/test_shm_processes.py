@@ -16,8 +16,8 @@ import _shm_workers as workers
 import pytest
 from _shm_workers import make, open_fds, own_segments
 
-from worldflux.core import shm
 from worldflux.core.exceptions import StateError
+from worldflux.core.serialization import shm
 from worldflux.core.state import State
 
 NS = f"test-mp-{os.getpid()}"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldflux.core.shm import cleanup_namespace
+from worldflux.core.serialization.shm import cleanup_namespace
 from worldflux.core.state import State
 
 OBS = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)

@@ -17,8 +17,9 @@ from worldflux.envs.gym import GymEnv
 from worldflux.training.runner import EnvRunner, obs_to_numpy, stack_obs
 
 
-class DictCounter(gym.Env):
-    """A Dict-observation env: ``{"pos": [t], "image": frame t}``; 5 steps per episode."""
+class NativeCounter(gym.Env):
+    """A Dict-observation env: ``{"pos": [t], "image": frame t}``; 5 steps per episode. Without a
+    state pair, its state cannot be snapshotted (as if it lived in a simulator)."""
 
     observation_space = gym.spaces.Dict(
         {
@@ -42,6 +43,16 @@ class DictCounter(gym.Env):
     def step(self, action: Any) -> Any:
         self.t += 1
         return self._obs(), 1.0, self.t >= 5, False, {}
+
+
+class DictCounter(NativeCounter):
+    """`NativeCounter` with the ``get_state`` / ``set_state`` pair exact resume needs."""
+
+    def get_state(self) -> dict[str, Any]:
+        return {"t": self.t}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.t = state["t"]
 
 
 def _box_runner(n: int = 2) -> EnvRunner:
@@ -99,7 +110,7 @@ def test_state_dict_restores_the_observations(make: Any) -> None:
     actions = np.tile(np.array([[1.0, 0.0]], np.float32), (a.num_envs, 1))
     for _ in range(3):
         a.step(actions)
-    b.load_state_dict(a.state_dict())
+    assert b.load_state_dict(a.state_dict(), [0] * b.num_envs) == []
     for runner in (a, b):
         runner.step(actions)
     obs_a, first_a = a.observe("cpu")
@@ -118,6 +129,24 @@ def test_checkpoints_from_before_hold_box_observations_wrapped() -> None:
     a.step(np.tile(np.array([[0.0, 1.0]], np.float32), (2, 1)))
     old = a.state_dict()
     old["obs"] = [{"obs": o} for o in old["obs"]]
-    b.load_state_dict(old)
+    b.load_state_dict(old, [0, 0])
     assert all(isinstance(o, np.ndarray) for o in b.obs)
     assert torch.equal(a.observe("cpu")[0], b.observe("cpu")[0])  # type: ignore[arg-type]
+
+
+def test_an_env_that_cannot_be_snapshotted_restarts_its_episode_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Copying attributes would miss native state and resume a different episode silently:
+    such an env starts a fresh, seeded episode instead, and the run says so."""
+
+    a = EnvRunner(lambda i: GymEnv(NativeCounter(), size=(8, 8)), 2, seed=0)
+    for _ in range(3):
+        a.step(np.zeros((2, 2), np.float32))
+    snap = a.state_dict()
+    assert all(env == {"restart": "NativeCounter"} for env in snap["envs"])
+    b = EnvRunner(lambda i: GymEnv(NativeCounter(), size=(8, 8)), 2, seed=0)
+    assert b.load_state_dict(snap, [7, 8]) == [0, 1]
+    assert "NativeCounter" in capsys.readouterr().err
+    assert b.is_first.all() and [i for i, row in b.rows] == [0, 1]
+    assert all(row.is_first for _, row in b.rows)

@@ -75,3 +75,20 @@ def test_dreamerv3_suite_uses_the_official_code_values(tmp_path: Path) -> None:
         assert eps == {1e-4}  # every norm layer, the GRU's and the CNN's included
     finally:
         trainer.source.close()
+
+
+def test_the_cli_takes_a_suite(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from worldflux.cli import app
+    from worldflux.training.run_config import read_run_file
+
+    run = tmp_path / "run"
+    args = ["train", "tdmpc2:debug", "--env", "dmc:cartpole-balance", "--suite", "dmc_proprio",
+            "--run-dir", str(run), "steps=2", *TINY[1:]]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    config = read_run_file(run)
+    assert config.env["action_repeat"] == 2 and config.trainer["seed_updates"] == 2500
+    bad = CliRunner().invoke(app, [*args[:5], "--suite", "dmc", "--run-dir", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "suite: expected one of" in bad.output

@@ -1,7 +1,7 @@
 """`State`: the tensor container every world model speaks. Contract: ../../shared/spec/state.md.
 
-Bytes and shared memory: `worldflux.core.codec` (format v1, safetensors-compatible) and
-`worldflux.core.shm` (one POSIX segment per State). User guide: docs/state.md.
+Bytes and shared memory: `worldflux.core.serialization` (`codec`: format v1,
+safetensors-compatible; `shm`: one POSIX segment per State). User guide: docs/state.md.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any, overload
 import torch
 from torch import Tensor
 
-from worldflux.core import codec, shm
 from worldflux.core.exceptions import (
     StateDeviceError,
     StateError,
     StateShapeError,
 )
-from worldflux.core.packing import Packing
+from worldflux.core.serialization import codec, shm
+from worldflux.core.serialization.packing import Packing
 
 _devices: dict[Any, tuple[torch.device, bool]] = {}  # device -> (parsed, is cpu); parsing costs
 

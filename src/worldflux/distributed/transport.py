@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from worldflux.core import shm
 from worldflux.core.exceptions import StateFormatError
+from worldflux.core.serialization import shm
 from worldflux.core.spec import map_obs
 from worldflux.core.state import State
 from worldflux.envs.base import StepBatch

@@ -139,7 +139,7 @@ class _Collector:
         while self.running:
             self._check_parent()
             self._handle_messages(block=False)
-            obs = _obs_tensors(rows)
+            obs = rows_obs(rows)
             is_first = torch.from_numpy(rows.is_first)
             if self.update_goals is not None and (self.goals_stale or rows.is_first.any()):
                 self.update_goals(self.env.envs)
@@ -160,7 +160,7 @@ class _Collector:
     def _record(
         self, t: int, rows: StepBatch, version: np.ndarray, agent_state: State | None
     ) -> None:
-        values = transport.obs_entries(_obs_tensors(rows))
+        values = transport.obs_entries(rows_obs(rows))
         values["action"] = torch.from_numpy(np.asarray(rows.action, np.float32))
         values["reward"] = torch.from_numpy(np.asarray(rows.reward, np.float32))
         for name in transport.FLAGS:
@@ -226,6 +226,6 @@ class _Collector:
         transport.send(self.conn, {"type": "weights_loaded", "version": version})
 
 
-def _obs_tensors(rows: StepBatch) -> Obs:
+def rows_obs(rows: StepBatch) -> Obs:
     """StepBatch obs (an array or a dict of arrays, (E, ...)) as tensors of the same form."""
     return map_obs(lambda v: torch.from_numpy(np.ascontiguousarray(v)), rows.obs)

@@ -10,6 +10,7 @@ and can snapshot and restore the envs for exact resume.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from worldflux.core.exceptions import SpecError
 from worldflux.core.spec import SINGLE_KEY, ActionSpec, Obs, ObsSpec, map_obs
+from worldflux.training.env_snapshot import capture_env, restore_env
 
 EnvFn = Callable[[int], Any]  # index -> a `worldflux.envs.Env` (reset/step return `Step` rows)
 NumpyObs = np.ndarray | dict[str, np.ndarray]  # one observation in the env's form
@@ -125,14 +127,33 @@ class EnvRunner:
             "ep_length": self.ep_length.copy(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for env, s in zip(self.envs, state["envs"], strict=True):
-            restore_env(env, s)
+    def load_state_dict(self, state: dict[str, Any], seeds: Sequence[int]) -> list[int]:
+        """Restore `state_dict`. An env whose snapshot could not be taken (see
+        `env_snapshot.capture_env`) starts a fresh episode instead, reset with ``seeds[i]``; its
+        reset row is in `rows`. Returns the indices of those envs."""
         self.obs = [self._saved_obs(o) for o in state["obs"]]
         self.is_first = np.array(state["is_first"], dtype=bool)
         self.ep_return = np.array(state["ep_return"], dtype=np.float64)
         self.ep_length = np.array(state["ep_length"], dtype=np.int64)
         self.rows = []
+        fresh = []
+        for i, (env, snap) in enumerate(zip(self.envs, state["envs"], strict=True)):
+            if restore_env(env, snap):
+                continue
+            fresh.append(i)
+            row = env.reset(seed=int(seeds[i]))
+            self.rows.append((i, row))
+            self.obs[i] = obs_to_numpy(row.obs, self.obs_spec)
+            self.is_first[i], self.ep_return[i], self.ep_length[i] = True, 0.0, 0
+        if fresh:
+            name = state["envs"][fresh[0]]["restart"]
+            print(
+                f"resume: {name} has no get_state()/set_state() and its state is not plain "
+                f"attributes, so {len(fresh)} of {self.num_envs} envs start fresh (seeded) "
+                "episodes instead of continuing theirs",
+                file=sys.stderr,
+            )
+        return fresh
 
     def _saved_obs(self, obs: Any) -> NumpyObs:
         """An observation from `state_dict`. Checkpoints written before observations kept the
@@ -144,54 +165,3 @@ class EnvRunner:
     def close(self) -> None:
         for env in self.envs:
             env.close()
-
-
-# --- env snapshots -----------------------------------------------------------------------------
-
-_SIMPLE = (bool, int, float, str, type(None), np.ndarray, np.generic)
-
-
-def _layers(env: Any) -> list[Any]:
-    out = [env]
-    while hasattr(out[-1], "env"):
-        out.append(out[-1].env)
-    return out
-
-
-def capture_env(env: Any) -> dict[str, Any]:
-    """Snapshot of an env: its own ``get_state()`` if it has one, else, for every wrapper layer,
-    the plain attributes (numbers, arrays, None) and the ``np_random`` generator state.
-
-    That covers Gymnasium's classic-control tasks and wrappers (TimeLimit step counters) exactly;
-    simulators keeping state in native objects (MuJoCo) need a ``get_state``/``set_state`` pair.
-    """
-    if hasattr(env, "get_state") and hasattr(env, "set_state"):
-        return {"custom": env.get_state()}
-    layers = []
-    for layer in _layers(env):
-        attrs: dict[str, Any] = {k: v for k, v in vars(layer).items() if isinstance(v, _SIMPLE)}
-        rng = getattr(layer, "_np_random", None)
-        if isinstance(rng, np.random.Generator):
-            attrs["__np_random__"] = rng.bit_generator.state
-        layers.append(attrs)
-    return {"layers": layers}
-
-
-def restore_env(env: Any, snap: dict[str, Any]) -> None:
-    """Inverse of `capture_env` on an env built the same way."""
-    if "custom" in snap:
-        env.set_state(snap["custom"])
-        return
-    layers = _layers(env)
-    if len(layers) != len(snap["layers"]):
-        raise SpecError(
-            f"env state: snapshot has {len(snap['layers'])} wrapper layers, env has {len(layers)}"
-        )
-    for layer, attrs in zip(layers, snap["layers"], strict=True):
-        for key, value in attrs.items():
-            if key == "__np_random__":
-                rng = np.random.Generator(getattr(np.random, value["bit_generator"])())
-                rng.bit_generator.state = value
-                layer._np_random = rng
-            else:
-                setattr(layer, key, value)

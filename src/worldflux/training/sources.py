@@ -168,13 +168,18 @@ class EnvSource(Source):
             None if act is None else State({k: v.to(device) for k, v in act["tensors"].items()})
         )
         self.started = set(started_envs(state, self.runner.num_envs))
-        if state["replay_saved"]:
-            if not state.get("partial_step", False):
-                self.runner.load_state_dict(state["runner"])
-            self.replay = state["replay"]  # verified with the checkpoint
-        self.replay.set_state(state["replay_rng"])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["trainer_rng"]
+        if state["replay_saved"]:
+            self.replay = state["replay"]  # verified with the checkpoint
+            if not state.get("partial_step", False):
+                seeds = [0] * self.runner.num_envs  # drawn only when an env cannot resume
+                if any("restart" in snap for snap in state["runner"]["envs"]):
+                    seeds = [int(s) for s in self.rng.integers(0, 2**31 - 1, size=len(seeds))]
+                fresh = self.runner.load_state_dict(state["runner"], seeds)
+                self.started.update(fresh)
+                self._store_rows()  # the reset rows of envs that could not be restored
+        self.replay.set_state(state["replay_rng"])
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldflux.core import checksum as _checksum
-from worldflux.core.codec_header import Group, Layout
-from worldflux.core.codec_plan import Plan, Template, build_template, meta_text
+from worldflux.core.serialization import checksum as _checksum
+from worldflux.core.serialization.codec_header import Group, Layout
+from worldflux.core.serialization.codec_plan import Plan, Template, build_template, meta_text
 
 
 class _Memory:

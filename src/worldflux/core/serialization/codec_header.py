@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from worldflux.core.checksum import ALGOS as _ALGOS
-from worldflux.core.checksum import find_checksum
 from worldflux.core.exceptions import StateError, StateFormatError
+from worldflux.core.serialization.checksum import ALGOS as _ALGOS
+from worldflux.core.serialization.checksum import find_checksum
 
 MAX_DIMS = 64  # more dimensions than torch handles
 MAX_META_DEPTH = 64  # nesting allowed inside the user's meta JSON

@@ -20,9 +20,15 @@ import json
 import re
 from typing import Any
 
-from worldflux.core.checksum import ALGOS, verify
-from worldflux.core.codec_header import FORMAT, MAX_META_DEPTH, Layout, build_layout, loads
 from worldflux.core.exceptions import StateError, StateFormatError
+from worldflux.core.serialization.checksum import ALGOS, verify
+from worldflux.core.serialization.codec_header import (
+    FORMAT,
+    MAX_META_DEPTH,
+    Layout,
+    build_layout,
+    loads,
+)
 
 MAX_HEADER = 100_000_000  # bytes; safetensors uses the same cap
 _CACHE_SIZE = 64  # layouts remembered, per cache

@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import Tensor
 
-from worldflux.core import codec
 from worldflux.core.exceptions import SharedMemoryError, StateError
-from worldflux.core.packing import Packing
-from worldflux.core.segment import (
+from worldflux.core.serialization import codec
+from worldflux.core.serialization.packing import Packing
+from worldflux.core.serialization.segment import (
     DESCRIPTOR_FORMAT,
     GEN,
     NAME,
@@ -33,8 +33,8 @@ from worldflux.core.segment import (
     open_segment,
     unlink_segment,
 )
-from worldflux.core.segment_attach import Attachment, attach, check_descriptor
-from worldflux.core.segment_pool import SegmentPool
+from worldflux.core.serialization.segment_attach import Attachment, attach, check_descriptor
+from worldflux.core.serialization.segment_pool import SegmentPool
 
 __all__ = [
     "DESCRIPTOR_FORMAT",

@@ -13,10 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from worldflux.core import checksum as _checksum
-from worldflux.core import codec
 from worldflux.core.exceptions import SharedMemoryError
-from worldflux.core.segment import DESCRIPTOR_FORMAT, GEN, check_namespace, create, unlink_segment
+from worldflux.core.serialization import checksum as _checksum
+from worldflux.core.serialization import codec
+from worldflux.core.serialization.segment import (
+    DESCRIPTOR_FORMAT,
+    GEN,
+    check_namespace,
+    create,
+    unlink_segment,
+)
 
 
 class _Segment:

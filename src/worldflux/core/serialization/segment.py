@@ -23,8 +23,8 @@ import secrets
 from itertools import count
 from typing import Any
 
-from worldflux.core.codec_plan import Plan
 from worldflux.core.exceptions import SharedMemoryError
+from worldflux.core.serialization.codec_plan import Plan
 
 try:  # CPython's own binding of shm_open/shm_unlink (what multiprocessing uses underneath)
     import _posixshmem

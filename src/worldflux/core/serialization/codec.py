@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldflux.core import checksum as _checksum
-from worldflux.core.codec_header import Entry, Layout
-from worldflux.core.codec_plan import FORMAT, VERSION, Plan, Run, plan
 from worldflux.core.exceptions import StateDeviceError, StateError, StateFormatError
-from worldflux.core.packing import Packing, copy_out, raw_memory, unpack
-from worldflux.core.payload import parse_header
+from worldflux.core.serialization import checksum as _checksum
+from worldflux.core.serialization.codec_header import Entry, Layout
+from worldflux.core.serialization.codec_plan import FORMAT, VERSION, Plan, Run, plan
+from worldflux.core.serialization.packing import Packing, copy_out, raw_memory, unpack
+from worldflux.core.serialization.payload import parse_header
 
 __all__ = [
     "FORMAT",

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from worldflux.core import checksum as _checksum
-from worldflux.core import codec_header as _header
 from worldflux.core.exceptions import StateDeviceError, StateError
-from worldflux.core.payload import remember
+from worldflux.core.serialization import checksum as _checksum
+from worldflux.core.serialization import codec_header as _header
+from worldflux.core.serialization.payload import remember
 
 FORMAT = _header.FORMAT
 VERSION = "v1"

@@ -26,9 +26,9 @@ import numpy as np
 from torch import Tensor
 
 from worldflux.core.exceptions import SharedMemoryError, StateFormatError
-from worldflux.core.packing import Packing, copy_out, unpack
-from worldflux.core.payload import parse_header, remember
-from worldflux.core.segment import (
+from worldflux.core.serialization.packing import Packing, copy_out, unpack
+from worldflux.core.serialization.payload import parse_header, remember
+from worldflux.core.serialization.segment import (
     DESCRIPTOR_FORMAT,
     GEN,
     NAME,

@@ -149,3 +149,11 @@ def test_nonfinite_policy_step_keeps_the_running_scale(monkeypatch) -> None:
     )
     online = [p.detach() for p in m.qs.param_list()]
     assert all(torch.equal(t, q) for t, q in zip(m.target_q_params(), online, strict=True))
+
+
+def test_large_action_spaces_plan_with_two_more_iterations() -> None:
+    """The official agent's heuristic: 2 more MPPI iterations when the action has >= 20 dims."""
+    small, large = agent_for(gym.spaces.Box(-1, 1, (19,))), agent_for(gym.spaces.Box(-1, 1, (20,)))
+    iterations = small.model.config.iterations
+    assert small.planner.iterations == iterations
+    assert large.planner.iterations == iterations + 2

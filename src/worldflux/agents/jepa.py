@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from worldflux.agents.base import Agent, guarded_step
+from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.model import Metrics
@@ -138,10 +138,13 @@ class JEPAAgent(Agent):
         """One JEPA loss step (guarded), then the EMA target update."""
         model = self.model
         model.train()
+        running = copy_buffers(model)  # the loss updates batch-norm statistics
         loss, metrics = model.loss(batch)
         ok, norm = guarded_step(loss, self.opt, model.parameters(), model.config.grad_clip)
         if ok:
             model.update_target()
+        else:
+            restore_buffers(model, running)
         out: Metrics = {k: float(v) for k, v in metrics.items()}
         out.update(grad_norm=norm, nonfinite=float(not ok))
         return out

@@ -72,7 +72,10 @@ class TDMPC2Agent(Agent):
         self.batch_size = batch_size
         self.seq_len = model.config.horizon + 1
         self.default_train_ratio = float(self.replayed_per_update)  # 1 update per env step
-        self.planner = MPPI.from_config(model.config)
+        # the official agent's heuristic for large action spaces: 2 more MPPI iterations when the
+        # action has >= 20 dims (nicklashansen/tdmpc2, tdmpc2.py)
+        extra = 2 if model.action_spec.dim >= 20 else 0
+        self.planner = MPPI.from_config(model.config, iterations=model.config.iterations + extra)
         self.optim, self.pi_optim = make_optimizers(model)
 
     @torch.no_grad()

@@ -134,8 +134,8 @@ class AgentPolicy:
     def acting_module(self) -> nn.Module | None:
         return self.module
 
-    def update_goals(self, envs: list[Any]) -> None:
-        """Tell the agent that episodes began in `envs` (``Agent.on_episode_start``; a
-        goal-conditioned agent reads the goals, a `ConfigError` when an env has none)."""
+    def on_episode_start(self, env_ids: list[int], envs: list[Any]) -> None:
+        """`Agent.on_episode_start`: episodes began in ``envs[i]`` for i in `env_ids` (a
+        goal-conditioned agent reads their goals; a `ConfigError` when an env has none)."""
         with torch.no_grad():
-            self.agent.on_episode_start(list(range(len(envs))), envs)
+            self.agent.on_episode_start(env_ids, envs)

@@ -113,10 +113,10 @@ class _Collector:
         self.publisher: transport.SlotPublisher | None = None
         self.env = VectorEnv([spec.env_fn for _ in range(spec.num_envs)])
         self.policy = spec.policy_fn()
-        # goal-conditioned agents (JEPA): the goals of the envs, refreshed after each reset
-        # and after new weights (the goal is embedded with the current encoder)
-        self.update_goals = getattr(self.policy, "update_goals", None)
-        self.goals_stale = True
+        # the policy's optional `on_episode_start(env_ids, envs)` hook (`Agent`'s): told of new
+        # episodes, and of all envs after new weights (a goal is embedded with the encoder)
+        self.on_episode_start = getattr(self.policy, "on_episode_start", None)
+        self.weights_changed = True
         self.version = 0
         if spec.weights is not None:
             self._load_weights(spec.weights)
@@ -141,9 +141,10 @@ class _Collector:
             self._handle_messages(block=False)
             obs = rows_obs(rows)
             is_first = torch.from_numpy(rows.is_first)
-            if self.update_goals is not None and (self.goals_stale or rows.is_first.any()):
-                self.update_goals(self.env.envs)
-                self.goals_stale = False
+            if self.on_episode_start is not None and (self.weights_changed or rows.is_first.any()):
+                started = np.ones_like(rows.is_first) if self.weights_changed else rows.is_first
+                self.on_episode_start(np.flatnonzero(started).tolist(), self.env.envs)
+                self.weights_changed = False
             with torch.no_grad():
                 action, agent_state = self.policy.act(
                     obs, agent_state, explore=self.spec.explore, is_first=is_first
@@ -221,7 +222,7 @@ class _Collector:
                 transport.load_weights(module, state)
             finally:
                 transport.detach(state)
-            self.goals_stale = True
+            self.weights_changed = True
         self.version = version
         transport.send(self.conn, {"type": "weights_loaded", "version": version})
 

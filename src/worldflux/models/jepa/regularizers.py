@@ -65,12 +65,18 @@ def vicreg(z: Tensor, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
 
 
 def effective_rank(z: Tensor) -> Tensor:
-    """exp(entropy) of the normalised singular values of centred `z` (N, D); in [1, min(N, D)]."""
+    """exp(entropy) of the normalised singular values of centred `z` (N, D); in [1, min(N, D)].
+
+    NaN when `z` holds a non-finite value (the SVD would raise instead, before the update's
+    non-finite guard could skip the step); decided on the device, without a host sync.
+    """
+    finite = torch.isfinite(z).all()
+    z = torch.where(finite, z, torch.zeros_like(z))
     # svdvals needs at least float32 (no half types); float64 stays float64
     s = torch.linalg.svdvals((z - z.mean(0)).to(torch.promote_types(z.dtype, torch.float32)))
     p = s / s.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return torch.exp(entropy)
+    return torch.where(finite, torch.exp(entropy), torch.full_like(entropy, float("nan")))
 
 
 class EMATarget(nn.Module):

@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
-	# third-party envs (MiniGrid, Crafter, highway-env): their tests skip when this fails
-	$(BIN)/pip install --quiet -e ".[thirdparty]" || echo "note: the thirdparty extra did not install; its env tests will skip"
+	# optional integrations (third-party envs, W&B, Minari, the Hub): their tests skip when one fails
+	for extra in thirdparty wandb minari hub; do \
+		$(BIN)/pip install --quiet -e ".[$$extra]" || echo "note: the $$extra extra did not install; its tests will skip"; \
+	done
 	touch $(STAMP)
 
 lint: $(STAMP)

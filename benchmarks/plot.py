@@ -11,6 +11,7 @@ the same step unit.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -172,12 +173,22 @@ TABLE_HEAD = (
 
 
 def main(argv: list[str]) -> None:
-    table = "--table" in argv
-    files = [Path(a) for a in argv if a != "--table"] or sorted(RESULTS.glob("learn_*.json"))
-    if table:
+    parser = argparse.ArgumentParser(description="Plot learning curves (learn_*.json) as PNGs.")
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="result JSONs (default: every learn_*.json)"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="print docs/benchmarks.md table rows instead"
+    )
+    args = parser.parse_args(argv)
+    files = args.files or sorted(RESULTS.glob("learn_*.json"))
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        parser.error(f"files: expected learn_*.json result files, these do not exist: {missing}")
+    if args.table:
         print(TABLE_HEAD)
     for f in files:
-        print(table_row(f) if table else plot(f))
+        print(table_row(f) if args.table else plot(f))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ The front door (see docs/api.md):
 
 - ``train(model, env, steps)`` -> a trained agent; ``agent.predict(obs, state)`` acts in the
   env, ``agent.save(dir)`` / ``load_agent(dir)`` store and restore it (no env needed);
+- ``load_pretrained(name or dir or Hub id)``: a trained agent shipped with the package
+  (``worldflux pretrained`` lists them) or saved with ``agent.save_pretrained``;
 - ``make_agent`` and ``Trainer`` for the pieces of ``train``;
 - ``create_world_model(name or config, obs_space, action_space)``, ``list_models()``, the
   ``WorldModel`` contract (``save_pretrained`` / ``from_pretrained``) and its ``State``.
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from worldflux.agents import make_agent
     from worldflux.agents.io import load_agent
+    from worldflux.agents.pretrained import load_pretrained
     from worldflux.api import train
     from worldflux.core.model import WorldModel
     from worldflux.core.registry import create_world_model, list_models
@@ -30,6 +33,7 @@ __all__ = [
     "create_world_model",
     "list_models",
     "load_agent",
+    "load_pretrained",
     "make_agent",
     "train",
 ]
@@ -44,6 +48,7 @@ _LAZY = {
     "create_world_model": "worldflux.core.registry",
     "list_models": "worldflux.core.registry",
     "load_agent": "worldflux.agents.io",
+    "load_pretrained": "worldflux.agents.pretrained",
     "make_agent": "worldflux.agents",
     "train": "worldflux.api",
 }

@@ -1,4 +1,4 @@
-"""The ``worldflux`` command line: train, eval, imagine, models, resume, demo."""
+"""The ``worldflux`` command line: train, eval, imagine, models, resume, demo, data."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from worldflux.cli_data import data_app
+from worldflux.cli_run import relaunch, report, run_trainer
 from worldflux.core.exceptions import ConfigError, WorldFluxError
 
 app = typer.Typer(
@@ -16,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(data_app, name="data")
 
 DEMO_MODEL = "tdmpc2:1m"
 DEMO_ENV = "Pendulum-v1"
@@ -64,72 +67,6 @@ def _check_imagine_steps(context: int, length: int) -> None:
             f"--length: expected more steps than --context={context} (the imagined steps come "
             f"after them), got {length}"
         )
-
-
-def _report(result: dict[str, Any], trainer: Any) -> None:
-    latest = trainer.checkpoints.latest()
-    ev = result.get("eval")
-    typer.echo(f"run dir:     {trainer.run_dir}")
-    typer.echo(
-        f"metrics:     {trainer.run_dir / 'metrics.jsonl'}  (TensorBoard: {trainer.run_dir / 'tb'})"
-    )
-    typer.echo(f"checkpoint:  {latest}")
-    typer.echo(
-        f"env steps:   {result['step']}  updates: {result['updates']}  "
-        f"skipped non-finite updates: {result['nonfinite']}"
-    )
-    if ev:
-        typer.echo(
-            f"last eval:   return {ev['return_mean']:.1f} +- {ev['return_std']:.1f} "
-            f"over {len(ev['returns'])} episodes"
-        )
-    pool = result.get("collectors")
-    if pool is not None:
-        restarts = sum(c["restarts"] for c in pool["collectors"])
-        method = trainer.run_info.get("collectors", {}).get("start_method", "spawn")
-        typer.echo(
-            f"collectors:  {len(pool['collectors'])} ({method}), "
-            f"policy version {pool['version']}, restarts {restarts}"
-        )
-    if trainer.sync.world_size > 1:
-        typer.echo(f"ranks:       {trainer.sync.world_size} (data-parallel)")
-
-
-def _train(trainer: Any) -> dict[str, Any]:
-    """`trainer.train()`; a stop by SIGTERM (checkpoint saved and reported) exits with 143."""
-    from worldflux.training.signals import Terminated
-
-    try:
-        result: dict[str, Any] = trainer.train()
-    except Terminated:
-        raise typer.Exit(128 + 15) from None
-    return result
-
-
-def _run(build: Any, device: str, said: str = "") -> None:
-    """Build a trainer with `build(distributed)` and train it: in this process, or as one rank
-    of a ``torchrun`` job (its variables set: ``torchrun -m worldflux ...``) on `device`'s type.
-    The rank 0 process reports; `said` (formatted with the trainer) is printed first."""
-    from worldflux.distributed import ddp
-
-    ctx = ddp.init_distributed(device.split(":")[0]) if ddp.torchrun_env() else None
-    try:
-        trainer = build(ctx)
-        if said and trainer.sync.is_main:
-            typer.echo(said.format(trainer=trainer))
-        result = _train(trainer)
-    finally:
-        if ctx is not None:
-            ddp.shutdown(ctx)
-    if trainer.sync.is_main:
-        _report(result, trainer)
-
-
-def _relaunch(nproc: int, argv: list[str]) -> None:
-    """``worldflux <argv>`` on `nproc` local data-parallel ranks (torchrun); exits with its code."""
-    from worldflux.distributed.launch import run_local_ranks
-
-    raise typer.Exit(run_local_ranks(nproc, argv))
 
 
 NPROC_HELP = "data-parallel processes on this machine (started with torchrun); 1: this one"
@@ -187,7 +124,7 @@ def train(
         out = run_dir or default_run_dir(config)
         if nproc > 1:
             env_args = [] if env is None else ["--env", env]
-            _relaunch(nproc, ["train", model, *env_args, "--run-dir", str(out),
+            relaunch(nproc, ["train", model, *env_args, "--run-dir", str(out),
                               "--collectors", str(collectors), "--start-method",
                               start_method.value, *(overrides or [])])  # fmt: skip
 
@@ -197,7 +134,7 @@ def train(
                 start_method=start_method.value,
             )  # fmt: skip
 
-        _run(build, str(config.trainer.get("device", "cpu")))
+        run_trainer(build, str(config.trainer.get("device", "cpu")))
     except WorldFluxError as err:
         _fail(err)
 
@@ -240,7 +177,7 @@ def resume(
             extra = [f"--{k}={v}" for k, v in (("steps", steps), ("threads", threads),
                      ("collectors", collectors)) if v is not None]  # fmt: skip
             extra += [f"--start-method={v}" for v in options.values()]
-            _relaunch(nproc, ["resume", str(run_dir), *extra])
+            relaunch(nproc, ["resume", str(run_dir), *extra])
 
         def build(ctx: Any) -> Any:
             return resume_trainer(
@@ -249,14 +186,20 @@ def resume(
             )  # fmt: skip
 
         device = str(read_run_file(run_dir).trainer.get("device", "cpu"))
-        _run(build, device, said="resumed at env step {trainer.step}")
+        run_trainer(build, device, said="resumed at env step {trainer.step}")
     except WorldFluxError as err:
         _fail(err)
 
 
 @app.command("eval")
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint dir (or run dir: latest)")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="checkpoint dir (or run dir: latest), or pretrained:<name|dir|hub id> "
+            "(worldflux pretrained lists the names)"
+        ),
+    ],
     episodes: Annotated[int, typer.Option(help="episodes to run")] = 10,
     seed: Annotated[
         int, typer.Option(min=0, help="seeds the evaluation envs and the agent's sampling")
@@ -271,11 +214,16 @@ def eval_(
 
     _threads(threads)
     _seed_rngs(seed)
+    documented = None
     try:
-        agent, spec = load_run_agent(checkpoint)
-        if video is not None:
-            spec.env["render_mode"] = "rgb_array"
-        result = evaluate(agent, env_factory(spec), episodes, seed, video=video)
+        if str(checkpoint).startswith("pretrained:"):
+            from worldflux.cli_pretrained import for_eval
+
+            agent, envs, documented = for_eval(str(checkpoint), video is not None)
+        else:
+            agent, spec = load_run_agent(checkpoint)
+            envs = env_factory(spec, render=video is not None)
+        result = evaluate(agent, envs, episodes, seed, video=video)
     except WorldFluxError as err:
         _fail(err)
     typer.echo(
@@ -283,8 +231,21 @@ def eval_(
         f"{episodes} episodes (mean length {result['length_mean']:.1f})"
     )
     typer.echo("returns: " + ", ".join(f"{r:.1f}" for r in result["returns"]))
+    if documented is not None:
+        typer.echo(
+            f"documented: {documented.return_mean:.2f} +- {documented.return_std:.2f} over "
+            f"{documented.episodes} episodes (seed {documented.seed})"
+        )
     if video is not None:
         typer.echo(f"video: {video}")
+
+
+@app.command()
+def pretrained() -> None:
+    """The agents shipped with worldflux: name, env and documented return."""
+    from worldflux.cli_pretrained import print_table
+
+    print_table()
 
 
 @app.command()
@@ -352,7 +313,7 @@ def demo(
         config = parse_overrides(DEMO_MODEL, DEMO_ENV, settings)
         trainer = build_trainer(config, run_dir or default_run_dir(config))
         result = trainer.train()
-        _report(result, trainer)
+        report(result, trainer)
         config.env["render_mode"] = "rgb_array"
         video = trainer.run_dir / "videos" / "eval.gif"
         ev = evaluate(trainer.agent, env_factory(config), 1, 0, video=video)

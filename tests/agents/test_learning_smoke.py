@@ -57,15 +57,18 @@ def run(model: str, run_dir: Path, agent: dict[str, Any], seed: int = 0, frozen:
     return trainer.run_eval()
 
 
-def tdmpc2_match_light(seed: int, frozen: bool = False) -> float:
+def tdmpc2_match_light(seed: int, frozen: bool = False, precision: str = "fp32") -> float:
     """Eval return (of 8) of TD-MPC2 (lr raised to 1e-3) after 520 updates on MatchLight."""
+    options = {"batch_size": 32, "precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
-        result = run("tdmpc2:debug", Path(tmp), {"batch_size": 32}, seed, frozen, {"lr": 1e-3},
+        result = run("tdmpc2:debug", Path(tmp), options, seed, frozen, {"lr": 1e-3},
                      steps=600, seed_steps=80, updates_per_step=1.0)  # fmt: skip
     return float(result["return_mean"])
 
 
-def dreamer_switch_light(seed: int, frozen: bool = False) -> dict[str, float]:
+def dreamer_switch_light(
+    seed: int, frozen: bool = False, precision: str = "fp32"
+) -> dict[str, float]:
     """(good light, eval return before, after 400 updates) of DreamerV3 on SwitchLight; the
     good light is the one the untrained actor does not favour."""
     fast = {"wm_lr": 1e-3, "ac_lr": 3e-4, "imag_horizon": 5}
@@ -75,7 +78,8 @@ def dreamer_switch_light(seed: int, frozen: bool = False) -> dict[str, float]:
                            save_replay=False)  # fmt: skip
     probe = make_switch_env(0)()
     agent = make_agent("dreamerv3:debug", probe.observation_space, probe.action_space,
-                       seed=seed, agent_options={"batch_size": 8, "seq_len": 8},
+                       seed=seed, agent_options={"batch_size": 8, "seq_len": 8,
+                                                 "precision": precision},
                        model_overrides=fast)  # fmt: skip
     if frozen:
         freeze(agent)

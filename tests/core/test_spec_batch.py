@@ -114,8 +114,32 @@ def test_action_spec_discrete_and_box() -> None:
     assert box == ActionSpec(2, False)
     with pytest.raises(SpecError, match=r"action: expected shape \(<1 batch dims>, 2\)"):
         box.to_model(torch.zeros(3, 5), batch_dims=1)
-    with pytest.raises(SpecError, match="Discrete or a 1-D Box"):
+    with pytest.raises(SpecError, match="MultiBinary or a 1-D Box"):
         ActionSpec.from_space(gym.spaces.Box(-1, 1, (2, 2), np.float32))
+
+
+def test_action_spec_multi_discrete_and_multi_binary() -> None:
+    md = ActionSpec.from_space(gym.spaces.MultiDiscrete([3, 2]))
+    assert (md.dim, md.discrete, md.groups, md.multi_discrete) == (5, True, (3, 2), True)
+    onehots = md.to_model(torch.tensor([[2, 0], [0, 1]]), batch_dims=1)
+    assert onehots.tolist() == [[0, 0, 1, 1, 0], [1, 0, 0, 0, 1]]
+    with pytest.raises(SpecError, match=r"indices must lie in \[0, 2\) \(entry 1\), got \[1, 2\]"):
+        md.to_model(torch.tensor([[0, 2], [0, 1]]), batch_dims=1)
+    with pytest.raises(SpecError, match=r"integer actions must have shape \(<1 batch dims>, 2\)"):
+        md.to_model(torch.tensor([1, 0, 1]), batch_dims=1)
+    mb = ActionSpec.from_space(gym.spaces.MultiBinary(3))
+    assert (mb.dim, mb.discrete, mb.binary, mb.groups) == (3, False, True, ())
+    assert mb.to_model(torch.tensor([[1, 0, 1]]), batch_dims=1).tolist() == [[1, -1, 1]]
+    with pytest.raises(SpecError, match=r"bits must be 0 or 1"):
+        mb.to_model(torch.tensor([[1, 0, 2]]), batch_dims=1)
+    assert ActionSpec(4, True) == ActionSpec(4, True, (4,))  # Discrete: one group
+    for spec in (md, mb, ActionSpec(4, True), ActionSpec(2, False)):
+        assert ActionSpec.from_json(spec.to_json(), "x") == spec
+    assert ActionSpec(4, True).to_json() == {"dim": 4, "discrete": True}  # older files alike
+    with pytest.raises(SpecError, match=r"^x: expected .*'groups'.* got"):
+        ActionSpec.from_json({"dim": 5, "discrete": True, "groups": [3, 3]}, "x")
+    with pytest.raises(SpecError, match=r"ActionSpec: expected .*binary only when not discrete"):
+        ActionSpec(3, True, binary=True)
 
 
 def test_batch_convention_and_validation() -> None:

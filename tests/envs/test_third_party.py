@@ -98,3 +98,19 @@ def test_train_and_eval(package: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, (result.output, result.exception)
     result = runner.invoke(app, ["eval", str(run), "--episodes", "1"])
     assert result.exit_code == 0 and "over 1 episodes" in result.output, result.output
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tdmpc2_on_minigrid_image_and_direction(tmp_path: Path) -> None:
+    """MiniGrid's Dict(image, direction) through TD-MPC2's fused encoder (64x64: its conv)."""
+    pytest.importorskip("minigrid")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    tiny = [o for o in TINY if not o.startswith("agent.seq_len")]  # a DreamerV3 option
+    args = ["train", "tdmpc2:debug", "--env", "minigrid:MiniGrid-Empty-5x5-v0", "--run-dir",
+            str(run), "env.size=64", *tiny]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = runner.invoke(app, ["eval", str(run), "--episodes", "1"])
+    assert result.exit_code == 0 and "over 1 episodes" in result.output, result.output

@@ -58,6 +58,7 @@ def test_round_trip_gives_identical_outputs(name, obs_space, action_space, tmp_p
     model = worldflux.create_world_model(name, obs_space, action_space, seed=0).eval()
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "README.md",
         "config.json",
         "model.safetensors",
     ]
@@ -129,8 +130,11 @@ def test_damaged_or_missing_weights(saved: Path, tmp_path: Path) -> None:
     (saved / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match="model.safetensors is missing"):
         WorldModel.from_pretrained(saved)
-    with pytest.raises(ConfigError, match="has no config.json"):
+    with pytest.raises(ConfigError, match="nothing does not exist; expected a directory"):
         WorldModel.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        WorldModel.from_pretrained(tmp_path / "empty")
 
 
 def test_from_pretrained_on_another_family_class_is_refused(saved: Path) -> None:

@@ -244,8 +244,19 @@ def test_dict_observations() -> None:
     mixed = gym.spaces.Dict(
         {"img": gym.spaces.Box(0, 255, (64, 64, 3), "uint8"), "b": gym.spaces.Box(-1, 1, (4,))}
     )
-    with pytest.raises(SpecError, match="either one 64x64 image or vector"):
-        create_world_model("tdmpc2:debug", mixed, ACT)
+    m = create_world_model("tdmpc2:debug", mixed, ACT, seed=0)
+    img = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    m.eval()
+    z = m.encode({"img": img, "b": torch.zeros(2, 4)}).tensors["latent"]
+    assert z.shape == (2, 16) and torch.allclose(z.reshape(2, 2, 8).sum(-1), torch.ones(2, 2))
+    z_b = m.encode({"img": img, "b": torch.ones(2, 4)}).tensors["latent"]
+    z_img = m.encode({"img": 255 - img, "b": torch.zeros(2, 4)}).tensors["latent"]
+    assert not torch.allclose(z, z_b) and not torch.allclose(z, z_img)  # both fields count
+    small = gym.spaces.Dict(
+        {"img": gym.spaces.Box(0, 255, (32, 32, 3), "uint8"), "b": gym.spaces.Box(-1, 1, (4,))}
+    )
+    with pytest.raises(SpecError, match=r"obs_space\['img'\].*expects 64x64, got 32x32"):
+        create_world_model("tdmpc2:debug", small, ACT)
 
 
 def test_family_readme_example_runs() -> None:

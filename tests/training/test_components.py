@@ -162,7 +162,8 @@ def test_cpu_with_cuda_present_warns(monkeypatch: pytest.MonkeyPatch) -> None:
 
 BAD_OVERRIDES = [
     ("tdmpc2:debug", "agent.nosuch=1",
-     r"agent\.nosuch: unknown option for TDMPC2Agent; valid: agent\.act, agent\.batch_size$"),
+     r"agent\.nosuch: unknown option for TDMPC2Agent; valid: agent\.act, agent\.batch_size, "
+      r"agent\.compile, agent\.compile_mode, agent\.precision$"),
     ("tdmpc2:debug", "agent.batch_size=abc", r"agent\.batch_size: expected int, got 'abc' \(str\)"),
     ("tdmpc2:debug", "agent.seed=3", r"agent\.seed: set by worldflux itself"),
     ("dreamerv3:debug", "agent.train_ratio=64", r"agent\.train_ratio: unknown option"),

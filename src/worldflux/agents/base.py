@@ -40,34 +40,39 @@ def guarded_step(
     optimizer: torch.optim.Optimizer,
     params: Iterable[nn.Parameter],
     max_grad_norm: float | None,
-) -> tuple[bool, float]:
+    backward: bool = True,
+) -> tuple[bool, Tensor]:
     """Backward + clip + step, unless the loss or the gradient norm is NaN/Inf.
 
-    Returns (stepped, grad_norm). On a non-finite value the gradients are cleared and the
+    Returns (stepped, grad_norm), the norm a detached 0-d tensor on the parameters' device (the
+    logger reads it). On a non-finite value the gradients are cleared and the
     parameters and optimizer state stay untouched. Under data-parallel training the gradients
     are averaged over ranks right after backward (`worldflux.distributed.gradsync`), so every rank
-    clips, checks and steps on the same values.
+    clips, checks and steps on the same values. ``backward=False``: the caller has already put the
+    gradients of `loss` in (one backward for two losses of one compiled function, which is one
+    autograd node: see `worldflux.agents.dreamer.actor_critic_step`).
     """
     params = [p for p in params if p.requires_grad]  # frozen ones (an EMA target) get none
-    optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(loss))
-    if finite:
-        loss.backward(inputs=params)  # gradients only for the parameters this optimizer owns
+    if backward:
+        optimizer.zero_grad(set_to_none=True)
+        if finite:
+            loss.backward(inputs=params)  # gradients only for the parameters this optimizer owns
     # data-parallel: rank-mean gradients (non-finite on every rank when any rank's loss was)
     if not sync_gradients(params, poisoned=not finite) and not finite:
-        return False, float("nan")
+        return False, loss.new_tensor(float("nan")).detach()
     params = [p for p in params if p.grad is not None]
     if not params:
-        return False, float("nan")
+        return False, loss.new_tensor(float("nan")).detach()
     if max_grad_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))  # type: ignore[union-attr]
     if not bool(torch.isfinite(norm)):
         optimizer.zero_grad(set_to_none=True)
-        return False, float(norm)
+        return False, norm.detach()
     optimizer.step()
-    return True, float(norm)
+    return True, norm.detach()
 
 
 def copy_buffers(module: nn.Module) -> list[Tensor]:
@@ -102,6 +107,7 @@ class Agent(ABC):
     # What `make_agent` records, so that `save` can rebuild the agent without its env:
     options: dict[str, Any] | None = None  # the agent class's keyword options
     native_action_space: Any = None  # the env's own action space `predict` answers in
+    card: Any = None  # a pretrained agent's `AgentCard` (set by `load_pretrained`)
 
     @property
     def replayed_per_update(self) -> int:
@@ -218,3 +224,11 @@ class Agent(ABC):
         from worldflux.agents.io import save_agent
 
         return save_agent(self, path)
+
+    def save_pretrained(self, path: str | os.PathLike[str], card: Any) -> Path:
+        """Write the agent in the Hugging Face Hub layout (config.json, model.safetensors,
+        README.md) with `card` (an `AgentCard`: env, training, measured return), so that
+        `worldflux.load_pretrained(path)` rebuilds it. -> the directory."""
+        from worldflux.agents.pretrained import save_pretrained
+
+        return save_pretrained(self, path, card)

@@ -20,11 +20,14 @@ Train ratio: replayed steps per env step (DreamerV3's unit); one update replays
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from worldflux.agents.acceleration import Acceleration, cast_floats, detached
 from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError
@@ -67,20 +70,31 @@ def actor_critic_step(
     actor_opt: torch.optim.Optimizer,
     critic_opt: torch.optim.Optimizer,
     replay: ReplayContext | None = None,
+    imagine_loss: Callable[..., Any] | None = None,
+    joint_backward: bool = False,
 ) -> tuple[bool, Metrics]:
     """One guarded actor step and one guarded critic step on imagination from `start` (N
     detached posterior states), then the slow-critic EMA. -> (both stepped, metrics); when a step
-    is skipped the return normaliser gets its values from before back."""
+    is skipped the return normaliser gets its values from before back. `imagine_loss` replaces
+    ``ac.imagine_loss`` (the agent's compiled or autocast version of it); `joint_backward` takes
+    both losses' gradients in one backward (needed when it is compiled: one autograd node)."""
     running = copy_buffers(ac)  # imagine_loss updates the return normaliser
-    actor_loss, critic_loss, imagined = ac.imagine_loss(world, start, replay)
-    metrics: Metrics = {**imagined}
+    imagine = imagine_loss if imagine_loss is not None else ac.imagine_loss
+    actor_loss, critic_loss, imagined = imagine(world, start, replay)
+    metrics: Metrics = detached(imagined)
     clip = ac.cfg.ac_grad_clip if ac.cfg.optimizer == "adam" else math.inf  # LaProp: AGC
     ok = True
+    joint = joint_backward
+    if joint:
+        params = [p for m in (ac.actor, ac.critic) for p in m.parameters() if p.requires_grad]
+        actor_opt.zero_grad(set_to_none=True)
+        critic_opt.zero_grad(set_to_none=True)
+        torch.autograd.backward([actor_loss, critic_loss], inputs=params)
     for name, loss, module, optim in (
         ("actor", actor_loss, ac.actor, actor_opt),
         ("critic", critic_loss, ac.critic, critic_opt),
     ):
-        stepped, norm = guarded_step(loss, optim, module.parameters(), clip)
+        stepped, norm = guarded_step(loss, optim, module.parameters(), clip, backward=not joint)
         metrics[f"ac/{name}_grad_norm"] = norm
         ok = ok and stepped
     if not ok:
@@ -104,6 +118,9 @@ class DreamerAgent(Agent):
         seed: int = 0,
         batch_size: int = 16,
         seq_len: int = 64,
+        compile: bool = False,
+        compile_mode: str = "default",
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, DreamerV3):
             raise ConfigError(
@@ -116,6 +133,11 @@ class DreamerAgent(Agent):
         self.model = model
         self.batch_size, self.seq_len = batch_size, seq_len
         self.opt = make_optimizers(model)
+        self.acceleration = acc = Acceleration(compile, compile_mode, precision)
+        self._wm_loss = acc.wrap(model.world_model_loss, model.device)
+        self._imagine_loss = acc.wrap(model.actor_critic.imagine_loss, model.device)
+        self._step = acc.wrap(self._filter_and_act, model.device)
+        self._checked = False  # the first batch's flags are checked outside compiled code
 
     @torch.no_grad()
     def act(
@@ -139,29 +161,35 @@ class DreamerAgent(Agent):
             carry = fresh
         else:
             carry = dict(state.tensors)
-            if is_first is not None and bool(is_first.any()):
+            if is_first is not None:  # a select per row, no device sync
                 mask = is_first.to(model.device)
                 carry = {k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))), fresh[k], v)
                          for k, v in carry.items()}  # fmt: skip
-        rssm = State({"deter": carry["deter"], "stoch": carry["stoch"]})
-        post = model.update(rssm, carry["prev_action"], obs)
-        action = model.policy(post, sample=explore)
-        new = {
-            "deter": post.tensors["deter"],
-            "stoch": post.tensors["stoch"],
-            "prev_action": action,
-        }
+        action, new = self._step(carry["deter"], carry["stoch"], carry["prev_action"], obs, explore)
+        action, new = cast_floats((action, new), model.dtype)
         return action, State(new)
+
+    def _filter_and_act(
+        self, deter: Tensor, stoch: Tensor, prev_action: Tensor, obs: Obs, explore: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Posterior from the carried state and `obs`, then the actor's action: the acting step
+        `compile` compiles. -> (action (N, A), the new carry)."""
+        post = self.model.update(State({"deter": deter, "stoch": stoch}), prev_action, obs)
+        action = self.model.policy(post, sample=explore)
+        return action, {"deter": post["deter"], "stoch": post["stoch"], "prev_action": action}
 
     def update(self, batch: Batch) -> Metrics:
         """World-model step, then actor-critic steps imagined from the detached posteriors (see
         the module docstring)."""
         model, cfg = self.model, self.model.config
         model.train()
-        loss, metrics, post = model.world_model_loss(batch)
+        if self.acceleration.compile and not self._checked:
+            batch.validate_flags()  # compiled losses skip it (a device sync)
+            self._checked = True
+        loss, metrics, post = self._wm_loss(batch)
         clip = cfg.wm_grad_clip if cfg.optimizer == "adam" else math.inf  # LaProp: AGC
         ok, norm = guarded_step(loss, self.opt.wm, model.world_model_parameters(), clip)
-        out: Metrics = {k: float(v) for k, v in metrics.items()}
+        out: Metrics = detached(metrics)
         out.update({"wm/grad_norm": norm, "nonfinite": float(not ok)})
         if not ok:
             return out
@@ -172,9 +200,16 @@ class DreamerAgent(Agent):
             replay = ReplayContext(feat, batch.reward, batch.is_terminal, batch.is_last)
         ac = model.actor_critic
         ac_ok, ac_metrics = actor_critic_step(
-            ac, model, start, self.opt.actor, self.opt.critic, replay
+            ac,
+            model,
+            start,
+            self.opt.actor,
+            self.opt.critic,
+            replay,
+            self._imagine_loss,
+            joint_backward=self.acceleration.compile,
         )
-        out.update({k: float(v) for k, v in ac_metrics.items()})
+        out.update(ac_metrics)
         out["nonfinite"] = float(not ac_ok)
         return out
 

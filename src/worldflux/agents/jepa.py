@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from worldflux.agents.acceleration import Acceleration, cast_floats, detached
 from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError, SpecError
@@ -51,6 +52,9 @@ class JEPAAgent(Agent):
         elites: int = 32,
         iterations: int = 5,
         action_repeat: int = 1,
+        compile: bool = False,
+        compile_mode: str = "default",
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, JEPA):
             raise ConfigError(f"model: expected a JEPA world model, got {type(model).__name__}")
@@ -64,6 +68,12 @@ class JEPAAgent(Agent):
         cem = CEM(model.action_spec.dim, horizon, samples, elites, iterations)
         self.planner = GoalPlanner(cem, action_repeat=action_repeat)
         self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
+        self.acceleration = acc = Acceleration(compile, compile_mode, precision)
+        self._loss = acc.wrap(model.loss, model.device)
+        self._checked = False  # the first batch's flags are checked outside compiled code
+        # CEM planning runs under the precision, eagerly (its goal and warm start are Python
+        # state that changes between calls)
+        self._plan = Acceleration(precision=precision).wrap(self.planner.plan, model.device)
         self._prev_action: Tensor | None = None  # (N, A) the last planned actions
 
     @property
@@ -128,7 +138,7 @@ class JEPAAgent(Agent):
             raise SpecError(
                 f"act: goal batch {self.goal_rep.shape[0]} != obs batch {state.batch_size}"
             )
-        action = self.planner.plan(model, state, explore=explore)
+        action = cast_floats(self._plan(model, state, explore=explore), model.dtype)
         self._prev_action = action
         # The action travels in the returned State (like DreamerV3's), so acting in another
         # batch of envs (an evaluation between training steps) cannot clobber it.
@@ -139,13 +149,16 @@ class JEPAAgent(Agent):
         model = self.model
         model.train()
         running = copy_buffers(model)  # the loss updates batch-norm statistics
-        loss, metrics = model.loss(batch)
+        if self.acceleration.compile and not self._checked:
+            batch.validate_flags()  # compiled losses skip it (a device sync)
+            self._checked = True
+        loss, metrics = self._loss(batch)
         ok, norm = guarded_step(loss, self.opt, model.parameters(), model.config.grad_clip)
         if ok:
             model.update_target()
         else:
             restore_buffers(model, running)
-        out: Metrics = {k: float(v) for k, v in metrics.items()}
+        out: Metrics = detached(metrics)
         out.update(grad_norm=norm, nonfinite=float(not ok))
         return out
 

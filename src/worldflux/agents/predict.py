@@ -99,9 +99,14 @@ def _is_first(
 
 
 def model_format_space(spec: ActionSpec) -> spaces.Space:
-    """The action space when the env's own one is unknown: Discrete(n), or Box(-1, 1, (A,))."""
+    """The action space when the env's own one is unknown: Discrete(n), MultiDiscrete(groups),
+    MultiBinary(A), or Box(-1, 1, (A,))."""
+    if spec.multi_discrete:
+        return spaces.MultiDiscrete(list(spec.groups))
     if spec.discrete:
         return spaces.Discrete(spec.dim)
+    if spec.binary:
+        return spaces.MultiBinary(spec.dim)
     return spaces.Box(-1.0, 1.0, (spec.dim,), np.float32)
 
 
@@ -120,9 +125,15 @@ _BOX_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64
 
 
 def space_to_json(space: spaces.Space) -> dict[str, Any]:
-    """A Discrete or Box action space as JSON-able data (inverse: `space_from_json`)."""
+    """A Discrete, MultiDiscrete, MultiBinary or Box action space as JSON-able data (inverse:
+    `space_from_json`)."""
     if isinstance(space, spaces.Discrete):
         return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec, start = np.asarray(space.nvec), np.asarray(space.start)
+        return {"type": "multi_discrete", "nvec": nvec.tolist(), "start": start.tolist()}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "multi_binary", "shape": [int(s) for s in space.shape]}
     if isinstance(space, spaces.Box) and str(space.dtype) in _BOX_DTYPES:
         return {
             "type": "box",
@@ -131,7 +142,10 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
             "low": np.asarray(space.low, np.float64).reshape(-1).tolist(),
             "high": np.asarray(space.high, np.float64).reshape(-1).tolist(),
         }
-    raise SpecError(f"native_action_space: expected a Discrete or numeric Box, got {space!r}")
+    raise SpecError(
+        "native_action_space: expected a Discrete, MultiDiscrete, MultiBinary or numeric Box, "
+        f"got {space!r}"
+    )
 
 
 def space_from_json(data: Any, where: str) -> spaces.Space:
@@ -141,6 +155,10 @@ def space_from_json(data: Any, where: str) -> spaces.Space:
         n, start = data["n"], data["start"]
         if type(n) is int and n >= 1 and type(start) is int:
             return spaces.Discrete(n, start=start)
+    if kind in ("multi_discrete", "multi_binary"):
+        multi = _multi_from_json(data)
+        if multi is not None:
+            return multi
     if kind == "box" and set(data) == {"type", "shape", "dtype", "low", "high"}:
         shape, low, high = data["shape"], data["low"], data["high"]
         size = int(np.prod(shape)) if isinstance(shape, list) else -1
@@ -151,7 +169,8 @@ def space_from_json(data: Any, where: str) -> spaces.Space:
             lo, hi = (np.asarray(b, np.float64).astype(dtype).reshape(shape) for b in (low, high))
             return spaces.Box(lo, hi, tuple(shape), dtype)
     raise SpecError(
-        f"{where}: expected {{'type': 'discrete', 'n', 'start'}} or {{'type': 'box', 'shape', "
+        f"{where}: expected {{'type': 'discrete', 'n', 'start'}}, {{'type': 'multi_discrete', "
+        f"'nvec', 'start'}}, {{'type': 'multi_binary', 'shape'}} or {{'type': 'box', 'shape', "
         f"'dtype', 'low', 'high'}} with finite bounds, got {data!r}"
     )
 
@@ -162,3 +181,19 @@ def _bounds(values: Any, size: int) -> bool:
         and len(values) == size
         and all(type(v) in (int, float) and np.isfinite(v) for v in values)
     )
+
+
+def _multi_from_json(data: dict[str, Any]) -> spaces.Space | None:
+    """A MultiDiscrete / MultiBinary space from `space_to_json`'s data, or None if malformed."""
+
+    def ints(x: Any, low: int) -> bool:
+        flat = np.asarray(x, dtype=object).reshape(-1) if isinstance(x, list) else None
+        return flat is not None and flat.size > 0 and all(type(v) is int and v >= low for v in flat)
+
+    if data["type"] == "multi_binary" and set(data) == {"type", "shape"}:
+        return spaces.MultiBinary(data["shape"]) if ints(data["shape"], 1) else None
+    if set(data) != {"type", "nvec", "start"} or not ints(data["nvec"], 1):
+        return None
+    if not ints(data["start"], -(2**62)) or np.shape(data["start"]) != np.shape(data["nvec"]):
+        return None
+    return spaces.MultiDiscrete(np.asarray(data["nvec"]), start=np.asarray(data["start"]))

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from worldflux.agents.acceleration import Acceleration, cast_floats, detached
 from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError
 from worldflux.core.model import Metrics
-from worldflux.core.spec import Obs
+from worldflux.core.spec import Obs, obs_batch_size
 from worldflux.core.state import State
 from worldflux.models.tdmpc2 import TDMPC2
 from worldflux.models.tdmpc2.losses import policy_loss, world_model_loss
@@ -58,7 +59,14 @@ class TDMPC2Agent(Agent):
     within_episode = True
 
     def __init__(
-        self, model: TDMPC2, seed: int = 0, act: str = "mppi", batch_size: int = 256
+        self,
+        model: TDMPC2,
+        seed: int = 0,
+        act: str = "mppi",
+        batch_size: int = 256,
+        compile: bool = False,
+        compile_mode: str = "default",
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(model, TDMPC2):
             raise ConfigError(f"model: expected a TDMPC2 world model, got {type(model).__name__}")
@@ -77,6 +85,11 @@ class TDMPC2Agent(Agent):
         extra = 2 if model.action_spec.dim >= 20 else 0
         self.planner = MPPI.from_config(model.config, iterations=model.config.iterations + extra)
         self.optim, self.pi_optim = make_optimizers(model)
+        self.acceleration = acc = Acceleration(compile, compile_mode, precision)
+        self._wm_loss = acc.wrap(world_model_loss, model.device)
+        self._pi_loss = acc.wrap(policy_loss, model.device)
+        self._plan = acc.wrap(self._encode_and_plan, model.device)
+        self._checked = False  # the first batch's flags are checked outside compiled code
 
     @torch.no_grad()
     def act(
@@ -88,34 +101,41 @@ class TDMPC2Agent(Agent):
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, State | None]:
         """Plan (or sample the prior) from the encoded observation. -> (N, A)."""
-        model = self.model
-        latent = model.encode(obs)
-        if self.act_mode == "policy":
-            return model.policy(latent, sample=explore), None
         warm = self.planner.batch_size
-        if warm is not None and warm != latent.batch_size:
+        if warm is not None and warm != obs_batch_size(obs):
             self.planner.reset()  # another batch of envs (e.g. evaluation): no warm start
         elif is_first is not None and warm is not None:
             self.planner.reset(is_first.bool())
-        return self.planner.plan(model, latent, explore=explore), None
+        action = self._plan(obs, explore)
+        return cast_floats(action, self.model.dtype), None
+
+    def _encode_and_plan(self, obs: Obs, explore: bool) -> Tensor:
+        """Encode, then plan (or sample the prior): the acting step `compile` compiles."""
+        latent = self.model.encode(obs)
+        if self.act_mode == "policy":
+            return self.model.policy(latent, sample=explore)
+        return self.planner.plan(self.model, latent, explore=explore)
 
     def update(self, batch: Batch) -> Metrics:
         """World-model step, then policy step on the detached latents, then target EMA."""
         model, clip = self.model, self.model.config.grad_clip_norm
         model.train()
-        total, metrics, latents = world_model_loss(model, batch)
+        if self.acceleration.compile and not self._checked:
+            batch.validate_flags()  # compiled losses skip it (a device sync)
+            self._checked = True
+        total, metrics, latents = self._wm_loss(model, batch)
         wm_params = [p for g in self.optim.param_groups for p in g["params"]]
         ok, norm = guarded_step(total, self.optim, wm_params, clip)
-        out: Metrics = {k: float(v) for k, v in metrics.items()}
-        out.update(loss=float(total.detach()), grad_norm=norm, nonfinite=float(not ok))
+        out: Metrics = detached(metrics)
+        out.update(loss=total.detach(), grad_norm=norm, nonfinite=float(not ok))
         if not ok:
             return out
         scale = copy_buffers(model.scale)  # the policy loss updates it before its step
-        pi_loss, pi_metrics = policy_loss(model, latents)
+        pi_loss, pi_metrics = self._pi_loss(model, latents)
         pi_ok, pi_norm = guarded_step(pi_loss, self.pi_optim, model.pi_net.parameters(), clip)
         if not pi_ok:
             restore_buffers(model.scale, scale)
-        out.update({k: float(v) for k, v in pi_metrics.items()})
+        out.update(detached(pi_metrics))
         out.update(pi_grad_norm=pi_norm, nonfinite=float(not pi_ok))
         model.update_target()
         return out

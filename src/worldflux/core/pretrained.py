@@ -1,11 +1,16 @@
 """`save_pretrained` / `load_pretrained`: a world model as a directory anyone can load.
 
-The directory holds two files:
+The directory is in the Hugging Face Hub layout:
 
 - ``model.safetensors``: the model's ``state_dict()`` (weights and persistent buffers);
 - ``config.json``: ``{"format": "worldflux-model", "version": 1, "config": {"family", "fields"},
   "obs_spec", "action_spec", "dtype", "weights": {"file", "xxh3_64"}}``, everything needed to
-  rebuild the model without its preset name or an environment.
+  rebuild the model without its preset name or an environment;
+- ``README.md``: a model card (`worldflux.core.model_card`), documentation only.
+
+`from_pretrained` takes such a directory or a Hub repo id ``"owner/name"`` (fetched through
+`worldflux.core.hub`, the optional ``hub`` extra). Agents use the same layout with more in
+config.json (`worldflux.agents.pretrained`).
 
 Nothing is unpickled: the weights are parsed by safetensors, the rest is JSON, and the weights'
 checksum is checked before they are parsed. Any problem (a missing or damaged file, a foreign
@@ -32,6 +37,7 @@ from worldflux.core.spec import ActionSpec, ObsSpec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
 FORMAT = "worldflux-model"
 VERSION = 1
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -41,29 +47,44 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 def save_pretrained(model: WorldModel, path: str | os.PathLike[str]) -> Path:
     """Write `model` into the directory `path` (created if needed; files of an earlier save
     there are replaced, other files left alone). -> the directory."""
+    from worldflux.core.model_card import describe_specs, model_readme
     from worldflux.core.registry import config_to_json
 
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"path: {folder} is a file; expected a directory to save the model in")
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    data = safetensors_bytes(weights)
+    data, weights = weights_bytes(model)
+    config_json = config_to_json(model.config)
     config = {
         "format": FORMAT,
         "version": VERSION,
-        "config": config_to_json(model.config),
+        "config": config_json,
         "obs_spec": model.obs_spec.to_json(),
         "action_spec": model.action_spec.to_json(),
         "dtype": str(model.dtype).removeprefix("torch."),
-        "weights": {"file": WEIGHTS_FILE, "xxh3_64": xxhash.xxh3_64_hexdigest(data)},
+        "weights": weights,
     }
+    card = model_readme(
+        config_json["family"],
+        config_json["fields"],
+        *describe_specs(model.obs_spec, model.action_spec),
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / WEIGHTS_FILE, data)
-    _write(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())  # last: names the weights
+    write_file(folder / WEIGHTS_FILE, data)
+    write_file(folder / CARD_FILE, card.encode())
+    write_file(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())  # last: names weights
     return folder
 
 
-def _write(file: Path, data: bytes) -> None:
+def weights_bytes(model: WorldModel) -> tuple[bytes, dict[str, str]]:
+    """`model`'s state_dict as safetensors bytes, and config.json's ``"weights"`` entry for
+    them (file name and xxh3_64 checksum)."""
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    data = safetensors_bytes(weights)
+    return data, {"file": WEIGHTS_FILE, "xxh3_64": xxhash.xxh3_64_hexdigest(data)}
+
+
+def write_file(file: Path, data: bytes) -> None:
     """Replace `file` with `data` atomically (a crash leaves the old file or the new one)."""
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
     try:
@@ -81,14 +102,16 @@ def load_pretrained(
     device: torch.device | str | None = None,
     cls: type[WorldModel] = WorldModel,
 ) -> WorldModel:
-    """The model saved in `path` by `save_pretrained`, on `device`, in eval mode.
+    """The model saved by `save_pretrained` in `path` (a directory, or a Hub repo id
+    ``"owner/name[@revision]"``), on `device`, in eval mode.
 
     `cls` (what ``from_pretrained`` was called on) must be the saved model's class or a base of
     it. Building the model leaves the global RNG untouched.
     """
+    from worldflux.core.hub import resolve_folder
     from worldflux.core.registry import config_from_json, create_world_model
 
-    folder = Path(path)
+    folder = resolve_folder(path, [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE], "from_pretrained")
     file = folder / CONFIG_FILE
     doc = _read_config(folder, file)
     try:
@@ -104,7 +127,7 @@ def load_pretrained(
             f"load it with WorldModel.from_pretrained or {type(model).__name__}.from_pretrained"
         )
     model = model.to(_DTYPES[doc["dtype"]])
-    _load_weights(model, folder, doc["weights"])
+    load_weights(model, folder, doc["weights"])
     return (model.to(device) if device is not None else model).eval()
 
 
@@ -138,7 +161,9 @@ def _read_config(folder: Path, file: Path) -> dict[str, Any]:
     return doc
 
 
-def _load_weights(model: WorldModel, folder: Path, weights: dict[str, Any]) -> None:
+def load_weights(model: WorldModel, folder: Path, weights: dict[str, Any]) -> None:
+    """Load the weights file config.json's `weights` entry names (checksum checked first,
+    then parsed by safetensors) into `model`; any problem is one `ConfigError`."""
     name = weights["file"]
     if not isinstance(name, str) or Path(name).name != name:  # no paths out of the folder
         raise ConfigError(f"from_pretrained: {folder / CONFIG_FILE}: bad weights file {name!r}")

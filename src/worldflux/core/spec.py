@@ -29,10 +29,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from worldflux.core.action_spec import ActionSpec
+from worldflux.core.devices import check_device, same_device
 from worldflux.core.exceptions import SpecError
+
+__all__ = ["SINGLE_KEY", "ActionSpec", "FieldSpec", "Obs", "ObsSpec", "check_device", "map_obs",
+           "obs_batch_size", "same_device"]  # fmt: skip
 
 SINGLE_KEY = "obs"  # the field name of a Box space's one array (per-field views only)
 Obs = Tensor | Mapping[str, Tensor]
@@ -56,23 +60,6 @@ def obs_batch_size(obs: Obs) -> int:
             f"obs: expected a batched Tensor (N, ...) or a dict of them, got {first!r:.80}"
         )
     return int(first.shape[0])
-
-
-def same_device(got: torch.device, want: torch.device) -> bool:
-    """Whether a tensor on `got` lives on `want`; an index-less device (``cuda``) matches any
-    index of its type (``cuda:0``). Cheap: one compare in the common case."""
-    if got == want:
-        return True
-    return got.type == want.type and (got.index is None or want.index is None)
-
-
-def check_device(t: Tensor, device: torch.device | None, name: str) -> None:
-    """Raise `SpecError` unless `t` is on `device` (None: no check)."""
-    if device is not None and t.device != device and not same_device(t.device, device):
-        raise SpecError(
-            f"{name}: expected a tensor on the model's device {device}, got one on {t.device}; "
-            f"move it with .to({str(device)!r})"
-        )
 
 
 @dataclass(frozen=True)
@@ -270,73 +257,3 @@ def _channels_last(shape: tuple[int, ...], arg: str) -> bool:
         "pass an ObsSpec built with FieldSpec(shape, torch.uint8, True, channels_last=...) "
         "instead of the gymnasium space"
     )
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    """Action space as a model sees it: `dim` floats (one-hot of `dim` choices if discrete)."""
-
-    dim: int
-    discrete: bool
-
-    @staticmethod
-    def from_space(space: Any) -> ActionSpec:
-        """Build from gymnasium Discrete or 1-D Box (or pass an ActionSpec through)."""
-        if isinstance(space, ActionSpec):
-            return space
-        from gymnasium import spaces
-
-        if isinstance(space, spaces.Discrete):
-            return ActionSpec(int(space.n), True)
-        if isinstance(space, spaces.Box) and len(space.shape) == 1:
-            return ActionSpec(int(space.shape[0]), False)
-        raise SpecError(f"action_space: expected Discrete or a 1-D Box, got {space!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The spec as JSON-able data (inverse: `from_json`)."""
-        return {"dim": self.dim, "discrete": self.discrete}
-
-    @staticmethod
-    def from_json(data: Any, where: str) -> ActionSpec:
-        """Inverse of `to_json`; anything malformed is a `SpecError` naming `where`."""
-        ok = isinstance(data, dict) and set(data) == {"dim", "discrete"}
-        ok = ok and type(data["dim"]) is int and data["dim"] >= 1
-        if not ok or not isinstance(data["discrete"], bool):
-            raise SpecError(f"{where}: expected {{'dim': int >= 1, 'discrete': bool}}, got {data}")
-        return ActionSpec(data["dim"], data["discrete"])
-
-    def to_model(
-        self,
-        action: Tensor,
-        batch_dims: int,
-        arg: str = "action",
-        device: torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """Check `action`; return `dtype` `(*batch, dim)` (Discrete indices become one-hot).
-
-        `device` (if given) is where `action` must live; float actions are cast to `dtype`.
-        """
-        if not isinstance(action, Tensor):
-            raise SpecError(f"{arg}: expected a Tensor, got {type(action).__name__}")
-        check_device(action, device, arg)
-        if self.discrete and not action.is_floating_point():
-            if action.dim() != batch_dims:
-                raise SpecError(
-                    f"{arg}: integer actions must have shape (*{batch_dims} batch "
-                    f"dims), got {tuple(action.shape)}"
-                )
-            if action.numel() and (int(action.min()) < 0 or int(action.max()) >= self.dim):
-                raise SpecError(
-                    f"{arg}: indices must lie in [0, {self.dim}), got "
-                    f"[{int(action.min())}, {int(action.max())}]"
-                )
-            return F.one_hot(action.long(), self.dim).to(dtype)
-        if not action.is_floating_point():
-            raise SpecError(f"{arg}: continuous actions must be floating point, got {action.dtype}")
-        if action.dim() != batch_dims + 1 or action.shape[-1] != self.dim:
-            raise SpecError(
-                f"{arg}: expected shape (<{batch_dims} batch dims>, {self.dim}), "
-                f"got {tuple(action.shape)}"
-            )
-        return action if action.dtype == dtype else action.to(dtype)

@@ -84,7 +84,7 @@ def save_replay(replay: Any, path: Path, share_with: Sequence[Path] = ()) -> Non
         "rows": rows,
         "in_place": in_place,
         "obs_spec": _spec_json(replay.obs_spec),
-        "action": {"dim": replay.action_spec.dim, "discrete": replay.action_spec.discrete},
+        "action": replay.action_spec.to_json(),
         "written": replay.written.tolist(),
         "episode": replay.episode.tolist(),
         "expect_first": replay.expect_first.tolist(),
@@ -175,7 +175,7 @@ def _empty(meta: dict[str, Any], directory: Path | None) -> Any:
     # Built field by field (not via __init__) so that an in-place load never truncates its files.
     replay = Replay.__new__(Replay)
     replay.obs_spec = _spec_from_json(meta["obs_spec"])
-    replay.action_spec = ActionSpec(int(meta["action"]["dim"]), bool(meta["action"]["discrete"]))
+    replay.action_spec = ActionSpec.from_json(meta["action"], "replay meta: action")
     replay.num_envs, replay.stream_capacity = int(meta["num_envs"]), int(meta["stream_capacity"])
     replay.directory = directory
     replay.track_versions = bool(meta.get("track_versions", False))

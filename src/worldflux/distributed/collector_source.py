@@ -167,6 +167,7 @@ def collector_source(
     spaces: tuple[Any, Any],
     num_collectors: int,
     options: dict[str, Any],
+    replay_dir: Any = None,
 ) -> CollectorSource:
     """The `CollectorSource` of a run (`worldflux.training.run.build_trainer`): collectors
     of ``tc.num_envs`` env copies each, agents built on CPU, a version-tracking replay with one
@@ -184,5 +185,7 @@ def collector_source(
         config.agent,
     )  # fmt: skip
     streams = num_collectors * tc.num_envs
-    replay = make_replay(tc, spaces, streams, collectors.seed, track_versions=True)
+    replay = make_replay(
+        tc, spaces, streams, collectors.seed, track_versions=True, directory=replay_dir
+    )
     return CollectorSource(env_fn, agent_fn, agent, replay, collectors)

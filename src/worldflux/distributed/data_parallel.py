@@ -79,7 +79,11 @@ class DataParallel:
         average_buffers(list(agent.modules().values()), self.ctx)
 
     def reduce_metrics(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
-        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        scalars = {  # metrics stay on the device until here (agents return 0-d tensors)
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+        }
         reduced = ddp.all_reduce_metrics(scalars, self.ctx)  # the same keys on every rank
         if self.ctx.distributed:
             reduced["replica_max_diff"] = ddp.replica_max_diff(self._modules, self.ctx)
@@ -142,7 +146,7 @@ class DataParallel:
                 if path is None:
                     path, tree = manager.load_latest(with_replay=True, sweep=True)
                 else:
-                    tree = load_checkpoint(path, with_replay=True)
+                    tree = load_checkpoint(path, with_replay=True, replay_dir=manager.replay_dir)
                 step = int(tree["counters"]["step"])
             finally:
                 self._agree_step(step)  # -1 tells the other ranks that loading failed
@@ -158,7 +162,9 @@ class DataParallel:
         if self.is_main:
             return path, tree, tree
         shard = path / SHARDS / f"rank{self.rank}"
-        return path, tree, load_checkpoint(shard, with_replay=True) if shard.is_dir() else None
+        if not shard.is_dir():
+            return path, tree, None
+        return path, tree, load_checkpoint(shard, with_replay=True, replay_dir=manager.replay_dir)
 
     def _agree_step(self, step: int) -> int:
         if not self.ctx.distributed:

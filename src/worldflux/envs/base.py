@@ -5,7 +5,8 @@ Every adapter speaks the row convention of `worldflux.core.batch.Batch`: each ca
 
 - ``obs``          the observation o_t (numpy; an array, or a dict of arrays for Dict spaces)
 - ``action``       the action a_{t-1} that led to o_t, in MODEL format: float32 ``(A,)``,
-                   one-hot for Discrete spaces, in [-1, 1] for Box spaces; zeros on reset rows
+                   one-hot for Discrete spaces (concatenated one-hots for MultiDiscrete,
+                   +-1 bits for MultiBinary), in [-1, 1] for Box spaces; zeros on reset rows
 - ``reward``       the reward received on arriving at o_t (summed over action repeats); 0 on reset
 - ``is_first``     True only on the row returned by `reset`
 - ``is_terminal``  o_t is a true end of the MDP (gymnasium ``terminated``)
@@ -105,7 +106,8 @@ class Env(abc.ABC):
     """A single environment producing `Step` rows.
 
     ``observation_space`` is a Box float32 vector, a Box uint8 HWC image, or a Dict of those;
-    ``action_space`` is Discrete or a 1-D Box in [-1, 1]. Both can be passed straight to
+    ``action_space`` is Discrete, MultiDiscrete, MultiBinary or a 1-D Box in [-1, 1] (see
+    `ActionConverter` for each one's model format). Both can be passed straight to
     `worldflux.create_world_model`. After a row with ``is_last`` the caller must `reset`.
     """
 
@@ -167,15 +169,30 @@ class ActionConverter:
     """Maps model-format actions to an inner env's action space and back.
 
     Discrete(n): accepts an index or an (n,) vector (argmax); the model format is one-hot.
+    MultiDiscrete(nvec): accepts the indices (nvec's shape) or the (sum(nvec),) concatenated
+    vectors (argmax per group); the model format is the concatenated one-hots.
+    MultiBinary(n): accepts a float vector (a bit is set where the value is > 0) or 0/1
+    integers; the model format is +1 per set bit, -1 per clear one.
     Box with finite bounds: accepts (A,) floats, clipped to [-1, 1], rescaled linearly to
     [low, high] and reshaped to the inner shape.
     """
 
     def __init__(self, inner: spaces.Space, arg: str = "action_space") -> None:
         self.inner = inner
+        self.discrete = isinstance(inner, spaces.Discrete)
+        self.kind = type(inner).__name__
         if isinstance(inner, spaces.Discrete):
-            self.discrete, self.dim = True, int(inner.n)
+            self.dim = int(inner.n)
             self.space: spaces.Space = spaces.Discrete(self.dim)
+        elif isinstance(inner, spaces.MultiDiscrete):
+            self.nvec = np.asarray(inner.nvec, np.int64).reshape(-1)
+            self.starts = np.asarray(inner.start, np.int64).reshape(-1)
+            self.offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
+            self.dim = int(self.nvec.sum())
+            self.space = spaces.MultiDiscrete(self.nvec)
+        elif isinstance(inner, spaces.MultiBinary):
+            self.dim = int(np.prod(inner.shape))
+            self.space = spaces.MultiBinary(self.dim)
         elif isinstance(inner, spaces.Box):
             low = np.asarray(inner.low, np.float64).reshape(-1)
             high = np.asarray(inner.high, np.float64).reshape(-1)
@@ -184,31 +201,23 @@ class ActionConverter:
                     f"{arg}: Box actions need finite bounds to normalise to [-1, 1], got "
                     f"low={inner.low}, high={inner.high}"
                 )
-            self.discrete, self.dim = False, int(low.size)
+            self.dim = int(low.size)
             self.low, self.high = low, high
             self.space = spaces.Box(-1.0, 1.0, (self.dim,), np.float32)
         else:
-            raise SpecError(f"{arg}: expected Discrete or Box, got {inner!r}")
+            raise SpecError(
+                f"{arg}: expected Discrete, MultiDiscrete, MultiBinary or Box, got {inner!r}"
+            )
 
     def __call__(self, action: Any) -> tuple[Any, np.ndarray]:
         """Return (action for the inner env, the model-format action actually applied)."""
         a = _to_numpy(action)
-        if self.discrete:
-            if a.ndim == 1 and a.shape[0] == self.dim and a.dtype.kind == "f":
-                index = int(np.argmax(a))
-            elif a.size == 1 and (a.dtype.kind in "iu" or float(a.item()).is_integer()):
-                index = int(a.item())
-            else:
-                raise SpecError(
-                    f"action: expected an integer index or a ({self.dim},) one-hot vector, "
-                    f"got dtype {a.dtype} shape {a.shape}"
-                )
-            if not 0 <= index < self.dim:
-                raise SpecError(f"action: index must lie in [0, {self.dim}), got {index}")
-            onehot = np.zeros(self.dim, np.float32)
-            onehot[index] = 1.0
-            start = int(getattr(self.inner, "start", 0))
-            return index + start, onehot
+        if self.kind == "Discrete":
+            return self._discrete(a)
+        if self.kind == "MultiDiscrete":
+            return self._multi_discrete(a)
+        if self.kind == "MultiBinary":
+            return self._multi_binary(a)
         if a.shape != (self.dim,) or a.dtype.kind not in "fiu":
             raise SpecError(
                 f"action: expected a ({self.dim},) float vector in [-1, 1], "
@@ -221,14 +230,67 @@ class ActionConverter:
         inner_dtype = getattr(self.inner, "dtype", np.float32)
         return scaled.reshape(self.inner.shape).astype(inner_dtype), a
 
+    def _discrete(self, a: np.ndarray) -> tuple[int, np.ndarray]:
+        if a.ndim == 1 and a.shape[0] == self.dim and a.dtype.kind == "f":
+            index = int(np.argmax(a))
+        elif a.size == 1 and (a.dtype.kind in "iu" or float(a.item()).is_integer()):
+            index = int(a.item())
+        else:
+            raise SpecError(
+                f"action: expected an integer index or a ({self.dim},) one-hot vector, "
+                f"got dtype {a.dtype} shape {a.shape}"
+            )
+        if not 0 <= index < self.dim:
+            raise SpecError(f"action: index must lie in [0, {self.dim}), got {index}")
+        onehot = np.zeros(self.dim, np.float32)
+        onehot[index] = 1.0
+        start = int(getattr(self.inner, "start", 0))
+        return index + start, onehot
+
+    def _multi_discrete(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        groups = len(self.nvec)
+        if a.shape == (self.dim,) and a.dtype.kind == "f":
+            index = np.array([np.argmax(g) for g in np.split(a, self.offsets[1:])], np.int64)
+        elif a.size == groups and a.dtype.kind in "iu":
+            index = a.reshape(-1).astype(np.int64)
+        else:
+            raise SpecError(
+                f"action: expected {groups} integer indices or a ({self.dim},) vector of "
+                f"concatenated one-hots (sizes {self.nvec.tolist()}), got dtype {a.dtype} "
+                f"shape {a.shape}"
+            )
+        if (index < 0).any() or (index >= self.nvec).any():
+            raise SpecError(f"action: indices must lie in [0, {self.nvec.tolist()}), got {index}")
+        onehots = np.zeros(self.dim, np.float32)
+        onehots[self.offsets + index] = 1.0
+        env_action = (index + self.starts).reshape(self.inner.shape).astype(self.inner.dtype)
+        return env_action, onehots
+
+    def _multi_binary(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if a.size != self.dim or a.dtype.kind not in "fiub":
+            raise SpecError(
+                f"action: expected {self.dim} bits (floats, set where > 0, or 0/1 integers), "
+                f"got dtype {a.dtype} shape {a.shape}"
+            )
+        if a.dtype.kind in "iub" and not np.isin(a, (0, 1)).all():
+            raise SpecError(f"action: integer bits must be 0 or 1, got {a}")
+        bits = a.reshape(-1) > (0.5 if a.dtype.kind in "iub" else 0.0)
+        env_action = bits.reshape(self.inner.shape).astype(self.inner.dtype)
+        return env_action, np.where(bits, 1.0, -1.0).astype(np.float32)
+
     def normalise(self, env_action: Any) -> np.ndarray:
         """Inverse map: an inner-env action to model format (for logging demonstrations)."""
-        if self.discrete:
-            onehot = np.zeros(self.dim, np.float32)
-            onehot[int(env_action) - int(getattr(self.inner, "start", 0))] = 1.0
-            return onehot
+        if self.kind in ("Discrete", "MultiDiscrete"):
+            return self(np.asarray(env_action, np.int64) - self._start())[1]
+        if self.kind == "MultiBinary":
+            return self(np.asarray(env_action, np.int64))[1]
         x = np.asarray(env_action, np.float64).reshape(-1)
         return (2.0 * (x - self.low) / (self.high - self.low) - 1.0).astype(np.float32)
+
+    def _start(self) -> Any:
+        if self.kind == "Discrete":
+            return int(getattr(self.inner, "start", 0))
+        return self.starts.reshape(np.shape(self.inner.nvec))  # type: ignore[attr-defined]
 
     def zeros(self) -> np.ndarray:
         """The model-format action stored on reset rows."""

@@ -17,8 +17,9 @@ real env.
   in the real env; ``"features"`` gives the latent features (B, F) the model's own heads read.
   ``"auto"`` (default) decodes when the family has an observation decoder (DreamerV3) and uses
   the features otherwise (TD-MPC2, JEPA).
-- Actions are the real env's: `Discrete(n)` indices for discrete action specs, `Box(-1, 1)`
-  for continuous ones (the model format; `worldflux.envs` adapters rescale the same way).
+- Actions are the real env's: `Discrete(n)` indices for discrete action specs,
+  `MultiDiscrete(groups)` indices and `MultiBinary(n)` 0/1 bits for those, `Box(-1, 1)` for
+  continuous ones (the model format; `worldflux.envs` adapters rescale the same way).
 
 A family without a reward head (JEPA) is refused: there would be nothing to learn from.
 """
@@ -85,9 +86,12 @@ class DreamVectorEnv(gymnasium.vector.VectorEnv):
             raise ConfigError(f"observation: a {model.family} model has no observation decoder")
         self.starts = _check_starts(starts, model)
         spec = model.action_spec
-        self.single_action_space = (
-            spaces.Discrete(spec.dim) if spec.discrete else spaces.Box(-1.0, 1.0, (spec.dim,))
-        )
+        self.single_action_space: spaces.Space = (
+            spaces.MultiDiscrete(list(spec.groups)) if spec.multi_discrete
+            else spaces.Discrete(spec.dim) if spec.discrete
+            else spaces.MultiBinary(spec.dim) if spec.binary
+            else spaces.Box(-1.0, 1.0, (spec.dim,))
+        )  # fmt: skip
         self.single_observation_space = self._obs_space()
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -170,7 +174,9 @@ class DreamVectorEnv(gymnasium.vector.VectorEnv):
     def _model_actions(self, actions: Any) -> Tensor:
         model = self.model
         a = torch.as_tensor(np.asarray(actions), device=model.device)
-        if model.action_spec.discrete:
+        if model.action_spec.multi_discrete or model.action_spec.binary:  # indices / 0-1 bits
+            a = model.action_spec.to_model(a.long().reshape(self.num_envs, -1), 1, "actions")
+        elif model.action_spec.discrete:
             a = torch.nn.functional.one_hot(a.long().reshape(self.num_envs), model.action_spec.dim)
         return a.reshape(self.num_envs, model.action_spec.dim).to(model.dtype).clamp(-1.0, 1.0)
 

@@ -30,7 +30,8 @@ def two_hot(x: Tensor, bins: Tensor) -> Tensor:
     below = above - 1
     lo, hi = bins[below], bins[above]
     w_hi = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
-    out = torch.zeros(*x.shape, k, dtype=x.dtype, device=x.device)
+    # the promoted dtype: under bf16 autocast `x` may be bf16 while the grid stays fp32
+    out = torch.zeros(*x.shape, k, dtype=w_hi.dtype, device=x.device)
     out.scatter_(-1, below.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
     out.scatter_add_(-1, above.unsqueeze(-1), w_hi.unsqueeze(-1))
     return out

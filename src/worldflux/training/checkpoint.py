@@ -220,11 +220,14 @@ def _publish(tmp: Path, path: Path) -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | Path, with_replay: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, with_replay: bool = False, replay_dir: Path | None = None
+) -> dict[str, Any]:
     """Read a directory written by `save_checkpoint` back into its tree (no pickle involved).
 
     Every file is checked against ``checksums.json`` first. `with_replay` also reads
-    ``replay/`` (chunks verified) into ``tree["replay"]`` when the checkpoint has one. A missing,
+    ``replay/`` (chunks verified) into ``tree["replay"]`` when the checkpoint has one, into
+    memmaps in `replay_dir` when given (a disk-backed replay; else in RAM). A missing,
     damaged or foreign file raises a one-line `CheckpointError` naming it.
     """
     path = Path(path)
@@ -239,7 +242,7 @@ def load_checkpoint(path: str | Path, with_replay: bool = False) -> dict[str, An
         raise ckio.damaged(path / ckio.MANIFEST, f"missing (format {fmt} checkpoints have one)")
     tree = _unpack_tree(path, doc, _read_tensors(path / TENSORS_FILE))
     if with_replay and (path / REPLAY_DIR).is_dir():
-        tree["replay"] = _read_replay(path / REPLAY_DIR)
+        tree["replay"] = _read_replay(path / REPLAY_DIR, replay_dir)
     return tree
 
 
@@ -267,11 +270,11 @@ def _unpack_tree(path: Path, doc: dict[str, Any], tensors: dict[str, Tensor]) ->
     return tree
 
 
-def _read_replay(folder: Path) -> Any:
+def _read_replay(folder: Path, replay_dir: Path | None) -> Any:
     from worldflux.data.replay_io import load_replay
 
     try:
-        return load_replay(folder)
+        return load_replay(folder, replay_dir)
     except (SpecError, OSError) as e:
         raise CheckpointError(f"checkpoint: {ckio.one_line(e)}") from e
 
@@ -298,6 +301,7 @@ class CheckpointManager:
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
         self.damaged: set[Path] = set()
+        self.replay_dir: Path | None = None  # where loaded replays go (a disk-backed replay)
         self._swept = False
 
     def path_for(self, step: int) -> Path:
@@ -355,7 +359,7 @@ class CheckpointManager:
         skipped: dict[Path, str] = {}
         for path in reversed(found):
             try:
-                tree = load_checkpoint(path, with_replay)
+                tree = load_checkpoint(path, with_replay, self.replay_dir)
             except CheckpointError as err:  # its message names the damaged file
                 skipped[path] = ckio.one_line(err)
                 continue

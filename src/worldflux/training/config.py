@@ -36,8 +36,15 @@ class TrainerConfig:
     threads: int = 1  # torch.set_num_threads (1 avoids OpenMP oversubscription on small CPUs)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; never chosen implicitly
     replay_capacity: int = 1_000_000  # steps the replay keeps
+    replay_on_disk: bool = False  # keep the replay in .npy memmaps under <run_dir>/replay, not RAM
     dataset: str | None = None  # offline mode: an OfflineDataset folder; `steps` counts updates
     tensorboard: bool = True  # also write TensorBoard scalars when tensorboard is installed
+    wandb: bool = False  # also log to Weights & Biases (the wandb extra; WANDB_MODE=offline works)
+    wandb_project: str = "worldflux"  # W&B project
+    wandb_entity: str | None = None  # W&B entity (team or user); None: the account's default
+    wandb_name: str | None = None  # W&B run name; None: the run directory's name
+    wandb_group: str | None = None  # W&B group, e.g. one experiment's seeds
+    video_every: int = 0  # env steps between eval + imagination videos (0: never)
     progress: bool = True  # show the rich live progress line
 
     def __post_init__(self) -> None:
@@ -46,8 +53,13 @@ class TrainerConfig:
                     "max_nonfinite", "replay_capacity", "checkpoint_every")  # fmt: skip
         for name in positive:
             _check_int(name, getattr(self, name), 1)
-        for name in ("seed_steps", "seed_updates", "eval_every", "log_every", "seed"):
+        for name in ("seed_steps", "seed_updates", "eval_every", "log_every", "seed",
+                     "video_every"):  # fmt: skip
             _check_int(name, getattr(self, name), 0)
+        _check_logging(self)
+        if not isinstance(self.replay_on_disk, bool):
+            got = self.replay_on_disk
+            raise ConfigError(f"replay_on_disk: expected true or false, got {got!r}")
         for name in ("train_ratio", "updates_per_step"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and 0 < value < math.inf):
@@ -77,6 +89,18 @@ def _check_int(name: str, value: object, low: int) -> None:
     # bool is an int subclass: `seed=true` must not pass as seed 1
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ConfigError(f"{name}: expected an int >= {low}, got {value!r}")
+
+
+def _check_logging(config: TrainerConfig) -> None:
+    for name in ("tensorboard", "wandb", "progress"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"{name}: expected true or false, got {getattr(config, name)!r}")
+    if not (isinstance(config.wandb_project, str) and config.wandb_project):
+        raise ConfigError(f"wandb_project: expected a project name, got {config.wandb_project!r}")
+    for name in ("wandb_entity", "wandb_name", "wandb_group"):
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, str) and value):
+            raise ConfigError(f"{name}: expected a non-empty string or null, got {value!r}")
 
 
 def check_device(device: str | torch.device) -> torch.device:

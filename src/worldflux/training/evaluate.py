@@ -99,17 +99,19 @@ def _episode(
 
 
 @torch.no_grad()
-def collect_sequence(agent: Agent, env: Any, seed: int, length: int) -> Any:
+def collect_sequence(
+    agent: Agent, env: Any, seed: int, length: int, device: torch.device | str = "cpu"
+) -> Any:
     """One real sequence of up to `length` rows acted by `agent` (explore=False), as a (1, T)
-    `Batch` following the row convention (stops early at the episode's end)."""
+    `Batch` on `device` following the row convention (stops early at the episode's end)."""
     from worldflux.core.batch import Batch
 
     spec = ObsSpec.from_space(env.observation_space)
     rows = [env.reset(seed=seed)]
     state = None
     while len(rows) < length and not rows[-1].is_last:
-        obs = stack_obs([obs_to_numpy(rows[-1].obs, spec)])  # (1, ...)
-        first = torch.tensor([len(rows) == 1])
+        obs = stack_obs([obs_to_numpy(rows[-1].obs, spec)], device)  # (1, ...)
+        first = torch.tensor([len(rows) == 1], device=device)
         action, state = agent.act(obs, state, explore=False, is_first=first)
         rows.append(env.step(action[0].cpu().numpy()))
     seq = stack_obs([obs_to_numpy(r.obs, spec) for r in rows])  # (T, ...)
@@ -124,4 +126,4 @@ def collect_sequence(agent: Agent, env: Any, seed: int, length: int) -> Any:
         is_first=flag("is_first"),
         is_terminal=flag("is_terminal"),
         is_last=flag("is_last"),
-    )
+    ).to(device)

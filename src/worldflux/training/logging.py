@@ -1,7 +1,11 @@
-"""Run logging: JSONL always, TensorBoard when installed, a rich live progress line."""
+"""Run logging: JSONL always, TensorBoard when installed, W&B when asked, a live progress line.
+
+The TensorBoard and W&B writers are in `worldflux.training.log_backends`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -9,18 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from worldflux.core.exceptions import WorldFluxError
+from worldflux.training.log_backends import TensorBoardBackend, WandbBackend, WandbOptions
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def _scalar(value: Any) -> float | None:
+    """A float for Python numbers, 0-d (or one-element) tensors and numpy scalars; else None."""
     if isinstance(value, Tensor):
-        if value.numel() != 1:
-            return None
-        value = value.item()
+        value = value.item() if value.numel() == 1 else None
+    elif isinstance(value, np.ndarray | np.generic):
+        value = value.item() if value.size == 1 else None
     if isinstance(value, bool | int | float):
         return float(value)
     return None
@@ -30,8 +37,10 @@ class Logger:
     """Writes ``{"step": env_step, "kind": ..., key: value}`` lines to ``<run_dir>/metrics.jsonl``.
 
     `kind` groups metrics ("train", "eval", "episode", "profile"). TensorBoard scalars go to
-    ``<run_dir>/tb`` when `tensorboard=True` and the package is installed. `progress` shows a rich
-    live line with env steps, updates/s and the last episode return.
+    ``<run_dir>/tb`` when `tensorboard=True` and the package is installed; W&B gets them too
+    when `wandb` options are given (a `ConfigError` when wandb is not installed). Values may be
+    Python numbers, one-element tensors or numpy scalars. `progress` shows a rich live line
+    with env steps, updates/s and the last episode return.
     """
 
     def __init__(
@@ -40,18 +49,17 @@ class Logger:
         total_steps: int,
         tensorboard: bool = True,
         progress: bool = True,
+        wandb: WandbOptions | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._backends: list[Any] = []
+        if wandb is not None:  # first: a missing package fails before any file is opened
+            self._backends.append(WandbBackend(self.run_dir, wandb))
+        if tensorboard:  # the default: without the package, the JSONL file has everything
+            with contextlib.suppress(ImportError):
+                self._backends.append(TensorBoardBackend(self.run_dir))
         self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 - closed in close()
-        self._tb: Any = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
-            except ImportError:
-                self._tb = None
         self._progress: Any = None
         self._task: Any = None
         self.total_steps = total_steps
@@ -77,19 +85,28 @@ class Logger:
     def log(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
         """Append one record; non-scalar values are dropped, non-finite ones kept as strings."""
         record: dict[str, Any] = {"step": int(step), "kind": kind, "time": time.time()}
+        finite: dict[str, float] = {}
         for key, value in metrics.items():
             v = _scalar(value)
             if v is None:
                 continue
             record[key] = v if math.isfinite(v) else str(v)
-            if self._tb is not None and math.isfinite(v):
-                self._tb.add_scalar(f"{kind}/{key}", v, step)
+            if math.isfinite(v):
+                finite[key] = v
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        for backend in self._backends:
+            backend.scalars(int(step), kind, finite)
         if kind == "episode" and "return" in record:
             self.last_return = float(record["return"])
         if kind == "eval" and "return_mean" in record:
             self.last_eval = float(record["return_mean"])
+
+    def video(self, step: int, name: str, path: str | Path) -> None:
+        """Send the GIF at `path` (already written, e.g. under ``<run_dir>/videos``) to
+        TensorBoard and W&B as video `name` at env step `step`."""
+        for backend in self._backends:
+            backend.video(int(step), name, Path(path))
 
     def progress(self, step: int, updates: int) -> None:
         """Refresh the live line: env steps, updates/s (over the last few seconds), last return."""
@@ -108,9 +125,9 @@ class Logger:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        backends, self._backends = self._backends, []
+        for backend in backends:
+            backend.close()
         if not self._file.closed:
             self._file.close()
 

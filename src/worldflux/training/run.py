@@ -8,8 +8,9 @@ world-model pretraining), each alone or under ``distributed=ctx`` (data-parallel
 ``worldflux train --nproc N`` build through here).
 
 A run directory holds ``run.json`` (the `RunConfig`), ``metrics.jsonl``, ``tb/``,
-``checkpoints/`` and ``videos/``; ``worldflux resume <run dir>`` continues exactly where the run
-stopped (with its collectors, on any world size).
+``checkpoints/``, ``videos/`` (``video_every``) and, with ``wandb=true``, ``wandb_id``;
+``worldflux resume <run dir>`` continues exactly where the run stopped (with its collectors,
+on any world size).
 """
 
 from __future__ import annotations
@@ -87,13 +88,17 @@ def finished_message(run_dir: str | Path, steps: int | None) -> str | None:
     )
 
 
-def env_factory(config: RunConfig) -> Any:
-    """index -> a fresh env of the run (seeded by the source / evaluator)."""
+def env_factory(config: RunConfig, render: bool = False) -> Any:
+    """index -> a fresh env of the run (seeded by the source / evaluator); with `render`,
+    made with ``render_mode="rgb_array"`` (for videos)."""
     if config.env_id is None:
         raise ConfigError("env: this run has no env (offline data only); pass --env ENV")
     from worldflux.envs import make_env
 
-    return functools.partial(_make_env, make_env, config.env_id, config.env_options())
+    options = config.env_options()
+    if render:
+        options["render_mode"] = "rgb_array"
+    return functools.partial(_make_env, make_env, config.env_id, options)
 
 
 def _make_env(make_env: Any, env_id: str, options: dict[str, Any], index: int) -> Any:
@@ -190,10 +195,27 @@ def _build(
         if probe is not None:
             probe.close()
     seed = tc.seed if sync is None else sync.stream_seed(tc.seed)
-    source = _source(config, tc, (agent, spaces), env_fn, data, seed, collector_options)
+    options = {**collector_options, "replay_dir": _replay_dir(tc, run_dir, sync)}
+    source = _source(config, tc, (agent, spaces), env_fn, data, seed, options)
+    video_fn = env_factory(config, render=True) if tc.video_every and env_fn else None
     return Trainer(
-        agent, source, tc, run_dir, sync=sync, eval_env_fn=env_fn, run_info=config.to_dict()
-    )
+        agent, source, tc, run_dir, sync=sync, eval_env_fn=env_fn, run_info=config.to_dict(),
+        video_env_fn=video_fn,
+    )  # fmt: skip
+
+
+def _replay_dir(tc: TrainerConfig, run_dir: str | Path, sync: Any) -> Path | None:
+    """Where a disk-backed replay lives (``replay_on_disk``): ``<run_dir>/replay``, and
+    ``<run_dir>/ranks/rank<r>/replay`` for data-parallel rank r > 0; None keeps it in RAM."""
+    if not tc.replay_on_disk:
+        return None
+    if tc.dataset is not None:
+        raise ConfigError(
+            "replay_on_disk: offline runs (dataset=...) fill no replay; drop replay_on_disk"
+        )
+    if sync is None or sync.is_main:
+        return Path(run_dir) / "replay"
+    return Path(run_dir) / "ranks" / f"rank{sync.rank}" / "replay"
 
 
 def _rank_device(tc: TrainerConfig, ctx: Any) -> TrainerConfig:
@@ -270,24 +292,33 @@ def _source(
     seed: int,
     collector_options: dict[str, Any],
 ) -> Source:
-    """The run's data source; `built` is (agent, its observation and action spaces)."""
+    """The run's data source; `built` is (agent, its observation and action spaces);
+    `collector_options` also hold ``replay_dir`` (see `_replay_dir`)."""
     agent, spaces = built
+    collector_options = dict(collector_options)
+    replay_dir = collector_options.pop("replay_dir", None)
     if data is not None:
         return OfflineSource(data, seed)
     collectors = int(config.collectors.get("num_collectors", 0))
+    if collectors and config.env_vector != "sync":
+        raise ConfigError(
+            f"env.vector: collectors already step their envs in processes; expected 'sync' "
+            f"with collectors, got {config.env_vector!r}"
+        )
     if collectors:
         from worldflux.distributed.collector_source import collector_source
 
         options = {"seed": seed, **collector_options}
-        return collector_source(config, tc, agent, spaces, collectors, options)
-    replay = make_replay(tc, spaces, tc.num_envs, seed)
-    return EnvSource(env_fn, tc.num_envs, seed, replay)
+        return collector_source(config, tc, agent, spaces, collectors, options, replay_dir)
+    replay = make_replay(tc, spaces, tc.num_envs, seed, directory=replay_dir)
+    return EnvSource(env_fn, tc.num_envs, seed, replay, vector=config.env_vector)
 
 
 def make_replay(
     tc: TrainerConfig, spaces: tuple[Any, Any], streams: int, seed: int, **options: Any
 ) -> Any:
-    """The run's replay: `streams` streams (one per env copy) of the run's `spaces`."""
+    """The run's replay: `streams` streams (one per env copy) of the run's `spaces`; memmaps
+    in `options["directory"]` when given (``replay_on_disk``)."""
     from worldflux.data.replay import Replay
 
     return Replay(tc.replay_capacity, *spaces, num_envs=streams, seed=seed, **options)

@@ -4,7 +4,8 @@
 - ``agent``: keyword options of the family's agent (``batch_size``, ``seq_len``, ``act``)
 - ``trainer``: `TrainerConfig` fields (``steps``, ``seed``, ``updates_per_step``, ``dataset``)
 - ``env``: ``id`` (an id for `worldflux.envs.make_env`; absent for offline data without an
-  env) and `make_env` options (``action_repeat``, ``image``, ``max_episode_steps``)
+  env), ``vector`` (``sync`` or ``async``: where the copies step) and `make_env` options
+  (``action_repeat``, ``image``, ``max_episode_steps``)
 
 plus ``collectors``: ``{}`` for a run in one process, else ``{"num_collectors": N,
 "start_method": ...}``, what ``worldflux resume`` restarts them with.
@@ -74,8 +75,14 @@ class RunConfig:
         return {k: v for k, v in self.model.items() if k != "name"}
 
     def env_options(self) -> dict[str, Any]:
-        """The env section without its id: keyword options for `make_env`."""
-        return {k: v for k, v in self.env.items() if k != "id"}
+        """The env section without its id and ``vector``: keyword options for `make_env`."""
+        return {k: v for k, v in self.env.items() if k not in ("id", "vector")}
+
+    @property
+    def env_vector(self) -> str:
+        """How the run's env copies are stepped: ``"sync"`` (in turn, in the trainer's process;
+        the default) or ``"async"`` (one worker process each; `worldflux.training.env_copies`)."""
+        return str(self.env.get("vector", "sync"))
 
     def trainer_config(self) -> TrainerConfig:
         return TrainerConfig.from_dict(self.trainer)
@@ -212,7 +219,7 @@ def known_keys(model: str) -> dict[str, list[str]]:
         "model": [f.name for f in dataclasses.fields(family.presets[preset])],
         "agent": agent,
         "trainer": [f.name for f in dataclasses.fields(TrainerConfig)],
-        "env": [*env, "render_mode", "max_episode_steps"],
+        "env": [*env, "render_mode", "max_episode_steps", "vector"],
     }
 
 

@@ -1,4 +1,4 @@
-"""`EnvRunner`: N environment copies stepped in one process, with episode bookkeeping.
+"""`EnvRunner`: N environment copies stepped together, with episode bookkeeping.
 
 Observations keep the env's form (see `worldflux.core.spec`): the runner holds each env's
 latest one as numpy with the spec's dtypes (`obs_to_numpy`, the check at the env boundary) and
@@ -20,7 +20,8 @@ from torch import Tensor
 
 from worldflux.core.exceptions import SpecError
 from worldflux.core.spec import SINGLE_KEY, ActionSpec, Obs, ObsSpec, map_obs
-from worldflux.training.env_snapshot import capture_env, restore_env
+from worldflux.training.env_copies import make_env_copies
+from worldflux.training.env_snapshot import capture_env, restore_env  # noqa: F401 - re-exported
 
 EnvFn = Callable[[int], Any]  # index -> a `worldflux.envs.Env` (reset/step return `Step` rows)
 NumpyObs = np.ndarray | dict[str, np.ndarray]  # one observation in the env's form
@@ -47,9 +48,16 @@ def stack_obs(items: Sequence[NumpyObs], device: torch.device | str = "cpu") -> 
 
 
 def random_actions(spec: ActionSpec, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Uniform random model-format actions (n, A): one-hot or uniform in [-1, 1]."""
-    if spec.discrete:
+    """Uniform random model-format actions (n, A): a uniform one-hot per group (Discrete,
+    MultiDiscrete), fair +-1 bits (MultiBinary) or uniform in [-1, 1] (Box)."""
+    if spec.discrete and not spec.multi_discrete:  # one draw per row, as before groups
         return np.eye(spec.dim, dtype=np.float32)[rng.integers(0, spec.dim, size=n)]
+    if spec.discrete:
+        parts = [np.eye(g, dtype=np.float32)[rng.integers(0, g, size=n)] for g in spec.groups]
+        return np.concatenate(parts, axis=1)  # (n, sum of groups)
+    if spec.binary:
+        # uniform floats: integers(0, 2) gives visibly correlated bits within a short row
+        return np.where(rng.random((n, spec.dim)) < 0.5, 1.0, -1.0).astype(np.float32)
     return rng.uniform(-1.0, 1.0, size=(n, spec.dim)).astype(np.float32)
 
 
@@ -58,37 +66,36 @@ class EnvRunner:
 
     `rows` after construction and after each `step` holds the `(env index, Step)` rows to store,
     in order: a step row, then (when the episode ended) the next episode's reset row.
+    `vector` says where the envs run: ``"sync"`` one after another in this process, ``"async"``
+    one worker process each, stepped at once (`worldflux.training.env_copies`); the rows are the
+    same. `envs` are the env copies (in async mode, handles to them) for agent hooks.
     """
 
-    def __init__(self, env_fn: EnvFn, num_envs: int, seed: int) -> None:
+    def __init__(self, env_fn: EnvFn, num_envs: int, seed: int, vector: str = "sync") -> None:
         if num_envs < 1:
             raise SpecError(f"num_envs: expected an int >= 1, got {num_envs}")
-        self.envs = [env_fn(i) for i in range(num_envs)]
-        self.obs_spec = ObsSpec.from_space(self.envs[0].observation_space)
-        self.action_spec = ActionSpec.from_space(self.envs[0].action_space)
+        self.copies = make_env_copies(env_fn, num_envs, vector)
+        self.envs = self.copies.envs
+        self.obs_spec = ObsSpec.from_space(self.copies.observation_space)
+        self.action_spec = ActionSpec.from_space(self.copies.action_space)
         self.num_envs = num_envs
         self.rows: list[tuple[int, Any]] = []
         self.obs: list[NumpyObs] = []  # each env's latest observation
-        for i, env in enumerate(self.envs):
-            row = env.reset(seed=seed + i)
-            self.rows.append((i, row))
-            self.obs.append(obs_to_numpy(row.obs, self.obs_spec))
-        self.is_first = np.ones(num_envs, dtype=bool)
-        self.ep_return = np.zeros(num_envs, dtype=np.float64)
-        self.ep_length = np.zeros(num_envs, dtype=np.int64)
+        self._start([seed + i for i in range(num_envs)])
+
+    def _start(self, seeds: list[int]) -> None:
+        rows = self.copies.reset(seeds)
+        self.rows = list(enumerate(rows))
+        self.obs = [obs_to_numpy(row.obs, self.obs_spec) for row in rows]
+        self.is_first = np.ones(self.num_envs, dtype=bool)
+        self.ep_return = np.zeros(self.num_envs, dtype=np.float64)
+        self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
 
     def restart(self, seeds: list[int]) -> None:
         """Start a fresh episode in every env (env i reset with ``seeds[i]``); fills `rows`."""
         if len(seeds) != self.num_envs:
             raise SpecError(f"seeds: expected {self.num_envs} seeds, got {len(seeds)}")
-        self.rows = []
-        for i, env in enumerate(self.envs):
-            row = env.reset(seed=seeds[i])
-            self.rows.append((i, row))
-            self.obs[i] = obs_to_numpy(row.obs, self.obs_spec)
-        self.is_first[:] = True
-        self.ep_return[:] = 0.0
-        self.ep_length[:] = 0
+        self._start([int(s) for s in seeds])
 
     def observe(self, device: torch.device | str) -> tuple[Obs, Tensor]:
         """What the agent acts on, on `device`: the current observations stacked in the env's
@@ -101,18 +108,19 @@ class EnvRunner:
 
         Returns (env index, return, length) of the episodes that ended; fills `rows`.
         """
+        if len(actions) != self.num_envs:
+            raise SpecError(f"actions: expected {self.num_envs} rows, got {len(actions)}")
         self.rows = []
         episodes = []
-        for i, env in enumerate(self.envs):
-            row = env.step(actions[i])
+        for i, (row, reset_row) in enumerate(self.copies.advance(actions)):
             self.rows.append((i, row))
             self.ep_return[i] += float(row.reward)
             self.ep_length[i] += 1
             self.is_first[i] = False
-            if row.is_last:
+            if reset_row is not None:
                 episodes.append((i, float(self.ep_return[i]), int(self.ep_length[i])))
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
-                row = env.reset()
+                row = reset_row
                 self.rows.append((i, row))
                 self.is_first[i] = True
             self.obs[i] = obs_to_numpy(row.obs, self.obs_spec)
@@ -120,7 +128,7 @@ class EnvRunner:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "envs": [capture_env(env) for env in self.envs],
+            "envs": self.copies.capture(),
             "obs": self.obs,
             "is_first": self.is_first.copy(),
             "ep_return": self.ep_return.copy(),
@@ -137,11 +145,10 @@ class EnvRunner:
         self.ep_length = np.array(state["ep_length"], dtype=np.int64)
         self.rows = []
         fresh = []
-        for i, (env, snap) in enumerate(zip(self.envs, state["envs"], strict=True)):
-            if restore_env(env, snap):
+        for i, row in enumerate(self.copies.restore(state["envs"], seeds)):
+            if row is None:  # restored
                 continue
             fresh.append(i)
-            row = env.reset(seed=int(seeds[i]))
             self.rows.append((i, row))
             self.obs[i] = obs_to_numpy(row.obs, self.obs_spec)
             self.is_first[i], self.ep_return[i], self.ep_length[i] = True, 0.0, 0
@@ -163,5 +170,4 @@ class EnvRunner:
         return map_obs(np.asarray, obs)
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.copies.close()

@@ -94,7 +94,8 @@ class Source:
 
 
 class EnvSource(Source):
-    """`num_envs` env copies made by `env_fn(i)`, stepped in this process (`EnvRunner`).
+    """`num_envs` env copies made by `env_fn(i)`, stepped by an `EnvRunner` (`vector`: in this
+    process, or ``"async"`` one worker process per copy).
 
     Until ``seed_steps`` env steps the actions are uniform random (from the source's RNG,
     seeded with `seed`); then the agent acts (``explore=True``) on the stacked observations.
@@ -103,9 +104,11 @@ class EnvSource(Source):
     here: all of them at first, after a resume and after an evaluation.
     """
 
-    def __init__(self, env_fn: EnvFn, num_envs: int, seed: int, replay: Any) -> None:
+    def __init__(
+        self, env_fn: EnvFn, num_envs: int, seed: int, replay: Any, vector: str = "sync"
+    ) -> None:
         self.env_fn = env_fn
-        self.runner = EnvRunner(env_fn, num_envs, seed)
+        self.runner = EnvRunner(env_fn, num_envs, seed, vector)
         self.replay = replay
         self.streams = num_envs
         self.rng = np.random.default_rng(seed)  # random actions, fresh-episode seeds

@@ -127,7 +127,7 @@ class LocalSync:
         if path is None:  # damaged newer ones are skipped, with a notice
             path, tree = manager.load_latest(with_replay=True, sweep=True)
         else:
-            tree = load_checkpoint(path, with_replay=True)
+            tree = load_checkpoint(path, with_replay=True, replay_dir=manager.replay_dir)
         return path, tree, tree
 
     def resumed(self, path: Path) -> None:

@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from worldflux.agents.base import Agent
-from worldflux.core.exceptions import WorldFluxError
+from worldflux.core.exceptions import ConfigError, WorldFluxError
 from worldflux.training.checkpoint import CheckpointError, CheckpointManager, capture_rng
 from worldflux.training.config import TrainerConfig, seed_everything, setup_runtime
 from worldflux.training.evaluate import evaluate
+from worldflux.training.log_backends import WandbOptions, require_wandb
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.restore import check_same_run, restore_stream
 from worldflux.training.signals import DeferredStop, stop_report
 from worldflux.training.sources import Source
 from worldflux.training.sync import LocalSync, Sync
+from worldflux.training.video_recorder import VIDEO_DIR, VideoRecorder
 
 EnvFn = Any  # index -> a `worldflux.envs.Env` (see `worldflux.training.runner.EnvFn`)
 
@@ -49,7 +51,8 @@ class Trainer:
 
     `eval_env_fn(i)` builds evaluation envs (None: no evaluation env, so `eval_every` must be
     0). `run_info` (the run's `RunConfig` as a dict) goes into every checkpoint; `restore`
-    refuses a checkpoint of another model.
+    refuses a checkpoint of another model. `video_env_fn(i)` builds envs that render, for the
+    videos every `config.video_every` steps (None: `eval_env_fn`'s; see `VideoRecorder`).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Trainer:
         sync: Sync | None = None,
         eval_env_fn: EnvFn | None = None,
         run_info: dict[str, Any] | None = None,
+        video_env_fn: EnvFn | None = None,
     ) -> None:
         self.config = config
         self.sync: Sync = sync or LocalSync()
@@ -73,7 +77,12 @@ class Trainer:
         self.log_dir = self.run_dir if main else self.run_dir / "ranks" / f"rank{self.sync.rank}"
         self.run_info = run_info or {}
         self.eval_env_fn = eval_env_fn
+        self.videos = self._video_recorder(video_env_fn)
+        if config.wandb and self.sync.is_main:
+            require_wandb()  # a missing package fails here, before any training
         self.checkpoints = CheckpointManager(self.run_dir, config.keep_checkpoints)
+        # a resumed disk-backed replay is read into the live one's files, not into RAM
+        self.checkpoints.replay_dir = getattr(source.replay, "directory", None)
         self.step = 0
         self.updates = 0
         self.credit = 0.0
@@ -119,6 +128,7 @@ class Trainer:
             self.config.steps,
             self.config.tensorboard and self.sync.is_main,
             self.config.progress and self.sync.is_main,
+            self._wandb_options() if self.config.wandb and self.sync.is_main else None,
         )
         last_eval: dict[str, Any] | None = None
         self._partial = False
@@ -163,6 +173,10 @@ class Trainer:
             result = self.run_eval()
         if self._crossed(prev, self.config.log_every):
             self._log_profile()
+        if self.videos is not None and self._crossed(prev, self.config.video_every):
+            t0 = time.perf_counter()
+            self.videos.record(self.agent, self.step, self.logger, self.device)
+            self.profile["eval"] += time.perf_counter() - t0
         self._partial = False  # the iteration's state is complete
         if self._crossed(prev, self.config.checkpoint_every) and self.step < end:
             self.save()
@@ -256,6 +270,23 @@ class Trainer:
                 self.step, "eval", {k: v for k, v in result.items() if not isinstance(v, list)}
             )
         return result
+
+    def _video_recorder(self, video_env_fn: EnvFn | None) -> VideoRecorder | None:
+        """Videos on the main process when `config.video_every` > 0 (they need an env)."""
+        if self.config.video_every == 0 or not self.sync.is_main:
+            return None
+        if self.eval_env_fn is None:
+            raise ConfigError(
+                "video_every: videos need an env; pass --env ENV (or set video_every=0)"
+            )
+        render_fn = video_env_fn or self.eval_env_fn
+        seed = self.config.seed
+        return VideoRecorder(render_fn, self.eval_env_fn, seed, self.run_dir / VIDEO_DIR)
+
+    def _wandb_options(self) -> WandbOptions:
+        c = self.config
+        return WandbOptions(c.wandb_project, c.wandb_entity, c.wandb_name, c.wandb_group,
+                            config=self.run_info or None)  # fmt: skip
 
     def _log_profile(self) -> None:
         assert self.logger is not None

@@ -109,18 +109,31 @@ class PercentileNormalizer(nn.Module):
 
 
 class Actor(nn.Module):
-    """Policy on features (N, F): unimix categorical (discrete) or bounded normal (continuous)."""
+    """Policy on features (N, F): unimix categorical (discrete; one per group of a MultiDiscrete
+    space), unimix Bernoulli per bit (MultiBinary) or bounded normal (continuous).
+
+    Several sub-actions follow the official agent, which gives every discrete action its own
+    categorical and sums their log-probs and entropies; a bit is a 2-class categorical
+    (softmax of [0, logit]: a Bernoulli), its action +1 when set and -1 when clear.
+    """
 
     def __init__(self, feat_dim: int, spec: ActionSpec, cfg: DreamerV3Config) -> None:
         super().__init__()
         self.spec, self.cfg = spec, cfg
-        out = spec.dim if spec.discrete else 2 * spec.dim
+        out = spec.dim if spec.discrete or spec.binary else 2 * spec.dim
         self.net = init_linears_(MLP(feat_dim, cfg.units, out, cfg.ac_layers, cfg.norm, cfg.act))
         init_linear_(self.net.head, 0.01)  # type: ignore[arg-type]  # official outscale 0.01
 
     def params(self, feat: Tensor) -> tuple[Tensor, Tensor]:
-        """Discrete: (log-probs (..., A), empty); continuous: (mean, std) each (..., A)."""
+        """Discrete: (log-probs (..., A), empty); binary: (log-probs (..., A, 2) of clear and
+        set, empty); continuous: (mean, std) each (..., A)."""
         x = self.net(feat)
+        if self.spec.binary:
+            logits = torch.stack([torch.zeros_like(x), x], -1)  # (..., A) -> (..., A, 2)
+            return unimix_logp(logits, self.cfg.unimix), x.new_empty(0)
+        if self.spec.multi_discrete:
+            groups = x.split(self.spec.groups, -1)
+            return torch.cat([unimix_logp(g, self.cfg.unimix) for g in groups], -1), x.new_empty(0)
         if self.spec.discrete:
             return unimix_logp(x, self.cfg.unimix), x.new_empty(0)
         mean, std = x.chunk(2, -1)
@@ -131,6 +144,15 @@ class Actor(nn.Module):
         """-> action (..., A), log-prob of it (...), entropy (...). The action is detached
         unless `reparam` (continuous rsample for dynamics backprop)."""
         a, b = self.params(feat)
+        if self.spec.binary:
+            onehot = sample_onehot(a.detach())  # (..., A, 2)
+            logp = (onehot * a).sum((-2, -1))
+            return onehot[..., 1] * 2 - 1, logp, categorical_entropy(a).sum(-1)
+        if self.spec.multi_discrete:
+            groups = a.split(self.spec.groups, -1)
+            action = torch.cat([sample_onehot(g.detach()) for g in groups], -1)
+            ent = torch.stack([categorical_entropy(g) for g in groups], -1).sum(-1)
+            return action, (action * a).sum(-1), ent
         if self.spec.discrete:
             action = sample_onehot(a.detach())
             return action, (action * a).sum(-1), categorical_entropy(a)
@@ -141,9 +163,14 @@ class Actor(nn.Module):
         return action, logp.sum(-1), ent
 
     def mode(self, feat: Tensor) -> Tensor:
-        """Most likely action (..., A): one-hot argmax, or the bounded mean."""
+        """Most likely action (..., A): one-hot argmax (per group), +-1 bits, or the mean."""
         a, _ = self.params(feat)
-        return F.one_hot(a.argmax(-1), self.spec.dim).to(a.dtype) if self.spec.discrete else a
+        if self.spec.binary:
+            return (a[..., 1] > a[..., 0]).to(a.dtype) * 2 - 1
+        if self.spec.discrete:
+            groups = a.split(self.spec.groups, -1)
+            return torch.cat([F.one_hot(g.argmax(-1), g.shape[-1]).to(a.dtype) for g in groups], -1)
+        return a
 
 
 class DreamerV3ActorCritic(nn.Module):
@@ -167,7 +194,8 @@ class DreamerV3ActorCritic(nn.Module):
     @property
     def dynamics_grad(self) -> bool:
         """Whether the actor learns by backprop through the model (continuous + 'dynamics')."""
-        return not self.spec.discrete and self.cfg.actor_grad_cont == "dynamics"
+        continuous = not (self.spec.discrete or self.spec.binary)
+        return continuous and self.cfg.actor_grad_cont == "dynamics"
 
     def imagine(self, wm: DreamerV3, start: State) -> dict[str, Tensor]:
         """Roll the actor out for H steps from `start` (N states, detached).

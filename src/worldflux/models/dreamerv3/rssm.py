@@ -107,7 +107,8 @@ class RSSM(nn.Module):
         reset, cand, update = gates.split(D // G, -1)  # (G, N, 3D/G) -> 3 x (G, N, D/G)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1.0)
-        new = torch.lerp(d_g, cand, update)  # update * cand + (1 - update) * deter
+        # the state keeps its dtype (fp32 under bf16 autocast, whose matmuls give bf16 gates)
+        new = torch.lerp(d_g, cand.to(d_g.dtype), update.to(d_g.dtype))  # u*cand + (1-u)*deter
         return new.transpose(0, 1).reshape(N, D)  # (G, N, D/G) -> (N, D)
 
     def _dist(self, logits: Tensor) -> Tensor:

@@ -66,6 +66,14 @@ class TDMPC2(WorldModel):
         if not isinstance(config, TDMPC2Config):
             raise SpecError(f"config: expected TDMPC2Config, got {type(config).__name__}")
         super().__init__(config, obs_spec, action_spec)
+        if action_spec.multi_discrete:
+            # the policy prior and MPPI's discrete sampling are one categorical over all choices
+            raise SpecError(
+                f"action_space: TD-MPC2 supports Discrete, MultiBinary (planned as continuous "
+                f"values, a bit set where > 0) and Box actions, got MultiDiscrete with groups "
+                f"{list(action_spec.groups)}; use dreamerv3 (one categorical per group), or "
+                f"flatten the action space into one Discrete in a wrapper"
+            )
         c, a = config, action_spec.dim
         self.heads = ("reward", "q", "action", "continue")
         self.discrete = action_spec.discrete

@@ -97,6 +97,19 @@ class ShiftAug(nn.Module):
         return out.gather(3, cols.expand(n, c, h, w))  # (N, C, H, W)
 
 
+def conv_trunk(in_ch: int, channels: int) -> nn.Sequential:
+    """The official 64x64 conv stack: 4 convs with ReLU between, flattened.
+
+    (N, C, 64, 64) float -> (N, channels * 16).
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_ch, channels, 7, stride=2), nn.ReLU(),
+        nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, stride=1), nn.Flatten(),
+    )  # fmt: skip
+
+
 class PixelEncoder(nn.Module):
     """64x64 uint8 image -> SimNorm latent: 4 convs (ReLU), flatten, SimNorm.
 
@@ -107,12 +120,7 @@ class PixelEncoder(nn.Module):
     def __init__(self, in_ch: int, channels: int, latent_dim: int, group: int, pad: int):
         super().__init__()
         self.aug = ShiftAug(pad)
-        self.convs = nn.Sequential(
-            nn.Conv2d(in_ch, channels, 7, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=1), nn.Flatten(),
-        )  # fmt: skip
+        self.convs = conv_trunk(in_ch, channels)
         flat = channels * 4 * 4  # 64 -> 29 -> 13 -> 6 -> 4
         self.proj = nn.Linear(flat, latent_dim) if flat != latent_dim else nn.Identity()
         self.norm = SimNorm(group)
@@ -125,34 +133,87 @@ class PixelEncoder(nn.Module):
         return self.norm(self.proj(self.convs(x)))
 
 
+class FusedEncoder(nn.Module):
+    """Image and vector fields -> one SimNorm latent. (N, ...) -> (N, latent_dim).
+
+    Each 64x64 image field goes through its own conv trunk (`conv_trunk`, with random shift and
+    [-0.5, 0.5] scaling as in `PixelEncoder`) to ``channels * 16`` features; these and the
+    vector fields are concatenated and fed to the state encoder MLP, which ends in SimNorm.
+
+    Source: the official single-task code (nicklashansen/tdmpc2 ``common/layers.py`` ``enc``)
+    builds one encoder per observation key, but ``WorldModel.encode`` uses only the key
+    ``cfg.obs``: it never fuses modalities. The authors' multi-modal follow-up in the same code
+    base (Newt: ``layers.enc`` for ``cfg.obs == 'rgb'`` and ``WorldModel.encode``) concatenates
+    the state with the image features and feeds them through the state MLP encoder; that is
+    done here. Departure: Newt's image features are a frozen pretrained embedding, here they
+    come from the official conv trunk, trained with the world model.
+    """
+
+    def __init__(self, spec: ObsSpec, enc_dim: int, layers: int, latent_dim: int, group: int,
+                 channels: int, pad: int) -> None:  # fmt: skip
+        super().__init__()
+        self.spec = spec
+        self.aug = ShiftAug(pad)
+        trunks = []  # one per image key, in `spec.image_keys` order (keys may hold dots)
+        for key in spec.image_keys:
+            c, h, w = spec.fields[key].chw
+            if (h, w) != (64, 64):
+                raise SpecError(
+                    f"obs_space[{key!r}]: the TD-MPC2 pixel encoder expects 64x64, got {h}x{w}"
+                )
+            trunks.append(conv_trunk(c, channels))
+        self.trunks = nn.ModuleList(trunks)
+        in_dim = len(trunks) * channels * 16 + sum(spec.fields[k].size for k in spec.vector_keys)
+        hidden = max(layers - 1, 1) * [enc_dim]
+        self.mlp = mlp(in_dim, hidden, latent_dim, final=SimNorm(group))
+
+    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        dtype = next(self.mlp.parameters()).dtype  # a float64 model runs in float64
+        parts = []
+        for key, trunk in zip(self.spec.image_keys, self.trunks, strict=True):
+            x = obs[key].to(dtype)
+            if self.spec.fields[key].channels_last:
+                x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+            if self.training:
+                x = self.aug(x)
+            parts.append(trunk(x / 255.0 - 0.5))  # (N, channels * 16)
+        parts += [obs[k].to(dtype) for k in self.spec.vector_keys]
+        return self.mlp(torch.cat(parts, -1))  # (N, images * channels * 16 + vector dims)
+
+
 class Encoder(nn.Module):
-    """Observation dict -> SimNorm latent. Vector fields are concatenated into one MLP input;
-    a single 64x64 image field uses `PixelEncoder`. (N, ...) -> (N, latent_dim)."""
+    """Observation dict -> SimNorm latent. (N, ...) -> (N, latent_dim).
+
+    Vector fields only: concatenated into one MLP input (the official state encoder). One 64x64
+    image field only: `PixelEncoder` (the official ``rgb`` encoder). Images with vector fields
+    (or several images): `FusedEncoder`.
+    """
 
     def __init__(self, spec: ObsSpec, enc_dim: int, layers: int, latent_dim: int, group: int,
                  channels: int, pad: int) -> None:  # fmt: skip
         super().__init__()
         self.spec = spec
         self.image_key: str | None = None
+        self.fused = False
         images = spec.image_keys
-        if images:
-            if len(spec.fields) != 1:
-                raise SpecError(
-                    f"obs_space: TD-MPC2 encodes either one 64x64 image or vector fields, got "
-                    f"images {images} with vectors {spec.vector_keys}"
-                )
+        if len(images) == 1 and len(spec.fields) == 1:
             self.image_key = images[0]
             field = spec.fields[self.image_key]
             c, h, w = field.chw
             if (h, w) != (64, 64):
                 raise SpecError(f"obs_space: the TD-MPC2 pixel encoder expects 64x64, got {h}x{w}")
             self.net: nn.Module = PixelEncoder(c, channels, latent_dim, group, pad)
+        elif images:
+            self.fused = True
+            self.net = FusedEncoder(spec, enc_dim, layers, latent_dim, group, channels, pad)
         else:
             obs_dim = sum(spec.fields[k].size for k in spec.vector_keys)
             hidden = max(layers - 1, 1) * [enc_dim]
             self.net = mlp(obs_dim, hidden, latent_dim, final=SimNorm(group))
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        if self.fused:
+            return self.net(obs)
         if self.image_key is not None:
             x = obs[self.image_key]
             if self.spec.fields[self.image_key].channels_last:

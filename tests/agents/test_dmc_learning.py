@@ -55,6 +55,11 @@ def test_tdmpc2_learns_cartpole_balance(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="update starvation at train ratio 64: seed 0 of benchmarks/learn.py with this suite "
+    "fell from 307 (5k) to 156 (30k), below random; see docs/benchmarks.md, DeepMind Control",
+)
 def test_dreamerv3_learns_cartpole_balance(tmp_path: Path) -> None:
     """DreamerV3 size1m, dmc_proprio_cpu (train ratio 64: one 16x64 update per 16 agent
     steps). The published curve (official code, train ratio 512) reaches 490 at 50k agent

@@ -35,6 +35,7 @@ from worldflux.core.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     load_weights,
+    read_config_json,
     weights_bytes,
     write_file,
 )
@@ -129,15 +130,7 @@ def load_pretrained(ref: str | os.PathLike[str], device: torch.device | str = "c
 def _read_config(folder: Path) -> dict[str, Any]:
     """config.json parsed and its outer keys checked."""
     file = folder / CONFIG_FILE
-    if not file.is_file():
-        raise ConfigError(
-            f"load_pretrained: {folder} has no {CONFIG_FILE}; expected a directory written by "
-            "save_pretrained"
-        )
-    try:
-        doc = json.loads(file.read_bytes())
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise ConfigError(f"load_pretrained: {file} is damaged: not valid JSON ({err})") from err
+    doc = read_config_json(folder, "load_pretrained")
     if isinstance(doc, dict) and doc.get("format") == "worldflux-model":
         raise ConfigError(
             f"load_pretrained: {file} holds a world model, not an agent; load it with "

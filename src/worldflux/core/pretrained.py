@@ -131,17 +131,24 @@ def load_pretrained(
     return (model.to(device) if device is not None else model).eval()
 
 
-def _read_config(folder: Path, file: Path) -> dict[str, Any]:
-    """config.json parsed and its outer keys checked."""
+def read_config_json(folder: Path, caller: str) -> Any:
+    """`folder`'s config.json parsed (untrusted bytes: JSON only); a one-line `ConfigError`
+    starting with `caller` when it is missing or damaged."""
+    file = folder / CONFIG_FILE
     if not file.is_file():
         raise ConfigError(
-            f"from_pretrained: {folder} has no {CONFIG_FILE}; expected a directory written by "
+            f"{caller}: {folder} has no {CONFIG_FILE}; expected a directory written by "
             "save_pretrained"
         )
     try:
-        doc = json.loads(file.read_bytes())
+        return json.loads(file.read_bytes())
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise ConfigError(f"from_pretrained: {file} is damaged: not valid JSON ({err})") from err
+        raise ConfigError(f"{caller}: {file} is damaged: not valid JSON ({err})") from err
+
+
+def _read_config(folder: Path, file: Path) -> dict[str, Any]:
+    """config.json parsed and its outer keys checked."""
+    doc = read_config_json(folder, "from_pretrained")
     keys = {"format", "version", "config", "obs_spec", "action_spec", "dtype", "weights"}
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ConfigError(f"from_pretrained: {file} is not a worldflux model config (no format)")

@@ -33,7 +33,7 @@ from worldflux.distributed import transport  # noqa: E402
 from worldflux.distributed.collectors import CollectorConfig, CollectorPool  # noqa: E402
 from worldflux.distributed.policies import AgentPolicy, MLPPolicy  # noqa: E402
 from worldflux.distributed.worker import rows_obs  # noqa: E402
-from worldflux.envs import VectorEnv, make_env  # noqa: E402
+from worldflux.envs import VectorEnv, make_env, make_env_fn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def factories(env_id: str, agent: str = "") -> tuple[functools.partial, functool
     env = make_env(env_id)
     obs_space, action_space = env.observation_space, env.action_space
     env.close()
-    env_fn = functools.partial(make_env, env_id)
+    env_fn = make_env_fn(env_id)
     if agent:
         options = {"act": "policy"} if agent.startswith("tdmpc2") else {}
         agent_fn = functools.partial(
@@ -56,7 +56,7 @@ def factories(env_id: str, agent: str = "") -> tuple[functools.partial, functool
 
 def single_process(env_fn, policy_fn, envs: int, chunk: int, seconds: float) -> dict:  # noqa: ANN001
     """The collector loop in the learner's own process, without shared memory."""
-    venv, policy = VectorEnv([env_fn] * envs), policy_fn()
+    venv, policy = VectorEnv([functools.partial(env_fn, i) for i in range(envs)]), policy_fn()
     rows, buf, steps, t, state = venv.reset(seed=0), None, 0, 0, None
     t_act = t_env = t_rec = 0.0
     start = time.perf_counter()
@@ -102,7 +102,7 @@ def multi_process(env_fn, policy_fn, n: int, envs: int, chunk: int, seconds: flo
 
 def chunk_state(env_fn, envs: int, chunk: int) -> State:  # noqa: ANN001
     """A chunk shaped exactly like the collectors' (random contents)."""
-    env = env_fn()
+    env = env_fn(0)
     d, a = int(env.observation_space.shape[0]), int(env.action_space.n)
     E, T = envs, chunk
     t = {
@@ -152,7 +152,7 @@ def overhead(env_fn, envs: int, chunk: int) -> dict:  # noqa: ANN001
             lambda: transport.Chunk(0, 0, 0, 0, state, np.arange(envs)).step_batches(), 50
         ),
     }
-    env = env_fn()
+    env = env_fn(0)
     replay = Replay(100_000, env.observation_space, env.action_space, num_envs=envs)
     chunk = transport.Chunk(0, 0, 0, 0, state, np.arange(envs))
 

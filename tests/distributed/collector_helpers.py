@@ -63,7 +63,7 @@ class BrokenEnv(CounterEnv):
         return super().step(action)
 
 
-def failing_env() -> Env:
+def failing_env(index: int) -> Env:
     """An env factory that raises: the collector dies while starting."""
     raise RuntimeError("failing_env: simulated start-up failure")
 
@@ -79,7 +79,7 @@ class EnvFactoryLostInChild:
     def __reduce__(self) -> tuple:
         return (_refuse_to_unpickle, ())
 
-    def __call__(self) -> Env:
+    def __call__(self, index: int) -> Env:
         return CounterEnv()
 
 
@@ -104,8 +104,19 @@ class ConstPolicy(torch.nn.Module):
         return self
 
 
+def counter_env(length: int, delay: float, index: int) -> CounterEnv:
+    del index  # every copy is the same env
+    return CounterEnv(length, delay)
+
+
 def env_fn(delay: float = 0.0) -> functools.partial:
-    return functools.partial(CounterEnv, 5, delay)
+    """A collector env factory: copy index -> a `CounterEnv` of 5-step episodes."""
+    return functools.partial(counter_env, 5, delay)
+
+
+def broken_env(index: int) -> BrokenEnv:
+    del index
+    return BrokenEnv()
 
 
 def random_policy_fn() -> functools.partial:

@@ -293,7 +293,7 @@ def test_stopping_the_learner_cleans_everything(sig: int) -> None:
 def test_a_collector_that_keeps_failing_raises_with_its_traceback() -> None:
     ns = _ns()
     cfg = CollectorConfig(num_collectors=1, start_method="fork", namespace=ns, max_restarts=1)
-    with CollectorPool(C.BrokenEnv, C.random_policy_fn(), cfg) as pool:
+    with CollectorPool(C.broken_env, C.random_policy_fn(), cfg) as pool:
         deadline = time.monotonic() + DEADLINE_S
         with pytest.raises(CollectorError, match="simulated simulator crash"):
             while time.monotonic() < deadline:

@@ -19,7 +19,6 @@ safetensors only, and any problem is one `ConfigError` naming the file.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -156,11 +155,6 @@ def env_fn(card: AgentCard) -> Any:
     """index -> a fresh env of the card's env (for `worldflux.training.evaluate.evaluate`)."""
     if card.env_id is None:
         raise ConfigError(f"pretrained {card.name}: its card names no env; evaluate it yourself")
-    from worldflux.envs import make_env
+    from worldflux.envs import make_env_fn
 
-    return functools.partial(_make, make_env, card.env_id, dict(card.env_kwargs))
-
-
-def _make(make_env: Any, env_id: str, kwargs: dict[str, Any], index: int) -> Any:
-    del index  # every copy is the same env; `evaluate` seeds each
-    return make_env(env_id, **kwargs)
+    return make_env_fn(card.env_id, **card.env_kwargs)

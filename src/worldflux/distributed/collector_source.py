@@ -39,7 +39,7 @@ class CollectorSource(Source):
 
     def __init__(
         self,
-        env_fn: Callable[[], Env],
+        env_fn: Callable[[int], Env],
         agent_fn: Callable[[], Any],
         agent: Any,
         replay: Any,
@@ -173,13 +173,12 @@ def collector_source(
     of ``tc.num_envs`` env copies each, agents built on CPU, a version-tracking replay with one
     stream per copy. `options` are `CollectorConfig` fields (``seed``, ``start_method``, ...)."""
     from worldflux.agents import make_agent
-    from worldflux.envs import make_env
-    from worldflux.training.run import make_replay
+    from worldflux.training.run import env_factory, make_replay
 
     collectors = CollectorConfig(
         num_collectors=num_collectors, envs_per_collector=tc.num_envs, **options
     )
-    env_fn = functools.partial(make_env, config.env_id, **config.env_options())
+    env_fn = env_factory(config)
     agent_fn = functools.partial(
         make_agent, config.model_name, *spaces, tc.seed, "cpu", config.model_options(),
         config.agent,

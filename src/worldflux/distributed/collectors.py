@@ -110,14 +110,16 @@ class _Slot:
 class CollectorPool:
     """Starts, watches, restarts and stops the collector processes (see the module docstring).
 
-    `env_fn` builds one env copy and `policy_fn` the acting policy inside each collector; both
+    `env_fn(i)` builds env copy i (the run's convention, `worldflux.training.runner.EnvFn`;
+    collector c steps copies ``c * envs_per_collector + j``) and `policy_fn()` the acting policy
+    inside each collector; both
     must pickle under ``spawn`` (module-level callables or `functools.partial` of them).
     `weights` (optional) is published as version 1 before the collectors start.
     """
 
     def __init__(
         self,
-        env_fn: Callable[[], Env],
+        env_fn: Callable[[int], Env],
         policy_fn: Callable[[], CollectorPolicy],
         config: CollectorConfig | None = None,
         weights: nn.Module | None = None,

@@ -8,6 +8,7 @@ the way out. See `worldflux.distributed.transport` for the chunk layout and the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import signal
@@ -52,7 +53,7 @@ class WorkerSpec:
     index: int  # collector index
     generation: int  # how many times this index was restarted
     namespace: str  # shm namespace of this process's segments
-    env_fn: Callable[[], Env]  # builds one env copy (module-level callable or partial)
+    env_fn: Callable[[int], Env]  # copy index -> one env copy (module-level callable or partial)
     policy_fn: Callable[[], CollectorPolicy]  # builds the acting policy
     num_envs: int  # env copies stepped in this process
     chunk_len: int  # rows per env in one published chunk
@@ -111,7 +112,10 @@ class _Collector:
     def __init__(self, spec: WorkerSpec, conn: Connection) -> None:
         self.spec, self.conn = spec, conn
         self.publisher: transport.SlotPublisher | None = None
-        self.env = VectorEnv([spec.env_fn for _ in range(spec.num_envs)])
+        first = spec.index * spec.num_envs  # copy j of collector c is copy c * num_envs + j
+        self.env = VectorEnv(
+            [functools.partial(spec.env_fn, first + j) for j in range(spec.num_envs)]
+        )
         self.policy = spec.policy_fn()
         # the policy's optional `on_episode_start(env_ids, envs)` hook (`Agent`'s): told of new
         # episodes, and of all envs after new weights (a goal is embedded with the encoder)

@@ -13,7 +13,7 @@ import gymnasium
 from worldflux.envs.base import ActionConverter, Env, Step, StepBatch, resize_image
 from worldflux.envs.dream import DreamEnv, DreamVectorEnv
 from worldflux.envs.gym import GymEnv
-from worldflux.envs.make import make_env, make_vector_env
+from worldflux.envs.make import make_env, make_env_fn, make_vector_env
 from worldflux.envs.vector import VectorEnv
 
 # Registered by name so that importing worldflux.envs does not import the task module itself.
@@ -21,6 +21,7 @@ if "worldflux/TwoRoom-v0" not in gymnasium.registry:
     gymnasium.register(id="worldflux/TwoRoom-v0", entry_point="worldflux.envs.tworoom:TwoRoomEnv")
 
 __all__ = [
+    "make_env_fn",
     "ActionConverter",
     "DreamEnv",
     "DreamVectorEnv",

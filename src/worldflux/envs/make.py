@@ -12,6 +12,7 @@ Ids:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium
@@ -177,6 +178,19 @@ def _check_gym_kwargs(id: str, kwargs: dict[str, Any]) -> None:  # noqa: A002
             return
     if callable(creator):
         check_options(creator, kwargs, "env.", skip=_OWN, extra=_GYM_MAKE)
+
+
+def make_env_fn(id: str, **kwargs: Any) -> functools.partial[Env]:  # noqa: A002
+    """The env factory trainers, evaluators and collectors take: copy index -> ``make_env(id,
+    **kwargs)`` (every copy the same env; whoever steps it seeds it). A ``functools.partial``
+    of module-level functions, so it pickles for ``spawn``ed processes. Your own factory may use
+    the index (copy i, e.g. a per-copy setting)."""
+    return functools.partial(_copy, id, kwargs)
+
+
+def _copy(id: str, kwargs: dict[str, Any], index: int) -> Env:  # noqa: A002
+    del index
+    return make_env(id, **kwargs)
 
 
 def make_vector_env(id: str, num_envs: int, *, seed: int | None = None, **kwargs: Any) -> VectorEnv:  # noqa: A002

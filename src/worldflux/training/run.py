@@ -16,7 +16,6 @@ on any world size).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -89,21 +88,16 @@ def finished_message(run_dir: str | Path, steps: int | None) -> str | None:
 
 
 def env_factory(config: RunConfig, render: bool = False) -> Any:
-    """index -> a fresh env of the run (seeded by the source / evaluator); with `render`,
-    made with ``render_mode="rgb_array"`` (for videos)."""
+    """index -> a fresh env of the run (`worldflux.envs.make_env_fn`: seeded by the source /
+    evaluator); with `render`, made with ``render_mode="rgb_array"`` (for videos)."""
     if config.env_id is None:
         raise ConfigError("env: this run has no env (offline data only); pass --env ENV")
-    from worldflux.envs import make_env
+    from worldflux.envs import make_env_fn
 
     options = config.env_options()
     if render:
         options["render_mode"] = "rgb_array"
-    return functools.partial(_make_env, make_env, config.env_id, options)
-
-
-def _make_env(make_env: Any, env_id: str, options: dict[str, Any], index: int) -> Any:
-    del index  # every copy is the same env; the source seeds each
-    return make_env(env_id, **options)
+    return make_env_fn(config.env_id, **options)
 
 
 def build_trainer(

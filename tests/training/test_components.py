@@ -12,9 +12,10 @@ import torch
 from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.envs import make_env
 from worldflux.training.config import TrainerConfig, setup_runtime
+from worldflux.training.env_snapshot import capture_env, restore_env
 from worldflux.training.logging import Logger, read_metrics
 from worldflux.training.run_config import parse_overrides
-from worldflux.training.runner import EnvRunner, capture_env, restore_env
+from worldflux.training.runner import EnvRunner
 from worldflux.training.video import image_frames, write_video
 
 

@@ -21,7 +21,6 @@ from torch import Tensor
 from worldflux.core.exceptions import SpecError
 from worldflux.core.spec import SINGLE_KEY, ActionSpec, Obs, ObsSpec, map_obs
 from worldflux.training.env_copies import make_env_copies
-from worldflux.training.env_snapshot import capture_env, restore_env  # noqa: F401 - re-exported
 
 EnvFn = Callable[[int], Any]  # index -> a `worldflux.envs.Env` (reset/step return `Step` rows)
 NumpyObs = np.ndarray | dict[str, np.ndarray]  # one observation in the env's form

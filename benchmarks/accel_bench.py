@@ -107,6 +107,34 @@ def bench(case: str, mode: str, device: torch.device, iters: int) -> dict[str, A
     return row
 
 
+def run_table(device: torch.device, cases: list[str], modes: list[str], iters: int) -> list[dict]:
+    """Print and return one row per (case, mode): first call s, ms per update, % of the same-run
+    matmul rate (bf16 modes against the bf16 rate), plan ms for TD-MPC2."""
+    peak32, peak16 = matmul_rate(device, torch.float32), matmul_rate(device, torch.bfloat16)
+    print(f"device {device}, threads {torch.get_num_threads()}; matmul 2048^3: "
+          f"fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")  # fmt: skip
+    print(f"{'case':<19}{'mode':<14}{'first s':>8}{'upd ms':>9}{'%mm':>7}{'plan ms':>9}")
+    rows = []
+    for case in cases:
+        if case not in CASES:
+            raise SystemExit(f"--cases: expected some of {list(CASES)}, got {case!r}")
+        model, obs, act, options, (b, t) = CASES[case]
+        probe = make_agent(model, obs, act, seed=0, device=device, agent_options=options)
+        batch = random_batch(probe.model.obs_spec, probe.model.action_spec, b, t).to(device)
+        flops = count_flops(lambda p=probe, x=batch: p.update(x))
+        for mode in modes:
+            if mode not in MODES:
+                raise SystemExit(f"--modes: expected some of {list(MODES)}, got {mode!r}")
+            row = bench(case, mode, device, iters)
+            peak = peak16 if "bf16" in mode else peak32
+            row["fraction_of_matmul"] = flops / (row["update_ms"] / 1e3) / peak
+            rows.append(row)
+            plan = f"{row['plan_ms']:>9.1f}" if "plan_ms" in row else ""
+            print(f"{case:<19}{mode:<14}{row['first_s']:>8.1f}{row['update_ms']:>9.1f}"
+                  f"{100 * row['fraction_of_matmul']:>6.1f}%{plan}", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -118,24 +146,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    peak32, peak16 = matmul_rate(device, torch.float32), matmul_rate(device, torch.bfloat16)
-    print(f"device {device}, threads {torch.get_num_threads()}; matmul 2048^3: "
-          f"fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")  # fmt: skip
-    print(f"{'case':<19}{'mode':<14}{'first s':>8}{'upd ms':>9}{'%mm':>7}{'plan ms':>9}")
-    rows = []
-    for case in args.cases.split(","):
-        model, obs, act, options, (b, t) = CASES[case]
-        probe = make_agent(model, obs, act, seed=0, device=device, agent_options=options)
-        batch = random_batch(probe.model.obs_spec, probe.model.action_spec, b, t).to(device)
-        flops = count_flops(lambda p=probe, x=batch: p.update(x))
-        for mode in args.modes.split(","):
-            row = bench(case, mode, device, args.iters)
-            peak = peak16 if "bf16" in mode else peak32
-            row["fraction_of_matmul"] = flops / (row["update_ms"] / 1e3) / peak
-            rows.append(row)
-            plan = f"{row['plan_ms']:>9.1f}" if "plan_ms" in row else ""
-            print(f"{case:<19}{mode:<14}{row['first_s']:>8.1f}{row['update_ms']:>9.1f}"
-                  f"{100 * row['fraction_of_matmul']:>6.1f}%{plan}", flush=True)  # fmt: skip
+    rows = run_table(device, args.cases.split(","), args.modes.split(","), args.iters)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -25,6 +26,20 @@ from worldflux.training.config import seed_everything  # noqa: E402
 from worldflux.training.evaluate import evaluate  # noqa: E402
 
 
+def parse_options(items: list[str]) -> dict[str, object]:
+    """``["k=v", ...]`` -> {k: v}, each value read as JSON (numbers, true/false) or kept as text."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("name", help="shipped name, e.g. tdmpc2-1m-pendulum")
@@ -34,8 +49,17 @@ def main() -> None:
     p.add_argument("--description", required=True)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--option",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent options to ship that the run did not set (acting only, e.g. JEPA's "
+        "intermediate_weight=1.0); the evaluation below uses them",
+    )
     args = p.parse_args()
     agent, run = load_run_agent(args.run_dir)
+    agent.options = {**(agent.options or {}), **parse_options(args.option)}
     card = AgentCard(
         name=args.name,
         preset=args.preset,

@@ -21,7 +21,8 @@ mkdir -p "$OUT"
 if [ "$DEVICE" = "cuda" ]; then
   echo "== CUDA tests"
   timeout 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/agents/test_devices.py \
-    tests/agents/test_compile.py || echo "CUDA tests FAILED (continuing to the timings)"
+    tests/agents/test_compile.py tests/distributed/test_device_paths.py \
+    || echo "CUDA tests FAILED (continuing to the timings)"
   CASES="dreamerv3:size1m,dreamerv3:size12m,tdmpc2:5m"
   MODES="eager,compiled,bf16,compiled+bf16,cudagraphs"
 else

@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     items = suite_overrides(args.suite, args.model, args.overrides)
     if not args.collect:
         for seed in args.seeds:
-            train_seed(args.model, args.env, args.steps, seed, items, args.tag, args.logs)
+            try:
+                train_seed(args.model, args.env, args.steps, seed, items, args.tag, args.logs)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trainer saved and said where
+                raise SystemExit(f"seed {seed}: stopped; the same command resumes it") from None
     print(collect(args.model, args.env, args.steps, items, args.tag, args.logs, args.suite))
 
 

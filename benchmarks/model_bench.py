@@ -1,6 +1,9 @@
 """Model update-step speed on one CPU thread, next to a same-run matmul baseline.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_bench.py [--quick] [--json PATH]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_bench.py [--quick] [--json PATH]``;
+``--modes eager,compiled,bf16`` prints those columns for dreamerv3:size1m and size12m and
+tdmpc2:1m and 5m (update and plan) instead, with the first call's (compile) time
+(`accel_bench.py`).
 
 The baseline times a square float32 matmul and reports the achieved GFLOP/s; every model section
 reports ms per update, updates/s, the update's FLOPs (counted with
@@ -208,8 +211,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer timing iterations")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help="instead: columns per acceleration mode (eager,compiled,bf16,...) for every model, "
+        "with first-call (compile) time and %% of the same-run matmul rate (accel_bench.py)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.modes is not None:
+        from accel_bench import CASES, run_table
+
+        iters = 2 if args.quick else 5
+        rows = run_table(torch.device("cpu"), list(CASES), args.modes.split(","), iters)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
     print(f"threads={torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     print(
         f"{'model':<18}{'wall ms':>9}{'cpu ms':>9}{'upd/s':>9}{'GFLOP':>9}{'%mm wall':>9}"

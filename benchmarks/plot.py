@@ -88,6 +88,12 @@ def reference_curve(model: str, env: str) -> dict[str, Any] | None:
     return {"label": f"{label}, mean of {len(runs)} seeds", "steps": steps, "returns": mean}
 
 
+def evaluated(doc: dict) -> dict[str, dict]:
+    """The seeds of a curve document that have at least one evaluation (a seed just started
+    has none yet)."""
+    return {name: s for name, s in doc["seeds"].items() if s["steps"]}
+
+
 def plot(curve_file: Path) -> Path:
     import matplotlib
 
@@ -96,16 +102,15 @@ def plot(curve_file: Path) -> Path:
 
     doc = json.loads(curve_file.read_text())
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    shared: set[int] | None = None
-    for name, seed in doc["seeds"].items():
-        if seed["steps"]:
-            ax.plot(seed["steps"], seed["returns"], lw=0.8, alpha=0.6, label=name)
-            shared = set(seed["steps"]) if shared is None else shared & set(seed["steps"])
-    if shared:
+    seeds = evaluated(doc)
+    for name, seed in seeds.items():
+        ax.plot(seed["steps"], seed["returns"], lw=0.8, alpha=0.6, label=name)
+    shared = set.intersection(*(set(s["steps"]) for s in seeds.values())) if seeds else set()
+    if len(seeds) > 1 and shared:
         steps = sorted(shared)
-        mean = [np.mean([s["returns"][s["steps"].index(t)] for s in doc["seeds"].values()])
+        mean = [np.mean([s["returns"][s["steps"].index(t)] for s in seeds.values()])
                 for t in steps]  # fmt: skip
-        ax.plot(steps, mean, lw=2.2, color="black", label=f"mean of {len(doc['seeds'])} seeds")
+        ax.plot(steps, mean, lw=2.2, color="black", label=f"mean of {len(seeds)} seeds")
     family = doc["model"].partition(":")[0]
     target = TARGETS.get((family, doc["env"]))
     if target is not None:
@@ -140,8 +145,8 @@ def table_row(curve_file: Path) -> str:
     family = doc["model"].partition(":")[0]
     target = TARGETS.get((family, doc["env"]), (float("nan"), doc["step_budget"]))[0]
     sign = 1.0  # every target here is "return >= target"
-    seeds = doc["seeds"]
-    last = [(s["steps"][-1], s["returns"][-1]) for s in seeds.values() if s["steps"]]
+    seeds = evaluated(doc)
+    last = [(s["steps"][-1], s["returns"][-1]) for s in seeds.values()]
     reached = []
     for s in seeds.values():
         hit = [t for t, r in zip(s["steps"], s["returns"], strict=True) if sign * r >= target]

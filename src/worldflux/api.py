@@ -50,9 +50,9 @@ def train(
             items[f"trainer.{key}"] = value
     config = run_config(model, env, items)
     folder = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    trainer = build_trainer(config, folder)  # records the env's action space for predict
-    trainer.train()
-    return trainer.agent
+    with build_trainer(config, folder) as trainer:  # records the env's action space for predict
+        trainer.train()
+    return trainer.agent  # its envs and env worker processes are closed
 
 
 def run_config(model: str, env: str, settings: Mapping[str, Any]) -> RunConfig:

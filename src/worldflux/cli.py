@@ -311,8 +311,8 @@ def demo(
     typer.echo(f"worldflux demo: {DEMO_MODEL} on {DEMO_ENV}, {' '.join(settings)}")
     try:
         config = parse_overrides(DEMO_MODEL, DEMO_ENV, settings)
-        trainer = build_trainer(config, run_dir or default_run_dir(config))
-        result = trainer.train()
+        with build_trainer(config, run_dir or default_run_dir(config)) as trainer:
+            result = trainer.train()
         report(result, trainer)
         config.env["render_mode"] = "rgb_array"
         video = trainer.run_dir / "videos" / "eval.gif"

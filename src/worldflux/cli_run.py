@@ -45,6 +45,8 @@ def train_or_exit(trainer: Any) -> dict[str, Any]:
         result: dict[str, Any] = trainer.train()
     except Terminated:
         raise typer.Exit(128 + 15) from None
+    finally:
+        trainer.close()  # envs, env worker processes, collectors
     return result
 
 

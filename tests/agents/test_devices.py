@@ -41,3 +41,16 @@ def test_state_round_trip(device: torch.device) -> None:
     back = there.to("cpu")
     for key, value in state.tensors.items():
         assert torch.equal(back.tensors[key], value) and back.tensors[key].dtype == value.dtype
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["tdmpc2:debug", "dreamerv3:debug"])
+def test_cuda_graph_mode_updates_and_acts(name: str) -> None:
+    options = {"compile": True, "compile_mode": "reduce-overhead"}
+    agent = make_agent(name, VEC, CONT, seed=0, device="cuda", agent_options=options)
+    for _ in range(3):  # CUDA graphs record on a warm-up call, then replay
+        metrics = agent.update(batch_for(agent).to("cuda"))
+        assert float(metrics["nonfinite"]) == 0.0
+    action, _ = agent.act(torch.rand(2, 6, device="cuda"), None, explore=False)
+    assert action.shape == (2, 2) and bool(torch.isfinite(action).all())

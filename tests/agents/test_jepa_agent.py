@@ -152,3 +152,17 @@ def test_agent_learns_with_every_regularizer(regularizer: str, tmp_path: Path) -
     frozen = [n for n, p in agent.model.named_parameters() if not p.requires_grad]
     assert bool(frozen) == (regularizer == "ema")
     assert all(n in changed for n in frozen)  # the EMA target moved toward the online encoder
+
+
+def test_intermediate_weight_reaches_the_planner_and_survives_save(tmp_path: Path) -> None:
+    from worldflux.agents.io import load_agent
+
+    env = GymEnv(TwoRoomEnv())
+    space = (env.observation_space, env.action_space)
+    agent = make_agent("jepa:debug", *space, seed=0, agent_options={"intermediate_weight": 1.0})
+    assert agent.planner.intermediate_weight == 1.0
+    agent.save(tmp_path / "agent")
+    assert load_agent(tmp_path / "agent").planner.intermediate_weight == 1.0
+    assert make_agent("jepa:debug", *space, seed=0).planner.intermediate_weight == 0.0
+    with pytest.raises(ConfigError, match="intermediate_weight"):
+        make_agent("jepa:debug", *space, seed=0, agent_options={"intermediate_weight": -1.0})

@@ -157,3 +157,22 @@ def test_an_async_run_resumed_midway_equals_an_uninterrupted_sync_run(tmp_path: 
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     for name, arr in sync.replay.arrays.items():
         np.testing.assert_array_equal(arr, resumed.replay.arrays[name], err_msg=name)
+
+
+def test_worldflux_train_closes_its_env_workers(tmp_path: Any, monkeypatch: Any) -> None:
+    import worldflux
+    from worldflux.training import env_copies
+
+    made: list[Any] = []
+    original = env_copies.ProcessEnvs.__init__
+
+    def spy(self: Any, *args: Any) -> None:
+        original(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(env_copies.ProcessEnvs, "__init__", spy)
+    worldflux.train("tdmpc2:debug", "CartPole-v1", steps=40, run_dir=tmp_path / "run",
+                    overrides={"env.vector": "async", "num_envs": 2, "seed_steps": 40,
+                               "eval_every": 0, "progress": False})  # fmt: skip
+    (copies,) = made
+    assert len(copies.procs) == 2 and not any(p.is_alive() for p in copies.procs)

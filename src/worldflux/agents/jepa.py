@@ -6,7 +6,10 @@ predictor's history of reps, plus ``prev_action``) and returns the first action 
 plan. Whoever steps the envs (the `Trainer`, `evaluate`, collector processes) calls the agent
 hook `on_episode_start(env_ids, envs)` before acting on new episodes; here it sets every env's
 goal observation (envs with ``goal_observation()``, e.g. `TwoRoomEnv`; `check_envs` says up
-front when they have none).
+front when they have none). Options: ``horizon``/``samples``/``elites``/``iterations`` of CEM,
+``action_repeat`` (model steps each planned action is held), ``intermediate_weight`` (a plan's
+score adds this weight times the mean goal distance of its intermediate steps; 0, the default, is
+V-JEPA 2-AC's horizon-only score; 1.0 is what `benchmarks/jepa_tworoom.py` uses).
 
 Learning (`update`, the only JEPA update path): the JEPA loss (teacher-forced + autoregressive
 latent prediction + anti-collapse regulariser), one Adam step at ``config.lr`` through
@@ -52,6 +55,7 @@ class JEPAAgent(Agent):
         elites: int = 32,
         iterations: int = 5,
         action_repeat: int = 1,
+        intermediate_weight: float = 0.0,
         compile: bool = False,
         compile_mode: str = "default",
         precision: str = "fp32",
@@ -66,7 +70,7 @@ class JEPAAgent(Agent):
         self.batch_size, self.seq_len = batch_size, seq_len
         self.default_train_ratio = float(self.replayed_per_update)  # 1 update per env step
         cem = CEM(model.action_spec.dim, horizon, samples, elites, iterations)
-        self.planner = GoalPlanner(cem, action_repeat=action_repeat)
+        self.planner = GoalPlanner(cem, intermediate_weight, action_repeat)
         self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
         self.acceleration = acc = Acceleration(compile, compile_mode, precision)
         self._loss = acc.wrap(model.loss, model.device)

@@ -51,6 +51,13 @@ class WandbOptions:
     config: dict[str, Any] | None = None  # shown as the run's config (the run.json sections)
 
 
+def wandb_options(config: Any, run_info: dict[str, Any] | None) -> WandbOptions:
+    """A `TrainerConfig`'s ``wandb_*`` fields, with the run's config (`run_info`) to show."""
+    c = config
+    return WandbOptions(c.wandb_project, c.wandb_entity, c.wandb_name, c.wandb_group,
+                        config=run_info or None)  # fmt: skip
+
+
 class TensorBoardBackend:
     """Scalars and GIF videos in ``<run_dir>/tb``."""
 

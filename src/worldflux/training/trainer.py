@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from worldflux.agents.base import Agent
-from worldflux.core.exceptions import ConfigError, WorldFluxError
+from worldflux.core.exceptions import WorldFluxError
 from worldflux.training.checkpoint import CheckpointError, CheckpointManager, capture_rng
 from worldflux.training.config import TrainerConfig, seed_everything, setup_runtime
 from worldflux.training.evaluate import evaluate
-from worldflux.training.log_backends import WandbOptions, require_wandb
+from worldflux.training.log_backends import require_wandb, wandb_options
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.restore import check_same_run, restore_stream
 from worldflux.training.signals import DeferredStop, stop_report
 from worldflux.training.sources import Source
 from worldflux.training.sync import LocalSync, Sync
-from worldflux.training.video_recorder import VIDEO_DIR, VideoRecorder
+from worldflux.training.video_recorder import video_recorder
 
 EnvFn = Any  # index -> a `worldflux.envs.Env` (see `worldflux.training.runner.EnvFn`)
 
@@ -77,7 +77,11 @@ class Trainer:
         self.log_dir = self.run_dir if main else self.run_dir / "ranks" / f"rank{self.sync.rank}"
         self.run_info = run_info or {}
         self.eval_env_fn = eval_env_fn
-        self.videos = self._video_recorder(video_env_fn)
+        self.videos = (  # on the main process, every `config.video_every` steps
+            video_recorder(config.video_every, config.seed, eval_env_fn, video_env_fn, run_dir)
+            if self.sync.is_main
+            else None
+        )
         if config.wandb and self.sync.is_main:
             require_wandb()  # a missing package fails here, before any training
         self.checkpoints = CheckpointManager(self.run_dir, config.keep_checkpoints)
@@ -93,7 +97,20 @@ class Trainer:
         self.profile = {"env": 0.0, "act": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0}
         self.logger: Logger | None = None
         self._partial = False  # inside a training iteration (a checkpoint now is not exact)
+        self._pending: int | None = None  # a stop cut this iteration's updates: its start step
+        self._stop: DeferredStop | None = None
         self.sync.start(agent)
+
+    def close(self) -> None:
+        """Release the source's envs, worker processes and collectors (`with Trainer(...) as t`
+        calls it at the end of the block); the agent stays usable."""
+        self.source.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def replay(self) -> Any:
@@ -123,22 +140,21 @@ class Trainer:
         line on stderr with the checkpoint and the ``worldflux resume`` command.
         """
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
-        self.logger = Logger(
-            self.log_dir,
-            self.config.steps,
-            self.config.tensorboard and self.sync.is_main,
-            self.config.progress and self.sync.is_main,
-            self._wandb_options() if self.config.wandb and self.sync.is_main else None,
-        )
+        main, c = self.sync.is_main, self.config
+        wandb = wandb_options(c, self.run_info) if c.wandb and main else None
+        tb, progress = c.tensorboard and main, c.progress and main
+        self.logger = Logger(self.log_dir, c.steps, tb, progress, wandb)
         last_eval: dict[str, Any] | None = None
         self._partial = False
-        stop = DeferredStop()
+        stop = self._stop = DeferredStop()
         try:
             with self.source.running(), self.sync.active(), stop:
-                while self.step < end:
-                    last_eval = self._iteration(end) or last_eval
+                if self._pending is not None:  # first the updates a stop cut short
+                    last_eval = self._finish(self._pending, end)
+                while self.step < end or self._pending is not None:
                     if self.sync.any(stop.requested is not None):
                         stop.stop()
+                    last_eval = self._iteration(end) or last_eval
                 self.save()
                 if stop.requested is not None:
                     stop.stop()
@@ -167,7 +183,18 @@ class Trainer:
         stepped = self.source.collect(self)
         self._earn(stepped)
         self.step += stepped
-        self._learn()
+        return self._finish(prev, end)
+
+    def _finish(self, prev: int, end: int) -> dict[str, Any] | None:
+        """The iteration from `prev` after its collection: learn, then evaluate / log /
+        checkpoint where their intervals end. A stop during the updates leaves the rest to the
+        resumed run (`_pending`, saved with the counters), so an update burst ends promptly."""
+        assert self.logger is not None
+        self._pending = prev
+        if not self._learn():
+            self._partial = False  # between two updates: a checkpoint here resumes exactly
+            return None
+        self._pending = None
         result = None
         if self._crossed(prev, self.config.eval_every):
             result = self.run_eval()
@@ -202,12 +229,16 @@ class Trainer:
     def _crossed(self, prev: int, every: int) -> bool:
         return every > 0 and prev // every != self.step // every
 
-    def _learn(self) -> None:
+    def _learn(self) -> bool:
+        """Spend the update credit; False when a stop (checked every 16 updates, on every rank
+        at once) cut it short: the credit left is the resumed run's."""
         if not self.source.ready(self.agent.seq_len):
             self.credit = 0.0  # e.g. no collector stream holds a full sequence yet
-            return
-        before = self.updates
+            return True
+        before, stop = self.updates, self._stop
         while self.credit >= 1.0:
+            if stop and self.updates % 16 == 0 and self.sync.any(stop.requested is not None):
+                return False
             self.credit -= 1.0
             t0 = time.perf_counter()
             batch = self.source.sample(self.agent, self.device)
@@ -221,6 +252,7 @@ class Trainer:
             if self.updates % max(1, int(self.config.log_every * self.updates_per_step)) == 0:
                 self._log_train(metrics)
         self.source.after_learn(self, before)
+        return True
 
     def _log_train(self, metrics: dict[str, Any]) -> None:
         reduced = self.sync.reduce_metrics(metrics)  # rank means; None where nothing is logged
@@ -271,23 +303,6 @@ class Trainer:
             )
         return result
 
-    def _video_recorder(self, video_env_fn: EnvFn | None) -> VideoRecorder | None:
-        """Videos on the main process when `config.video_every` > 0 (they need an env)."""
-        if self.config.video_every == 0 or not self.sync.is_main:
-            return None
-        if self.eval_env_fn is None:
-            raise ConfigError(
-                "video_every: videos need an env; pass --env ENV (or set video_every=0)"
-            )
-        render_fn = video_env_fn or self.eval_env_fn
-        seed = self.config.seed
-        return VideoRecorder(render_fn, self.eval_env_fn, seed, self.run_dir / VIDEO_DIR)
-
-    def _wandb_options(self) -> WandbOptions:
-        c = self.config
-        return WandbOptions(c.wandb_project, c.wandb_entity, c.wandb_name, c.wandb_group,
-                            config=self.run_info or None)  # fmt: skip
-
     def _log_profile(self) -> None:
         assert self.logger is not None
         self.logger.log(self.step, "profile", {f"{k}_s": v for k, v in self.profile.items()})
@@ -318,7 +333,7 @@ class Trainer:
         counters = {"step": self.step, "updates": self.updates, "credit": self.credit,
                     "episodes": self.episodes, "nonfinite_total": self.nonfinite_total,
                     "nonfinite_streak": self.nonfinite_streak,
-                    "learn_from": self.learn_from}  # fmt: skip
+                    "learn_from": self.learn_from, "pending": self._pending}  # fmt: skip
         return {
             **tree,
             "run": self.run_info,
@@ -372,6 +387,7 @@ class Trainer:
         self.step, self.updates, self.credit = c["step"], c["updates"], c["credit"]
         self.episodes, self.nonfinite_total = c["episodes"], c["nonfinite_total"]
         self.nonfinite_streak = c["nonfinite_streak"]
+        self._pending = c.get("pending")  # the step an interrupted iteration started from
         self.profile.update(tree.get("profile", {}))
         self.agent.load_state_dict(tree["agent"])
         truncate_metrics(self.log_dir, self.step)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from worldflux.agents.base import Agent
-from worldflux.core.exceptions import WorldFluxError
+from worldflux.core.exceptions import ConfigError, WorldFluxError
 from worldflux.training.checkpoint import capture_rng, restore_rng
 from worldflux.training.evaluate import EVAL_SEED_OFFSET, _episode, collect_sequence
 from worldflux.training.video import imagination_video, write_video
@@ -130,6 +130,23 @@ class ShrunkFrames(list[np.ndarray]):
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
         super().append(frame)
+
+
+def video_recorder(
+    every: int,
+    seed: int,
+    eval_env_fn: Callable[[int], Any] | None,
+    video_env_fn: Callable[[int], Any] | None,
+    run_dir: str | Path,
+) -> VideoRecorder | None:
+    """The trainer's recorder: None when `every` is 0; videos need an env (`video_env_fn`, or
+    `eval_env_fn`'s envs when None), so a run without one is a `ConfigError`."""
+    if every == 0:
+        return None
+    if eval_env_fn is None:
+        raise ConfigError("video_every: videos need an env; pass --env ENV (or set video_every=0)")
+    render_fn = video_env_fn or eval_env_fn
+    return VideoRecorder(render_fn, eval_env_fn, seed, Path(run_dir) / VIDEO_DIR)
 
 
 @contextlib.contextmanager

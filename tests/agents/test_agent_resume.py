@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_update_guard import never_stepped
 
 from worldflux.training.run import build_trainer, resume_trainer
 from worldflux.training.run_config import parse_overrides
@@ -85,6 +86,6 @@ def test_dreamer_nonfinite_update_is_skipped() -> None:
     assert metrics["nonfinite"] == 1.0
     for k, v in wm.items():
         assert torch.equal(v, agent.model.state_dict()[k]), k
-    assert not agent.opt.wm.state  # Adam never stepped: no moments, no step count
+    assert never_stepped(agent.opt.wm)  # Adam never stepped: no moments, no step count
     batch.reward[0, 1] = 0.0
-    assert agent.update(batch)["nonfinite"] == 0.0 and agent.opt.wm.state
+    assert agent.update(batch)["nonfinite"] == 0.0 and not never_stepped(agent.opt.wm)

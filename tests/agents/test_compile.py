@@ -1,9 +1,11 @@
 """``compile=True``: every family's compiled update pieces and acting step trace without graph
-breaks, do not recompile for a second batch of the same shape, and match eager results."""
+breaks, do not recompile for a second batch of the same shape, and match eager results.
+DreamerV3's pieces are its regions (`DreamerV3.accelerate`): each step of its loops and the
+batched parts around them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -13,6 +15,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 from test_update_guard import batch_for
+from torch._dynamo.utils import counters
 
 from worldflux.agents import Agent, make_agent
 from worldflux.core.exceptions import ConfigError
@@ -39,16 +42,36 @@ def compiled_paths(agent: Agent) -> list[tuple[str, Callable[..., Any], tuple[An
             ("act", agent._encode_and_plan, (obs, True)),  # type: ignore[attr-defined]
         ]
     if model.family == "dreamerv3":
-        _, _, post = model.world_model_loss(batch)
-        start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})
-        init = model.initial_state(3)
-        carry = (init["deter"], init["stoch"], torch.zeros(3, 2), obs, True)
-        return [
-            ("wm_loss", model.world_model_loss, (batch,)),
-            ("imagine_loss", model.actor_critic.imagine_loss, (model, start, None)),
-            ("act", agent._filter_and_act, carry),  # type: ignore[attr-defined]
-        ]
+        return dreamer_regions(agent, batch, obs)
     return [("loss", model.loss, (batch,))]
+
+
+def dreamer_regions(agent: Agent, batch: Any, obs: torch.Tensor) -> list[Any]:
+    """DreamerV3 compiles by regions (`DreamerV3.accelerate`): each region with its args."""
+    model: Any = agent.model
+    rssm, ac = model.rssm, model.actor_critic
+    seq = model.check_obs(batch.obs, arg="batch.obs", batch_dims=2)
+    tokens = model.encode_sequence(seq)
+    keep, actions, emb, tok = rssm.observe_inputs(tokens, batch.action, batch.is_first)
+    deter, stoch = rssm.initial(batch.action.shape[0])
+    post = rssm.observe(tokens, batch.action, batch.is_first)
+    _, _, state = model.sequence_loss(post, seq, batch)
+    start = State({k: v.detach().flatten(0, 1) for k, v in state.tensors.items()})
+    traj = ac.imagine(model, start)
+    feat = traj["feat"][:, 1]
+    img_carry = feat.split([model.config.deter, feat.shape[-1] - model.config.deter], -1)
+    init = model.initial_state(3)
+    carry = (init["deter"], init["stoch"], torch.zeros(3, 2), obs, True)
+    step = (keep[:, 1], actions[:, 1], emb[:, 1], tok[:, 1])  # (B, T, ..) -> (B, ..)
+    return [
+        ("encode_sequence", model.encode_sequence, (seq,)),
+        ("observe_inputs", rssm.observe_inputs, (tokens, batch.action, batch.is_first)),
+        ("observe_step", rssm.observe_step, (deter, stoch, *step)),
+        ("sequence_loss", model.sequence_loss, (post, seq, batch)),
+        ("imagine_step", ac.imagine_step, (rssm, *img_carry, feat)),
+        ("trajectory_loss", ac.trajectory_loss, (model, traj, None)),
+        ("act", agent._filter_and_act, carry),  # type: ignore[attr-defined]
+    ]
 
 
 @pytest.mark.parametrize("name", ["dreamerv3:debug", "tdmpc2:debug", "jepa:debug"])
@@ -62,19 +85,19 @@ def test_no_graph_breaks(name: str) -> None:
 
 
 @pytest.fixture(params=["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The torch.compile backend: aot_eager (tracing + autograd, seconds) in the quick suite;
-    inductor (code generation, minutes for DreamerV3 on a shared CPU) under ``-m slow``."""
+    inductor (code generation, about a minute for DreamerV3 on a shared CPU) under ``-m slow``.
+    Random ops draw from eager's RNG stream under inductor too (``fallback_random``)."""
     real = torch.compile
 
-    def compile_with(fn: Any, mode: str = "default") -> Any:
-        return real(fn, mode=mode) if request.param == "inductor" else real(fn, backend="aot_eager")
+    def compile_with(fn: Any, **options: Any) -> Any:
+        return real(fn, **options) if request.param == "inductor" else real(fn, backend="aot_eager")
 
     monkeypatch.setattr(torch, "compile", compile_with)
-    if request.param == "inductor":  # random ops draw from eager's RNG stream, as eager does
-        monkeypatch.setattr(torch._inductor.config, "fallback_random", True, raising=False)
     torch._dynamo.reset()
-    return str(request.param)
+    with torch._inductor.config.patch(fallback_random=request.param == "inductor"):
+        yield str(request.param)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +140,19 @@ def test_compiled_acting_matches_eager_and_does_not_recompile(name: str, backend
             actions.append(action)
         results.append(torch.stack(actions))
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_dreamer_regions_compile_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each DreamerV3 region compiles once, its loop's T (H) calls included: the first step's
+    carry requires grad as the later ones' do (dynamo guards on it)."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: real(fn, backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    agent = agent_for("dreamerv3:debug", compile=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        agent.update(batch_for(agent, 0))
+    assert counters["stats"]["unique_graphs"] == 6  # see DreamerV3.accelerate
 
 
 def test_bad_options_name_the_argument() -> None:

@@ -1,7 +1,9 @@
-"""The one NaN/Inf guard, used the same way by every family's `update`, and the planners' state
-in agent checkpoints (exact resume of warm starts and goals)."""
+"""The one NaN/Inf guard, used the same way by every family's `update` and decided on the device,
+and the planners' state in agent checkpoints (exact resume of warm starts and goals)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,10 +16,14 @@ from worldflux.core.batch import Batch
 VEC = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
 CONT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 FAMILIES = ["dreamerv3:debug", "tdmpc2:debug", "jepa:debug"]
+# every family, and DreamerV3 with both of its optimisers (Adam, LaProp)
+VARIANTS = [*FAMILIES, "dreamerv3:debug+laprop"]
 
 
 def agent_for(name: str) -> Agent:
-    return make_agent(name, VEC, CONT, seed=0)
+    name, _, optimizer = name.partition("+")
+    overrides = {"optimizer": optimizer} if optimizer else None
+    return make_agent(name, VEC, CONT, seed=0, model_overrides=overrides)
 
 
 def batch_for(agent: Agent, seed: int = 0) -> Batch:
@@ -31,22 +37,93 @@ def batch_for(agent: Agent, seed: int = 0) -> Batch:
                  torch.randn(b, t, generator=g), is_first, no, no.clone())  # fmt: skip
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_nonfinite_world_model_step_changes_nothing(name: str) -> None:
+def snapshot(agent: Agent) -> dict[str, torch.Tensor]:
+    """Every number an update may change: weights, targets, running statistics, and every
+    optimizer's state (moments, step counts)."""
+    out = {f"model/{k}": v.clone() for k, v in agent.model.state_dict().items()}
+    for name, opt in agent.optimizers().items():
+        for i, state in opt.state_dict()["state"].items():
+            for k, v in state.items():
+                out[f"{name}/{i}/{k}"] = torch.as_tensor(v).clone()
+    return out
+
+
+def assert_unchanged(before: dict[str, torch.Tensor], agent: Agent) -> None:
+    after = snapshot(agent)
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def steps_of(agent: Agent) -> set[float]:
+    return {float(s["step"]) for o in agent.optimizers().values() for s in o.state.values()}
+
+
+def never_stepped(optimizer: torch.optim.Optimizer) -> bool:
+    """Every tensor of the optimizer's state is zero: no step count, no moments (a skipped step
+    may create the state, but leaves it as a fresh optimizer's)."""
+    states = optimizer.state.values()
+    return all(not torch.as_tensor(v).any() for state in states for v in state.values())
+
+
+def inf_gradient(agent: Agent) -> Any:
+    """A hook that makes the gradient of one world-model weight Inf (the loss stays finite)."""
+    model: Any = agent.model
+    params = model.world_model_parameters() if hasattr(model, "world_model_parameters") else None
+    first = next(iter(params)) if params is not None else next(model.encoder.parameters())
+    return first.register_hook(lambda g: torch.full_like(g, float("inf")))
+
+
+@pytest.mark.parametrize("poison", ["nan_loss", "inf_grad"])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_nonfinite_world_model_step_changes_nothing(name: str, poison: str) -> None:
+    """After a finite update (so the optimizers hold moments and step counts), a NaN loss or a
+    finite loss with an Inf gradient leaves every weight, statistic, moment and step count
+    bit-identical; the next finite update steps again."""
     agent = agent_for(name)
-    before = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    assert float(agent.update(batch_for(agent, 1))["nonfinite"]) == 0.0
+    assert steps_of(agent) == {1.0}
+    before = snapshot(agent)
     batch = batch_for(agent)
-    batch.obs[0, 1, 0] = float("nan")  # every family's world-model loss reads the observations
+    hook = None
+    if poison == "nan_loss":
+        batch.obs[0, 1, 0] = float("nan")  # every family's world-model loss reads the obs
+    else:
+        hook = inf_gradient(agent)
     metrics = agent.update(batch)
-    assert metrics["nonfinite"] == 1.0
-    for k, v in agent.model.state_dict().items():  # weights, targets, running statistics
-        assert torch.equal(v, before[k]), k
-    assert all(not o.state for o in agent.optimizers().values())  # no optimizer stepped
-    assert agent.update(batch_for(agent))["nonfinite"] == 0.0
-    assert all(o.state for o in agent.optimizers().values())
+    if hook is not None:
+        hook.remove()
+    flag = metrics["nonfinite"]
+    assert isinstance(flag, torch.Tensor) and flag.dim() == 0 and float(flag) == 1.0
+    assert_unchanged(before, agent)
+    assert float(agent.update(batch_for(agent, 2))["nonfinite"]) == 0.0
+    assert steps_of(agent) == {2.0}
+    after = snapshot(agent)
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("model/"))
 
 
-def test_dreamer_nonfinite_actor_step_keeps_the_return_normaliser(monkeypatch) -> None:
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_skipped_first_update_leaves_a_fresh_state(name: str) -> None:
+    """A skipped very first update may leave optimizer state, but only a fresh one (zero moments,
+    step 0): the next finite update then equals a first update of an untouched agent."""
+    agent, fresh = agent_for(name), agent_for(name)
+    model_before = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    batch = batch_for(agent)
+    batch.obs[0, 1, 0] = float("nan")
+    assert float(agent.update(batch)["nonfinite"]) == 1.0
+    for k, v in agent.model.state_dict().items():
+        assert torch.equal(v, model_before[k]), k
+    assert all(never_stepped(opt) for opt in agent.optimizers().values())
+    torch.manual_seed(3)
+    agent.update(batch_for(agent, 1))
+    torch.manual_seed(3)
+    fresh.update(batch_for(fresh, 1))
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(v, agent.model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "laprop"])
+def test_dreamer_nonfinite_actor_step_keeps_the_return_normaliser(monkeypatch, optimizer) -> None:
     from worldflux.models.dreamerv3 import DreamerV3ActorCritic
 
     real = DreamerV3ActorCritic.imagine_loss
@@ -56,15 +133,20 @@ def test_dreamer_nonfinite_actor_step_keeps_the_return_normaliser(monkeypatch) -
         return actor_loss * float("nan"), critic_loss, metrics
 
     monkeypatch.setattr(DreamerV3ActorCritic, "imagine_loss", poisoned)
-    agent = make_agent("dreamerv3:debug", VEC, CONT, seed=0, model_overrides={"retnorm_rate": 1.0})
+    overrides = {"retnorm_rate": 1.0, "optimizer": optimizer}
+    agent = make_agent("dreamerv3:debug", VEC, CONT, seed=0, model_overrides=overrides)
     ac = agent.model.actor_critic  # type: ignore[attr-defined]
     norm = [b.clone() for b in ac.retnorm.buffers()]
     actor = [p.detach().clone() for p in ac.actor.parameters()]
+    critic = [p.detach().clone() for p in ac.critic.parameters()]
     metrics = agent.update(batch_for(agent))
-    assert metrics["nonfinite"] == 1.0
+    assert float(metrics["nonfinite"]) == 1.0
     assert all(torch.equal(a, b) for a, b in zip(norm, ac.retnorm.buffers(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(actor, ac.actor.parameters(), strict=True))
-    assert not agent.opt.actor.state and agent.opt.critic.state  # type: ignore[attr-defined]
+    assert not all(torch.equal(a, b) for a, b in zip(critic, ac.critic.parameters(), strict=True))
+    opt: Any = agent.opt  # type: ignore[attr-defined]
+    assert {float(s["step"]) for s in opt.actor.state.values()} <= {0.0}
+    assert {float(s["step"]) for s in opt.critic.state.values()} == {1.0}
 
 
 def _act(agent: Agent, obs: torch.Tensor, seed: int) -> torch.Tensor:

@@ -117,11 +117,11 @@ def grad_sync_worker(rank: int, world: int, init_file: str, out: str) -> None:
         record: dict[str, Any] = {}
         with gradient_sync(sync):
             ok, norm = guarded_step(grad_loss(model, xs, ys, rank), opt, model.parameters(), 0.5)
-            record["step1"] = [ok, float(norm)]
+            record["step1"] = [bool(ok), float(norm)]
             before = {k: v.clone() for k, v in model.state_dict().items()}
             bad = grad_loss(model, xs, ys, rank) * (float("nan") if rank == 1 else 1.0)
             ok, norm = guarded_step(bad, opt, model.parameters(), 0.5)
-            record["step2"] = [ok, float(norm)]
+            record["step2"] = [bool(ok), float(norm)]
             record["unchanged"] = all(
                 torch.equal(before[k], v) for k, v in model.state_dict().items()
             )

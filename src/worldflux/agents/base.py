@@ -9,9 +9,12 @@ An agent owns a world model, whatever else it learns (actor, critic, ...), and i
   model's format: one-hot for discrete spaces, [-1, 1] for continuous ones.
 - ``update(batch) -> metrics``: one update on a replayed `Batch`, the family's only update path
   (the agent owns the optimisers; the model holds the losses). Every optimizer step goes through
-  `guarded_step`: a non-finite loss or gradient skips it and the update reports ``nonfinite=1``;
-  a skipped world-model step ends the update, and running statistics that a skipped step's loss
-  had already updated are put back (`copy_buffers` / `restore_buffers`).
+  `guarded_step`, which decides on the device: a non-finite loss or gradient makes the step
+  change nothing and the update reports ``nonfinite`` = 1.0 (a 0-d tensor on the device, so an
+  update never waits for the device). A skipped world-model step masks the rest of the update
+  too (its later steps get the flag as ``enabled``; EMA targets move `only_if` it is set), and
+  running statistics that a skipped step's loss had already updated are put back
+  (`copy_buffers` / `restore_buffers`).
 - ``state_dict()`` / ``load_state_dict()``: every module and optimizer, for checkpoints.
 - ``predict(obs, state) -> (action, state)``: `act` for raw env observations and actions (see
   `worldflux.agents.predict`); ``save(dir)`` / `worldflux.load_agent(dir)` (`worldflux.agents.io`).
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,38 +45,78 @@ def guarded_step(
     params: Iterable[nn.Parameter],
     max_grad_norm: float | None,
     backward: bool = True,
-) -> tuple[bool, Tensor]:
-    """Backward + clip + step, unless the loss or the gradient norm is NaN/Inf.
+    enabled: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Backward + clip + step, with no effect when the loss or the gradient norm is NaN/Inf.
 
-    Returns (stepped, grad_norm), the norm a detached 0-d tensor on the parameters' device (the
-    logger reads it). On a non-finite value the gradients are cleared and the
-    parameters and optimizer state stay untouched. Under data-parallel training the gradients
-    are averaged over ranks right after backward (`worldflux.distributed.gradsync`), so every rank
-    clips, checks and steps on the same values. ``backward=False``: the caller has already put the
-    gradients of `loss` in (one backward for two losses of one compiled function, which is one
-    autograd node: see `worldflux.agents.dreamer.actor_critic_step`).
+    Returns (ok, grad_norm): ``ok`` a 0-d bool tensor, False when the step was skipped,
+    ``grad_norm`` a detached 0-d tensor; both on the parameters' device and decided there, so a
+    step reads nothing back to the host. The optimizer always steps, masked by ``ok``
+    (`masked_step`): a skipped step leaves parameters and optimizer state (moments, step
+    counts) bit-identical. The gradients stay in ``.grad`` (non-finite after a skipped step;
+    clearing them only then would take a host read); the next backward starts from none.
+    `enabled` (0-d bool) skips the step when False as well (the flag of an earlier step of the
+    same update). Under data-parallel training the gradients are averaged over ranks right after
+    backward (`worldflux.distributed.gradsync`), so every rank clips, checks and steps on the
+    same values. ``backward=False``: the caller has already put the gradients of `loss` in (one
+    backward for two losses of one compiled function, which is one autograd node: see
+    `worldflux.agents.dreamer.actor_critic_step`).
     """
     params = [p for p in params if p.requires_grad]  # frozen ones (an EMA target) get none
-    finite = bool(torch.isfinite(loss))
+    finite = torch.isfinite(loss.detach())
     if backward:
         optimizer.zero_grad(set_to_none=True)
-        if finite:
-            loss.backward(inputs=params)  # gradients only for the parameters this optimizer owns
+        loss.backward(inputs=params)  # a NaN/Inf loss leaves non-finite gradients: masked below
     # data-parallel: rank-mean gradients (non-finite on every rank when any rank's loss was)
-    if not sync_gradients(params, poisoned=not finite) and not finite:
-        return False, loss.new_tensor(float("nan")).detach()
+    sync_gradients(params, poisoned=~finite)
     params = [p for p in params if p.grad is not None]
     if not params:
-        return False, loss.new_tensor(float("nan")).detach()
+        return torch.zeros_like(finite), loss.new_tensor(float("nan")).detach()
     if max_grad_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))  # type: ignore[union-attr]
-    if not bool(torch.isfinite(norm)):
-        optimizer.zero_grad(set_to_none=True)
-        return False, norm.detach()
+    ok = finite & torch.isfinite(norm)
+    if enabled is not None:
+        ok = ok & enabled
+    masked_step(optimizer, ok)
+    return ok, norm.detach()
+
+
+def masked_step(optimizer: torch.optim.Optimizer, ok: Tensor) -> None:
+    """``optimizer.step()`` that changes nothing where the 0-d bool `ok` is False, without a
+    host read: fused torch optimizers and `LaProp` skip on the device through ``found_inf``
+    (the flag torch's AMP grad scaler hands them); any other optimizer steps, then gets its
+    parameters and tensor state back with `torch.where`. A state entry created by the skipped
+    step is reset to zeros (Adam's fresh state). Two cases read `ok` on the host: a state tensor
+    on another device (the CPU step count of torch's per-tensor Adam on CUDA: the agents use
+    fused Adam there) and a Python-number state entry."""
+    if getattr(optimizer, "_step_supports_amp_scaling", False) or getattr(
+        optimizer, "found_inf_aware", False
+    ):
+        optimizer.found_inf = (~ok).float()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    before = [dict(optimizer.state.get(p, {})) for p in params]
+    saved = [(p.detach().clone(), {k: v.clone() for k, v in s.items() if torch.is_tensor(v)})
+             for p, s in zip(params, before, strict=True)]  # fmt: skip
     optimizer.step()
-    return True, norm.detach()
+    host_ok: bool | None = None
+    with torch.no_grad():
+        for p, old, (p_saved, t_saved) in zip(params, before, saved, strict=True):
+            p.copy_(torch.where(ok, p, p_saved))
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v):
+                    prev = t_saved.get(k, torch.zeros_like(v))
+                    v.copy_(torch.where(ok.to(v.device), v, prev))
+                elif (k in old and v != old[k]) or (k not in old and v is not None):
+                    host_ok = bool(ok) if host_ok is None else host_ok
+                    state[k] = v if host_ok else old.get(k, 0)
 
 
 def copy_buffers(module: nn.Module) -> list[Tensor]:
@@ -82,10 +126,27 @@ def copy_buffers(module: nn.Module) -> list[Tensor]:
 
 
 @torch.no_grad()
-def restore_buffers(module: nn.Module, copies: list[Tensor]) -> None:
-    """Inverse of `copy_buffers`: `module`'s buffers get the copied values back, in place."""
+def restore_buffers(module: nn.Module, copies: list[Tensor], ok: Tensor) -> None:
+    """Inverse of `copy_buffers` where the 0-d bool `ok` is False: `module`'s buffers get the
+    copied values back, in place (a `torch.where`, no host read); where True they keep theirs."""
     for b, saved in zip(module.buffers(), copies, strict=True):
-        b.copy_(saved)
+        b.copy_(torch.where(ok, b, saved))
+
+
+@contextmanager
+def only_if(ok: Tensor | None, tensors: Iterable[Tensor]) -> Iterator[None]:
+    """The in-place changes the block makes to `tensors` (an EMA target's weights) stand only
+    where the 0-d bool `ok` is True (always when it is None); otherwise they get their values
+    from before back."""
+    if ok is None:
+        yield
+        return
+    tensors = list(tensors)
+    saved = [t.detach().clone() for t in tensors]
+    yield
+    with torch.no_grad():
+        for t, old in zip(tensors, saved, strict=True):
+            t.copy_(torch.where(ok, t, old))
 
 
 def _first_problem(err: Exception) -> str:

@@ -6,6 +6,7 @@ It is stored as config.json's ``"card"`` entry and rendered into the README.md m
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,7 +103,7 @@ def agent_readme(card: AgentCard, specs: dict[str, Any], obs_spec: Any, action_s
         sections.append(("Training", f"```bash\n{card.train_command}\n```"))
     usage = (
         "```python\nimport worldflux\n\n"
-        f"agent = worldflux.load_pretrained({card.name!r})  # or a folder, or a Hub id\n"
+        f"agent = worldflux.load_pretrained({json.dumps(card.name)})  # or a folder, or a Hub id\n"
         "action, state = agent.predict(obs, state)\n```"
     )
     sections.append(("Usage", usage))

@@ -8,10 +8,12 @@ began (``is_first``) restart from the initial state and a zero action.
 Learning (`update`, the only DreamerV3 update path): a world-model step on the replayed batch,
 then an actor step and a critic step on imagination from all B*T posterior states (detached),
 then the slow-critic EMA. Every step goes through `guarded_step` (clip: ``wm_grad_clip`` /
-``ac_grad_clip`` with Adam; none with LaProp, whose AGC clips per tensor). A non-finite
-world-model step ends the update (nothing changes); a non-finite actor or critic step keeps the
-return normaliser as it was. The losses are the model's (`DreamerV3.world_model_loss`,
-`DreamerV3ActorCritic.imagine_loss`).
+``ac_grad_clip`` with Adam; none with LaProp, whose AGC clips per tensor), decided on the device.
+A non-finite world-model step masks the whole update (its flag is the actor's and critic's
+``enabled``; the slow critic moves only if it stepped), so nothing changes; a non-finite actor or
+critic step keeps the return normaliser as it was. On CUDA the Adam optimisers are fused, so a
+skipped step is skipped inside the kernel (``found_inf``). The losses are the model's
+(`DreamerV3.world_model_loss`, `DreamerV3ActorCritic.imagine_loss`).
 
 Train ratio: replayed steps per env step (DreamerV3's unit); one update replays
 ``batch_size * seq_len`` steps (reference: 16 x 64 and ratio 512 -> 0.5 updates per env step).
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.agents.acceleration import Acceleration, cast_floats, detached
-from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
+from worldflux.agents.base import Agent, copy_buffers, guarded_step, only_if, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError
 from worldflux.core.model import Metrics
@@ -59,7 +61,10 @@ def make_optimizers(model: DreamerV3) -> DreamerV3Optimizers:
         kw = dict(lr=cfg.laprop_lr, eps=cfg.laprop_eps, agc=cfg.agc, warmup=cfg.warmup)
         return DreamerV3Optimizers(*(LaProp(g, **kw) for g in groups))
     rates = ((cfg.wm_lr, cfg.wm_eps), (cfg.ac_lr, cfg.ac_eps), (cfg.ac_lr, cfg.ac_eps))
-    opts = (torch.optim.Adam(g, lr, eps=eps) for g, (lr, eps) in zip(groups, rates, strict=True))
+    # fused on CUDA: skips a masked step on the device (CPU keeps the reference's per-tensor loop)
+    fused = True if model.device.type == "cuda" else None
+    opts = (torch.optim.Adam(g, lr, eps=eps, fused=fused)
+            for g, (lr, eps) in zip(groups, rates, strict=True))  # fmt: skip
     return DreamerV3Optimizers(*opts)
 
 
@@ -72,18 +77,21 @@ def actor_critic_step(
     replay: ReplayContext | None = None,
     imagine_loss: Callable[..., Any] | None = None,
     joint_backward: bool = False,
-) -> tuple[bool, Metrics]:
+    enabled: Tensor | None = None,
+) -> tuple[Tensor, Metrics]:
     """One guarded actor step and one guarded critic step on imagination from `start` (N
-    detached posterior states), then the slow-critic EMA. -> (both stepped, metrics); when a step
-    is skipped the return normaliser gets its values from before back. `imagine_loss` replaces
-    ``ac.imagine_loss`` (the agent's compiled or autocast version of it); `joint_backward` takes
-    both losses' gradients in one backward (needed when it is compiled: one autograd node)."""
+    detached posterior states), then the slow-critic EMA. -> (both stepped: 0-d bool, metrics);
+    when a step is skipped the return normaliser gets its values from before back. `enabled`
+    (0-d bool, the world-model step's flag) masks both steps and the EMA. `imagine_loss`
+    replaces ``ac.imagine_loss`` (the agent's compiled or autocast version of it);
+    `joint_backward` takes both losses' gradients in one backward (needed when it is compiled:
+    one autograd node)."""
     running = copy_buffers(ac)  # imagine_loss updates the return normaliser
     imagine = imagine_loss if imagine_loss is not None else ac.imagine_loss
     actor_loss, critic_loss, imagined = imagine(world, start, replay)
     metrics: Metrics = detached(imagined)
     clip = ac.cfg.ac_grad_clip if ac.cfg.optimizer == "adam" else math.inf  # LaProp: AGC
-    ok = True
+    flags = []
     joint = joint_backward
     if joint:
         params = [p for m in (ac.actor, ac.critic) for p in m.parameters() if p.requires_grad]
@@ -94,12 +102,15 @@ def actor_critic_step(
         ("actor", actor_loss, ac.actor, actor_opt),
         ("critic", critic_loss, ac.critic, critic_opt),
     ):
-        stepped, norm = guarded_step(loss, optim, module.parameters(), clip, backward=not joint)
+        stepped, norm = guarded_step(
+            loss, optim, module.parameters(), clip, backward=not joint, enabled=enabled
+        )
         metrics[f"ac/{name}_grad_norm"] = norm
-        ok = ok and stepped
-    if not ok:
-        restore_buffers(ac, running)
-    ac.update_slow_critic()
+        flags.append(stepped)
+    ok = flags[0] & flags[1]
+    restore_buffers(ac, running, ok)
+    with only_if(enabled, ac.slow_critic.parameters()):
+        ac.update_slow_critic()
     metrics["ac/actor_loss"] = actor_loss.detach()
     metrics["ac/critic_loss"] = critic_loss.detach()
     return ok, metrics
@@ -134,8 +145,10 @@ class DreamerAgent(Agent):
         self.batch_size, self.seq_len = batch_size, seq_len
         self.opt = make_optimizers(model)
         self.acceleration = acc = Acceleration(compile, compile_mode, precision)
-        self._wm_loss = acc.wrap(model.world_model_loss, model.device)
-        self._imagine_loss = acc.wrap(model.actor_critic.imagine_loss, model.device)
+        if compile:  # the losses' loops run in Python over compiled steps (DreamerV3.accelerate)
+            model.accelerate(lambda fn: acc.compile_region(fn, model.device))
+        self._wm_loss = acc.wrap(model.world_model_loss, model.device, regional=True)
+        self._imagine_loss = acc.wrap(model.actor_critic.imagine_loss, model.device, regional=True)
         self._step = acc.wrap(self._filter_and_act, model.device)
         self._checked = False  # the first batch's flags are checked outside compiled code
 
@@ -190,9 +203,7 @@ class DreamerAgent(Agent):
         clip = cfg.wm_grad_clip if cfg.optimizer == "adam" else math.inf  # LaProp: AGC
         ok, norm = guarded_step(loss, self.opt.wm, model.world_model_parameters(), clip)
         out: Metrics = detached(metrics)
-        out.update({"wm/grad_norm": norm, "nonfinite": float(not ok)})
-        if not ok:
-            return out
+        out["wm/grad_norm"] = norm
         start = State({k: v.detach().flatten(0, 1) for k, v in post.tensors.items()})  # (B*T, ...)
         replay = None
         if cfg.repval_scale > 0:
@@ -208,9 +219,10 @@ class DreamerAgent(Agent):
             replay,
             self._imagine_loss,
             joint_backward=self.acceleration.compile,
+            enabled=ok,  # a skipped world-model step masks the actor-critic steps too
         )
         out.update(ac_metrics)
-        out["nonfinite"] = float(not ac_ok)
+        out["nonfinite"] = (~(ok & ac_ok)).float()  # on the device: the trainer reads it later
         return out
 
     def modules(self) -> dict[str, nn.Module]:

@@ -13,8 +13,9 @@ V-JEPA 2-AC's horizon-only score; 1.0 is what `benchmarks/jepa_tworoom.py` uses)
 
 Learning (`update`, the only JEPA update path): the JEPA loss (teacher-forced + autoregressive
 latent prediction + anti-collapse regulariser), one Adam step at ``config.lr`` through
-`guarded_step` (a non-finite loss or gradient changes nothing), then the EMA target update if
-used. The planner (a `worldflux.planners.base.Planner`) keeps the goal and the CEM warm start.
+`guarded_step` (a non-finite loss or gradient changes nothing, decided on the device), then the
+EMA target update if used (masked by the same flag). The planner (a
+`worldflux.planners.base.Planner`) keeps the goal and the CEM warm start.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.agents.acceleration import Acceleration, cast_floats, detached
-from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
+from worldflux.agents.base import Agent, copy_buffers, guarded_step, only_if, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.model import Metrics
@@ -71,7 +72,9 @@ class JEPAAgent(Agent):
         self.default_train_ratio = float(self.replayed_per_update)  # 1 update per env step
         cem = CEM(model.action_spec.dim, horizon, samples, elites, iterations)
         self.planner = GoalPlanner(cem, intermediate_weight, action_repeat)
-        self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr)
+        # fused on CUDA: a masked step is skipped on the device (`agents.base.masked_step`)
+        fused = True if model.device.type == "cuda" else None
+        self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr, fused=fused)
         self.acceleration = acc = Acceleration(compile, compile_mode, precision)
         self._loss = acc.wrap(model.loss, model.device)
         self._checked = False  # the first batch's flags are checked outside compiled code
@@ -158,12 +161,12 @@ class JEPAAgent(Agent):
             self._checked = True
         loss, metrics = self._loss(batch)
         ok, norm = guarded_step(loss, self.opt, model.parameters(), model.config.grad_clip)
-        if ok:
+        restore_buffers(model, running, ok)  # ok: 0-d bool on the device, never read here
+        ema = [] if model.target is None else [*model.target.parameters(), *model.target.buffers()]
+        with only_if(ok, ema):
             model.update_target()
-        else:
-            restore_buffers(model, running)
         out: Metrics = detached(metrics)
-        out.update(grad_norm=norm, nonfinite=float(not ok))
+        out.update(grad_norm=norm, nonfinite=(~ok).float())
         return out
 
     def modules(self) -> dict[str, nn.Module]:

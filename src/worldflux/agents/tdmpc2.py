@@ -9,8 +9,9 @@ Acting (``act=``):
 Learning (`update`, the only TD-MPC2 update path): the official update on windows of
 ``horizon + 1`` rows inside one episode: a world-model step (Adam lr 3e-4, encoder lr x0.3), a
 policy step on the detached latents (Adam, eps 1e-5) and the target-Q EMA; both steps clip the
-gradient norm at 20 and go through `guarded_step`. A non-finite world-model step ends the update
-(nothing changes); a non-finite policy step keeps the running Q scale as it was. The losses are
+gradient norm at 20 and go through `guarded_step`, decided on the device. A non-finite world-model
+step masks the whole update (the policy step and the target EMA get its flag), so nothing
+changes; a non-finite policy step keeps the running Q scale as it was. The losses are
 in `worldflux.models.tdmpc2.losses`. Reference schedule: 1 update per env step
 (``updates_per_step=1``) with batch 256.
 """
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from worldflux.agents.acceleration import Acceleration, cast_floats, detached
-from worldflux.agents.base import Agent, copy_buffers, guarded_step, restore_buffers
+from worldflux.agents.base import Agent, copy_buffers, guarded_step, only_if, restore_buffers
 from worldflux.core.batch import Batch
 from worldflux.core.exceptions import ConfigError
 from worldflux.core.model import Metrics
@@ -125,19 +126,19 @@ class TDMPC2Agent(Agent):
             self._checked = True
         total, metrics, latents = self._wm_loss(model, batch)
         wm_params = [p for g in self.optim.param_groups for p in g["params"]]
-        ok, norm = guarded_step(total, self.optim, wm_params, clip)
+        ok, norm = guarded_step(total, self.optim, wm_params, clip)  # ok: 0-d bool, on the device
         out: Metrics = detached(metrics)
-        out.update(loss=total.detach(), grad_norm=norm, nonfinite=float(not ok))
-        if not ok:
-            return out
+        out.update(loss=total.detach(), grad_norm=norm)
         scale = copy_buffers(model.scale)  # the policy loss updates it before its step
         pi_loss, pi_metrics = self._pi_loss(model, latents)
-        pi_ok, pi_norm = guarded_step(pi_loss, self.pi_optim, model.pi_net.parameters(), clip)
-        if not pi_ok:
-            restore_buffers(model.scale, scale)
+        # a skipped world-model step masks the policy step and the target EMA too (no host read)
+        pi_params = model.pi_net.parameters()
+        pi_ok, pi_norm = guarded_step(pi_loss, self.pi_optim, pi_params, clip, enabled=ok)
+        restore_buffers(model.scale, scale, pi_ok)
         out.update(detached(pi_metrics))
-        out.update(pi_grad_norm=pi_norm, nonfinite=float(not pi_ok))
-        model.update_target()
+        out.update(pi_grad_norm=pi_norm, nonfinite=(~(ok & pi_ok)).float())
+        with only_if(ok, model.target_q_params()):
+            model.update_target()
         return out
 
     def modules(self) -> dict[str, nn.Module]:

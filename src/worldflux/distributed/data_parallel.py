@@ -190,8 +190,10 @@ class GradientAllReduce:
     flag per parameter and a poison flag. Afterwards a parameter has a gradient when any rank
     had one (the mean over all ranks, counting the others as zeros, as DDP does for unused
     parameters); when any rank was poisoned (its loss was NaN/Inf) every gradient is NaN on
-    every rank, so the finiteness check skips the step everywhere. Every rank must call it
-    with the same parameters in the same order, which the shared update code guarantees.
+    every rank, so the finiteness check skips the step everywhere (a `torch.where` on the
+    summed flag, never read on the host; which parameters have gradients is read). Every rank
+    must call it with the same parameters in the same order, which the shared update code
+    guarantees.
     """
 
     def __init__(self, ctx: ddp.DistContext) -> None:
@@ -199,7 +201,7 @@ class GradientAllReduce:
         self.calls = 0  # all-reduces issued (one per backward)
         self.seconds = 0.0  # wall time spent in them (packing, all-reduce, unpacking)
 
-    def __call__(self, params: Sequence[Tensor], poisoned: bool) -> None:
+    def __call__(self, params: Sequence[Tensor], poisoned: Tensor | bool) -> None:
         if not self.ctx.distributed or not params:
             return
         t0 = time.perf_counter()
@@ -208,24 +210,21 @@ class GradientAllReduce:
         finally:
             self.seconds += time.perf_counter() - t0
 
-    def _reduce(self, params: Sequence[Tensor], poisoned: bool) -> None:
+    def _reduce(self, params: Sequence[Tensor], poisoned: Tensor | bool) -> None:
         dev = params[0].device
         grads = [
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
             for p in params
         ]
         flags = [0.0 if p.grad is None else 1.0 for p in params]
-        tail = torch.tensor([*flags, 1.0 if poisoned else 0.0], device=dev)
-        flat = torch.cat([*grads, tail])  # (sum numel + n + 1,)
+        poison = torch.as_tensor(poisoned, device=dev).float().reshape(1)
+        flat = torch.cat([*grads, torch.tensor(flags, device=dev), poison])  # (sum numel + n + 1,)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         self.calls += 1
         n_grad = flat.numel() - len(params) - 1
-        has_grad = flat[n_grad:-1].cpu().tolist()
-        if float(flat[-1]) > 0:  # some rank's loss was not finite: skip everywhere
-            for p in params:
-                p.grad = torch.full_like(p, float("nan"))
-            return
-        mean = flat[:n_grad].div_(self.ctx.world_size)
+        has_grad = flat[n_grad:-1].cpu().tolist()  # which parameters have a gradient: structure
+        # some rank's loss was not finite: NaN gradients on every rank, so every rank skips
+        mean = torch.where(flat[-1] > 0, float("nan"), flat[:n_grad] / self.ctx.world_size)
         offset = 0
         for p, seen in zip(params, has_grad, strict=True):
             n = p.numel()

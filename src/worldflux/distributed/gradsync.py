@@ -7,9 +7,10 @@ strategy (`worldflux.distributed.data_parallel.DataParallel`) installs its all-r
 `gradient_sync` while it trains, so clipping, the NaN/Inf check and the optimizer step all see
 the rank-mean gradient. This is the only gradient-sync mechanism in worldflux.
 
-``poisoned=True`` says this rank's loss was not finite and it did not call backward; the
-synchroniser must still take part (the other ranks are waiting in the collective) and must
-leave non-finite gradients on every rank, so every rank skips the step together.
+``poisoned`` (a 0-d bool tensor on the device, or a bool) says this rank's loss was not finite:
+its backward left non-finite gradients, or none where the NaN did not depend on a parameter. The
+synchroniser must leave non-finite gradients on every rank then, so every rank skips the step
+together, and decide that on the device (no host read of the flag).
 
 This module imports nothing but torch's types: models and agents import it at no cost.
 """
@@ -21,12 +22,12 @@ from contextlib import contextmanager
 
 from torch import Tensor
 
-GradSync = Callable[[Sequence[Tensor], bool], None]
+GradSync = Callable[[Sequence[Tensor], Tensor | bool], None]
 
 _active: list[GradSync] = []
 
 
-def sync_gradients(params: Iterable[Tensor], poisoned: bool = False) -> bool:
+def sync_gradients(params: Iterable[Tensor], poisoned: Tensor | bool = False) -> bool:
     """Hand `params`' gradients to the installed synchroniser; False when none is installed."""
     if not _active:
         return False

@@ -61,3 +61,29 @@ def simnorm(x: Tensor, group: int) -> Tensor:
     shape = x.shape
     x = x.reshape(*shape[:-1], shape[-1] // group, group)  # (..., D) -> (..., D/g, g)
     return F.softmax(x, dim=-1).reshape(shape)  # (..., D/g, g) -> (..., D)
+
+
+# Groups of unequal sizes (a MultiDiscrete action: one categorical per group of `sizes`). One
+# group is the plain last-dim op, so single-categorical callers keep their exact numbers.
+
+
+def group_log_softmax(x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """log_softmax within consecutive groups of `sizes` (summing to D). (..., D) -> (..., D)."""
+    if len(sizes) == 1:
+        return F.log_softmax(x, dim=-1)
+    return torch.cat([F.log_softmax(g, dim=-1) for g in x.split(sizes, -1)], -1)
+
+
+def group_sum(x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """Sum within consecutive groups of `sizes`. (..., D) -> (..., len(sizes))."""
+    if len(sizes) == 1:
+        return x.sum(-1, keepdim=True)
+    return torch.stack([g.sum(-1) for g in x.split(sizes, -1)], -1)
+
+
+def group_one_hot(x: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """One-hot of each group's argmax, in `x`'s dtype. (..., D) -> (..., D)."""
+    if len(sizes) == 1:
+        return F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
+    parts = [F.one_hot(g.argmax(-1), n) for g, n in zip(x.split(sizes, -1), sizes, strict=True)]
+    return torch.cat(parts, -1).to(x.dtype)

@@ -7,9 +7,11 @@ Q(z_H, a) at the horizon with ``a`` a ``policy`` sample, ``policy`` also rolls o
 of the candidate sequences (with ``transition``), and ``discount`` is used unless
 ``MPPI(discount=...)``. MPPI is a `worldflux.planners.base.Planner`.
 
-Continuous actions lie in [-1, 1]. Discrete actions (one-hot) are planned with a categorical
-sampling distribution per step: candidates are drawn from it by Gumbel-max, its probabilities are
-refit to the score-weighted elite one-hots, and ``std_min`` acts as a uniform floor on them.
+Continuous actions lie in [-1, 1]. Discrete actions (one-hot; a MultiDiscrete action is one
+one-hot per group of ``action_spec.groups``) are planned with independent categorical sampling
+distributions per step and group: candidates are drawn by Gumbel-max within each group, the
+probabilities are refit to the score-weighted elite one-hots, and ``std_min`` acts as a uniform
+floor within each group.
 Warm start: the previous plan's mean shifted one step (the last step re-initialised);
 ``reset(mask)`` clears it for finished environments. Without exploration the highest-scoring
 elite's first action is returned (deterministic choice); with it an elite is sampled by score
@@ -21,11 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.state import State
+from worldflux.nn.functional import group_one_hot
 from worldflux.planners.base import PlanningModel, describe_state
 
 
@@ -66,6 +68,7 @@ class MPPI:
         self.last_mean: Tensor | None = None  # (B, H, A) final mean (probabilities if discrete)
         self._prev: Tensor | None = None  # (B, H, A) warm start, None when cold
         self._discrete = False  # the last planned model's actions were one-hot
+        self._groups: tuple[int, ...] = ()  # their one-hot group sizes (discrete only)
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> MPPI:
@@ -87,19 +90,27 @@ class MPPI:
 
     def state_dict(self) -> dict[str, Any]:
         """``prev``: the warm start (B, H, A) or None; ``discrete``: whether it holds
-        probabilities (what `reset(mask)` refills rows with depends on it)."""
-        return {"prev": self._prev, "discrete": self._discrete}
+        probabilities (what `reset(mask)` refills rows with depends on it); ``groups``: their
+        group sizes, only for several groups (MultiDiscrete)."""
+        out: dict[str, Any] = {"prev": self._prev, "discrete": self._discrete}
+        if len(self._groups) > 1:
+            out["groups"] = list(self._groups)
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of `state_dict`."""
         prev, discrete = state.get("prev"), state.get("discrete")
+        groups = state.get("groups", [])
         ok = prev is None or (isinstance(prev, Tensor) and prev.dim() == 3)
-        if set(state) != {"prev", "discrete"} or not ok or not isinstance(discrete, bool):
+        ok = ok and isinstance(groups, list) and all(type(g) is int and g >= 1 for g in groups)
+        ok = ok and (not groups or prev is None or sum(groups) == prev.shape[-1])
+        keys = {"prev", "discrete"} <= set(state) <= {"prev", "discrete", "groups"}
+        if not keys or not ok or not isinstance(discrete, bool):
             raise SpecError(
-                "state: expected {'prev': None or a (B, H, A) tensor, 'discrete': bool}, "
-                f"got {describe_state(state)}"
+                "state: expected {'prev': None or a (B, H, A) tensor, 'discrete': bool} and, "
+                f"for MultiDiscrete, 'groups': [ints summing to A]; got {describe_state(state)}"
             )
-        self._prev, self._discrete = prev, discrete
+        self._prev, self._discrete, self._groups = prev, discrete, tuple(groups)
 
     def reset(self, mask: Tensor | None = None) -> None:
         """Forget the warm start for all envs, or those where `mask` (B,) bool is True."""
@@ -118,9 +129,14 @@ class MPPI:
     def _fresh(
         self, b: int, a: int, device: torch.device, dtype: torch.dtype = torch.float32
     ) -> Tensor:
-        """The cold-start mean (B, H, A): zeros, or uniform probabilities if discrete."""
-        fill = 1.0 / a if self._discrete else 0.0
-        return torch.full((b, self.horizon, a), fill, device=device, dtype=dtype)
+        """The cold-start mean (B, H, A): zeros, or uniform probabilities (per group) if
+        discrete."""
+        if not self._discrete:
+            return torch.zeros((b, self.horizon, a), device=device, dtype=dtype)
+        groups = self._groups if len(self._groups) > 1 else (a,)
+        parts = [torch.full((b, self.horizon, g), 1.0 / g, device=device, dtype=dtype)
+                 for g in groups]  # fmt: skip
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def _initial_mean(
         self, b: int, a: int, device: torch.device, dtype: torch.dtype = torch.float32
@@ -190,8 +206,8 @@ class MPPI:
         b, h, a = mean.shape
         if self._discrete:
             logits = torch.log(mean.clamp_min(1e-8))[:, None]  # (B, 1, H, A)
-            idx = (logits + self._gumbel((b, m, h, a), mean)).argmax(-1)  # (B, m, H)
-            return F.one_hot(idx, a).to(mean.dtype)
+            noisy = logits + self._gumbel((b, m, h, a), mean)  # (B, m, H, A)
+            return group_one_hot(noisy, self._groups or (a,))  # an argmax per group
         eps = self._randn((b, m, h, a), mean)
         return (mean[:, None] + std[:, None] * eps).clamp(-1.0, 1.0)
 
@@ -199,9 +215,11 @@ class MPPI:
         """Score-weighted mean and std of the elites (B, K, H, A), score (B, K)."""
         w = score[:, :, None, None]
         mean = (w * elite).sum(1)  # (B, H, A)
-        if self._discrete:
-            a = mean.shape[-1]
-            mean = (1.0 - self.std_min) * mean + self.std_min / a  # uniform floor
+        if self._discrete:  # a uniform floor within each group
+            groups = self._groups or (mean.shape[-1],)
+            parts = [(1.0 - self.std_min) * g + self.std_min / n
+                     for g, n in zip(mean.split(groups, -1), groups, strict=True)]  # fmt: skip
+            mean = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
             return mean, torch.zeros_like(mean)
         std = (w * (elite - mean[:, None]) ** 2).sum(1).sqrt()
         return mean, std.clamp(self.std_min, self.std_max)
@@ -219,6 +237,7 @@ class MPPI:
             )
         b, a = state.batch_size, int(model.action_spec.dim)
         self._discrete = bool(model.action_spec.discrete)
+        self._groups = tuple(model.action_spec.groups) if self._discrete else ()
         n, k, device = self.samples, self.elites, state.device
         dtype = next(iter(state.tensors.values())).dtype  # plans in the model's dtype
         p = self.pi_trajs

@@ -34,6 +34,7 @@ from worldflux.training.log_backends import require_wandb, wandb_options
 from worldflux.training.logging import Logger, truncate_metrics
 from worldflux.training.restore import check_same_run, restore_stream
 from worldflux.training.signals import DeferredStop, stop_report
+from worldflux.training.skips import SkipCounter
 from worldflux.training.sources import Source
 from worldflux.training.sync import LocalSync, Sync
 from worldflux.training.video_recorder import video_recorder
@@ -91,8 +92,7 @@ class Trainer:
         self.updates = 0
         self.credit = 0.0
         self.episodes = 0
-        self.nonfinite_total = 0
-        self.nonfinite_streak = 0
+        self.skips = SkipCounter(config.max_nonfinite)  # skipped updates, on the device
         self.learn_from = 0  # no updates before this env step (refill after a replay-less resume)
         self.profile = {"env": 0.0, "act": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0}
         self.logger: Logger | None = None
@@ -102,8 +102,7 @@ class Trainer:
         self.sync.start(agent)
 
     def close(self) -> None:
-        """Release the source's envs, worker processes and collectors (`with Trainer(...) as t`
-        calls it at the end of the block); the agent stays usable."""
+        """Release the source's envs, env workers and collectors; the agent stays usable."""
         self.source.close()
 
     def __enter__(self) -> Trainer:
@@ -169,7 +168,7 @@ class Trainer:
             "step": self.step,
             "updates": self.updates,
             "episodes": self.episodes,
-            "nonfinite": self.nonfinite_total,
+            "nonfinite": self.skips.total,
             "eval": last_eval,
             "run_dir": str(self.run_dir),
             **self.source.summary(),
@@ -261,16 +260,19 @@ class Trainer:
             self.logger.log(self.step, "train", {**reduced, "updates": self.updates})
 
     def _check_finite(self, metrics: dict[str, Any]) -> None:
-        if not float(metrics.get("nonfinite", 0.0)) > 0:
-            self.nonfinite_streak = 0
-            return
-        self.nonfinite_total += 1
-        self.nonfinite_streak += 1
-        if self.nonfinite_streak >= self.config.max_nonfinite:
+        """Count a skipped update on the device; read the counts (a sync) every 16 updates and
+        at each logged one, raising after `max_nonfinite` skips in a row."""
+        self.skips.add(metrics.get("nonfinite", 0.0))
+        if not self.updates % min(16, max(1, int(self.config.log_every * self.updates_per_step))):
+            self._raise_on_streak(self.skips.read())
+
+    def _raise_on_streak(self, ago: int | None) -> None:
+        if ago is not None:
             raise TrainingError(
-                f"{self.nonfinite_streak} consecutive updates had NaN/Inf losses or gradients "
-                f"(update {self.updates}, at step {self.step}); they were skipped on every rank, "
-                f"the weights are the last finite ones. Lower the learning rate or check the data."
+                f"{self.config.max_nonfinite} consecutive updates had NaN/Inf losses or gradients "
+                f"(update {self.updates - ago}, seen at step {self.step}); they were skipped on "
+                "every rank, the weights are the last finite ones. Lower the learning rate or "
+                "check the data."
             )
 
     def record_episode(self, step: int, env_id: int, ret: float, length: int) -> None:
@@ -331,8 +333,8 @@ class Trainer:
         tree = self.stream_tree()
         del tree["agent_extra"]  # inside "agent"
         counters = {"step": self.step, "updates": self.updates, "credit": self.credit,
-                    "episodes": self.episodes, "nonfinite_total": self.nonfinite_total,
-                    "nonfinite_streak": self.nonfinite_streak,
+                    "episodes": self.episodes, "nonfinite_total": self.skips.total,
+                    "nonfinite_streak": self.skips.streak,
                     "learn_from": self.learn_from, "pending": self._pending}  # fmt: skip
         return {
             **tree,
@@ -348,9 +350,11 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint everything needed to continue exactly; returns the directory."""
         replay = self.replay if self.config.save_replay else None
-        return self.sync.save(
-            self.checkpoints, self.step, self.state_tree, self.stream_tree, replay
-        )
+        ago = self.skips.read()  # every rank: exact skip counts for the checkpoint
+        trees = self.state_tree, self.stream_tree
+        path = self.sync.save(self.checkpoints, self.step, *trees, replay)
+        self._raise_on_streak(ago)  # a streak seen here stops the run after its checkpoint
+        return path
 
     def _save_on_exit(self, err: BaseException) -> None:
         """Checkpoint what the stopped run has done (unless nothing has completed since the last
@@ -385,8 +389,8 @@ class Trainer:
         check_same_run(tree, self.run_info, where)
         c = tree["counters"]
         self.step, self.updates, self.credit = c["step"], c["updates"], c["credit"]
-        self.episodes, self.nonfinite_total = c["episodes"], c["nonfinite_total"]
-        self.nonfinite_streak = c["nonfinite_streak"]
+        self.episodes, limit = c["episodes"], self.config.max_nonfinite
+        self.skips = SkipCounter(limit, c["nonfinite_total"], c["nonfinite_streak"])
         self._pending = c.get("pending")  # the step an interrupted iteration started from
         self.profile.update(tree.get("profile", {}))
         self.agent.load_state_dict(tree["agent"])

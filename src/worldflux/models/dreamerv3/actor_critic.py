@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from worldflux.core.spec import ActionSpec
 from worldflux.core.state import State
 from worldflux.models.dreamerv3.config import DreamerV3Config
 from worldflux.models.dreamerv3.networks import BinaryHead, TwoHotHead, shared_input_mlps
-from worldflux.models.dreamerv3.rssm import init_linears_
+from worldflux.models.dreamerv3.rssm import RSSM, grad_leaf, init_linears_
 from worldflux.nn.blocks import init_linear_
 from worldflux.nn.distributions import categorical_entropy, sample_onehot, unimix_logp
 from worldflux.nn.functional import two_hot
@@ -205,12 +206,12 @@ class DreamerV3ActorCritic(nn.Module):
         """
         deter = start.tensors["deter"].detach()
         stoch = start.tensors["stoch"].detach().flatten(1)  # (N, S, C) -> (N, S*C)
+        if wm.rssm.compiled and self.dynamics_grad and torch.is_grad_enabled():
+            deter, stoch = grad_leaf(deter), grad_leaf(stoch)  # one compiled step for all H
         feats, logps, ents = [torch.cat([deter, stoch], -1)], [], []
         for _ in range(self.cfg.imag_horizon):
-            action, logp, ent = self.actor.sample(feats[-1], reparam=self.dynamics_grad)
-            with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
-                deter, stoch, _ = wm.rssm.img_step(deter, stoch, action)
-                feats.append(torch.cat([deter, stoch], -1))
+            deter, stoch, feat, logp, ent = self.imagine_step(wm.rssm, deter, stoch, feats[-1])
+            feats.append(feat)
             logps.append(logp)
             ents.append(ent)
         return {
@@ -219,6 +220,24 @@ class DreamerV3ActorCritic(nn.Module):
             "ent": torch.stack(ents, 1),
         }
 
+    def imagine_step(
+        self, rssm: RSSM, deter: Tensor, stoch: Tensor, feat: Tensor
+    ) -> tuple[Tensor, ...]:
+        """One step of `imagine`: act on `feat` (N, F), then the prior step. -> deter (N, D),
+        stoch (N, S*C), next feat (N, F), the action's log-prob (N,) and entropy (N,)."""
+        action, logp, ent = self.actor.sample(feat, reparam=self.dynamics_grad)
+        with torch.set_grad_enabled(self.dynamics_grad and torch.is_grad_enabled()):
+            deter, stoch, _ = rssm.img_step(deter, stoch, action)
+            feat = torch.cat([deter, stoch], -1)
+        return deter, stoch, feat, logp, ent
+
+    def compile_regions(self, compile_fn: Callable[[Any], Any]) -> None:
+        """Route `imagine_loss`'s regions through `compile_fn` (e.g. `torch.compile`): the
+        imagination step, compiled once and called H times, and the losses on the trajectory.
+        Each compiled region replaces its method on this instance only."""
+        for name in ("imagine_step", "trajectory_loss"):
+            setattr(self, name, compile_fn(getattr(self, name)))
+
     def imagine_loss(
         self, wm: DreamerV3, start: State, replay: ReplayContext | None = None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -226,8 +245,13 @@ class DreamerV3ActorCritic(nn.Module):
 
         With `replay` (and ``repval_scale > 0``) the critic loss adds the replay loss.
         """
+        return self.trajectory_loss(wm, self.imagine(wm, start), replay)
+
+    def trajectory_loss(
+        self, wm: DreamerV3, traj: dict[str, Tensor], replay: ReplayContext | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """`imagine_loss` on an `imagine` trajectory: heads, lambda-returns, the losses."""
         cfg = self.cfg
-        traj = self.imagine(wm, start)
         feat = traj["feat"]
         disc = 1.0 if cfg.cont_discount_target else cfg.gamma
         # Every head reads the whole contiguous (N, H+1, F) block (slicing it first would copy);

@@ -16,7 +16,7 @@ The optimisers and the update are `worldflux.agents.dreamer.DreamerAgent`'s.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -144,7 +144,11 @@ class DreamerV3(WorldModel):
         batch.validate_in_loss(self.device)
         obs = self.check_obs(batch.obs, arg="batch.obs", batch_dims=2)
         action = self.check_action(batch.action, arg="batch.action", batch_dims=2)
-        return self.rssm.observe(self.encoder(obs), action, batch.is_first), obs
+        return self.rssm.observe(self.encode_sequence(obs), action, batch.is_first), obs
+
+    def encode_sequence(self, obs: dict[str, Tensor]) -> Tensor:
+        """Tokens of a (B, T) sequence of observations: (B, T, ...) -> (B, T, E)."""
+        return self.encoder(obs)
 
     def world_model_loss(self, batch: Batch) -> tuple[Tensor, Metrics, State]:
         """-> scalar loss, detached metrics, posterior State (B, T, ...) (graph attached).
@@ -152,8 +156,14 @@ class DreamerV3(WorldModel):
         Per step: reconstruction + reward two-hot CE + continue BCE (target 1 - is_terminal,
         times gamma if ``cont_discount_target``) + beta_dyn * dyn + beta_rep * rep (free bits).
         """
-        cfg = self.config
         post, obs = self._observe(batch)
+        return self.sequence_loss(post, obs, batch)
+
+    def sequence_loss(
+        self, post: dict[str, Tensor], obs: dict[str, Tensor], batch: Batch
+    ) -> tuple[Tensor, Metrics, State]:
+        """`world_model_loss` given the posterior pass `post` over `batch` (and its `obs`)."""
+        cfg = self.config
         deter, stoch = post["deter"], post["stoch"].flatten(-2)  # (B, T, S, C) -> (B, T, S*C)
         feat = torch.cat([deter, stoch], -1)
         cont = (~batch.is_terminal).to(feat.dtype)
@@ -181,6 +191,22 @@ class DreamerV3(WorldModel):
         metrics["kl"] = kl["kl"].mean()
         state = self._state(deter, stoch, post["prior_logp"], post["post_logp"])
         return loss, metrics, state
+
+    def accelerate(self, compile_fn: Callable[[Any], Any]) -> None:
+        """Compile the update's regions with `compile_fn` (`torch.compile` with the agent's mode).
+
+        Regional compilation: the loops of `world_model_loss` (T filtering steps) and of
+        `imagine_loss` (H imagination steps) stay in Python and call their step compiled once,
+        instead of one graph of T (H) unrolled copies, whose inductor build takes minutes. The
+        batched parts around the loops are regions too: the encoder over B x T, the RSSM's
+        per-sequence inputs, the losses on the posterior sequence and on the imagined
+        trajectory (six regions, each compiled once per batch shape; autograd chains them).
+        The acting step (`update`, `policy`) is untouched: the agent compiles it whole.
+        """
+        for name in ("encode_sequence", "sequence_loss"):
+            setattr(self, name, compile_fn(getattr(self, name)))
+        self.rssm.compile_regions(compile_fn)
+        self.actor_critic.compile_regions(compile_fn)
 
     def world_model_parameters(self) -> list[nn.Parameter]:
         """Every parameter except the actor-critic's."""

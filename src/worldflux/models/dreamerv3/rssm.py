@@ -12,7 +12,8 @@ Shapes: N a flat batch, B x T a sequence batch, D = deter, S = stoch, C = classe
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,11 @@ def init_linears_(module: M) -> M:
         if isinstance(m, nn.Linear):
             init_linear_(m)
     return module
+
+
+def grad_leaf(x: Tensor) -> Tensor:
+    """`x` as is if it requires grad, else a leaf alias of it that does (same values)."""
+    return x if x.requires_grad else x.detach().requires_grad_()
 
 
 class RSSM(nn.Module):
@@ -63,6 +69,7 @@ class RSSM(nn.Module):
         self.post_norm = make_norm(cfg.norm, Hd)
         self.post_out = nn.Linear(Hd, S * C)
         init_linears_(self)
+        self.compiled = False  # set by `compile_regions`
         fan_in = D // G + 3 * Hd  # the official layer's fan-in for both halves
         trunc_normal_fan_in_(self.hid_deter.weight, fan_in)
         trunc_normal_fan_in_(self.hid_x.weight, fan_in)
@@ -155,24 +162,51 @@ class RSSM(nn.Module):
 
         The carry and the action are zeroed where ``is_first`` (a batched mask, as the official
         ``_observe``). Returns deter (B, T, D), stoch (B, T, S, C), post_logp and prior_logp
-        (B, T, S, C); the prior is computed after the loop in one batched call.
+        (B, T, S, C); the prior is computed after the loop in one batched call. `observe_inputs`
+        and `observe_step` (per t) are the regions that `compile_regions` compiles; the stacks
+        and the prior stay eager (a region with 3T inputs costs more to build than it saves).
         """
         B, T = is_first.shape
         deter, stoch = start if start is not None else self.initial(B, tokens.device)
+        if self.compiled and torch.is_grad_enabled():  # one compiled step for all T (see below)
+            deter, stoch = grad_leaf(deter), grad_leaf(stoch)
+        keep, actions, emb, tok = self.observe_inputs(tokens, actions, is_first)
+        deters, stochs, logps = [], [], []
+        for t in range(T):
+            step = (keep[:, t], actions[:, t], emb[:, t], tok[:, t])  # (B, T, ..) -> (B, ..)
+            deter, stoch, logp = self.observe_step(deter, stoch, *step)
+            deters.append(deter)
+            stochs.append(stoch)
+            logps.append(logp)
+        return self.observe_outputs(deters, stochs, logps)
+
+    def observe_inputs(
+        self, tokens: Tensor, actions: Tensor, is_first: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-sequence work hoisted out of the time loop: -> keep mask (B, T, 1), masked
+        actions (B, T, A), action embeddings (B, T, Hd), `post_tok(tokens)` (B, T, Hd)."""
         keep = (~is_first).to(tokens.dtype).unsqueeze(-1)  # (B, T) -> (B, T, 1)
         actions = actions * keep
         emb = self.embed_action(actions)  # all steps at once: (B, T, A) -> (B, T, Hd)
         tok = self.post_tok(tokens)  # all steps at once: (B, T, E) -> (B, T, Hd)
-        deters, stochs, logps = [], [], []
-        for t in range(T):
-            deter, stoch = deter * keep[:, t], stoch * keep[:, t]
-            deter = self.core(deter, stoch, actions[:, t], emb[:, t])
-            logp = self.post_logp(deter, tok[:, t])
-            stoch = self.sample(logp)
-            deters.append(deter)
-            stochs.append(stoch)
-            logps.append(logp)
+        return keep, actions, emb, tok
+
+    def observe_step(
+        self, deter: Tensor, stoch: Tensor, keep: Tensor, action: Tensor, emb: Tensor, tok: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of `observe`: reset where ``keep`` (N, 1) is 0, core, posterior, sample.
+        -> deter (N, D), stoch (N, S*C), posterior log-probs (N, S, C)."""
+        deter, stoch = deter * keep, stoch * keep
+        deter = self.core(deter, stoch, action, emb)
+        logp = self.post_logp(deter, tok)
+        return deter, self.sample(logp), logp
+
+    def observe_outputs(
+        self, deters: list[Tensor], stochs: list[Tensor], logps: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """`observe`'s result from its T steps' outputs, plus the prior in one batched call."""
         deter_seq = torch.stack(deters, 1)  # T x (B, D) -> (B, T, D)
+        B, T = deter_seq.shape[:2]
         S, C = self.cfg.stoch, self.cfg.classes
         return {
             "deter": deter_seq,
@@ -180,6 +214,16 @@ class RSSM(nn.Module):
             "post_logp": torch.stack(logps, 1),
             "prior_logp": self.prior_logp(deter_seq),
         }
+
+    def compile_regions(self, compile_fn: Callable[[Any], Any]) -> None:
+        """Route `observe`'s two regions through `compile_fn` (e.g. `torch.compile`): the
+        step is compiled once and called T times, instead of a graph of T unrolled copies.
+        Each compiled region replaces its method on this instance only. Dynamo guards on
+        ``requires_grad``: a carry without a graph makes the first step's carry a leaf that
+        requires grad, as later steps' carries do, so the step does not compile twice."""
+        self.compiled = True
+        for name in ("observe_inputs", "observe_step"):
+            setattr(self, name, compile_fn(getattr(self, name)))
 
     def kl_losses(self, post_logp: Tensor, prior_logp: Tensor) -> dict[str, Tensor]:
         """Dynamics and representation KL, each summed over latents and clipped below at

@@ -21,6 +21,9 @@ Contract mapping:
   when given, else at the policy's deterministic action (its ``action`` head). `imagine_step`
   is overridden so `rollout` rewards are r(z_t, a_t), the reward of the transition taken.
 - ``continue`` is 1 - P(terminated | z) for episodic configs, and 1 otherwise.
+- Actions: Box values in [-1, 1] (a squashed Gaussian prior); Discrete and MultiDiscrete
+  one-hots, one categorical per group (``action_spec.groups``) in the prior and in MPPI;
+  MultiBinary bits planned as continuous values (the env sets a bit where > 0).
 - `loss(batch)` is the world-model loss.
 """
 
@@ -30,7 +33,6 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from worldflux.core.batch import Batch
@@ -50,7 +52,7 @@ from worldflux.models.tdmpc2.networks import (
     squashed_gaussian,
 )
 from worldflux.nn.ensemble import EnsembleMLP
-from worldflux.nn.functional import symexp, two_hot_mean
+from worldflux.nn.functional import group_one_hot, symexp, two_hot_mean
 
 QReduce = Literal["min_of_two_random", "mean_of_two_random", "mean_of_all", "per_member"]
 Q_REDUCE: tuple[str, ...] = get_args(QReduce)
@@ -66,14 +68,6 @@ class TDMPC2(WorldModel):
         if not isinstance(config, TDMPC2Config):
             raise SpecError(f"config: expected TDMPC2Config, got {type(config).__name__}")
         super().__init__(config, obs_spec, action_spec)
-        if action_spec.multi_discrete:
-            # the policy prior and MPPI's discrete sampling are one categorical over all choices
-            raise SpecError(
-                f"action_space: TD-MPC2 supports Discrete, MultiBinary (planned as continuous "
-                f"values, a bit set where > 0) and Box actions, got MultiDiscrete with groups "
-                f"{list(action_spec.groups)}; use dreamerv3 (one categorical per group), or "
-                f"flatten the action space into one Discrete in a wrapper"
-            )
         c, a = config, action_spec.dim
         self.heads = ("reward", "q", "action", "continue")
         self.discrete = action_spec.discrete
@@ -117,11 +111,11 @@ class TDMPC2(WorldModel):
 
     def pi(self, z: Tensor, sample: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Policy prior. (..., L) -> action (..., A), a sample or (not `sample`) the mean, and
-        info (mean, entropy, scaled_entropy, ...). Discrete actions carry a straight-through
-        gradient."""
+        info (mean, entropy, scaled_entropy, ...). Discrete actions are one-hot per group of the
+        action spec (one categorical each) and carry a straight-through gradient."""
         out = self.pi_net(z)
         if self.discrete:
-            return categorical(out, sample)
+            return categorical(out, sample, self.action_spec.groups)
         return squashed_gaussian(out, self.config.log_std_min, self.config.log_std_max, sample)
 
     def q_logits(self, z: Tensor, a: Tensor) -> Tensor:
@@ -261,13 +255,14 @@ class TDMPC2(WorldModel):
         return State({"latent": nz}), preds
 
     def policy(self, state: State, sample: bool = True) -> Tensor:
-        """Policy-prior action (B, A): a sample, or the mean. Discrete: exact one-hots."""
+        """Policy-prior action (B, A): a sample, or the mean. Discrete: exact one-hots (one per
+        group)."""
         z = self._latent(state)
         action, info = self.pi(z, sample)
         if not sample:
             return info["mean"]
-        if self.discrete:  # exact one-hot, without the straight-through term
-            return F.one_hot(action.argmax(-1), self.action_spec.dim).to(action.dtype)
+        if self.discrete:  # exact one-hots, without the straight-through term
+            return group_one_hot(action, self.action_spec.groups)
         return action
 
     def value(self, state: State, action: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from worldflux.core.exceptions import SpecError
 from worldflux.core.spec import ObsSpec
 from worldflux.nn.ensemble import Mish
+from worldflux.nn.functional import group_log_softmax, group_one_hot, group_sum
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -248,20 +249,22 @@ def squashed_gaussian(out: Tensor, log_std_min: float, log_std_max: float, sampl
     return action, info
 
 
-def categorical(logits: Tensor, sample: bool):
-    """Categorical policy over A choices -> (one-hot action (..., A), info).
+def categorical(logits: Tensor, sample: bool, groups: tuple[int, ...] | None = None):
+    """Categorical policy over A choices, or one per group of `groups` (sizes summing to A, a
+    MultiDiscrete action) -> (one-hot action (..., A), one 1 per group; info).
 
     Samples by Gumbel-max (the argmax when not `sample`); the action carries a straight-through
-    gradient (one-hot forward, softmax backward). ``scaled_entropy`` is the entropy times A,
-    mirroring the continuous case.
+    gradient (one-hot forward, softmax backward). ``entropy`` is summed over the groups and
+    ``scaled_entropy`` is it times A, mirroring the continuous case (entropy times dims).
     """
-    log_p = F.log_softmax(logits, dim=-1)
+    sizes = groups or (logits.shape[-1],)
+    log_p = group_log_softmax(logits, sizes)
     probs = log_p.exp()
     noisy = logits - torch.empty_like(logits).exponential_().log() if sample else logits
-    hard = F.one_hot(noisy.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    hard = group_one_hot(noisy, sizes)
     action = hard + probs - probs.detach()
-    entropy = -(probs * log_p).sum(-1, keepdim=True)  # (..., 1)
-    mean = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    entropy = group_sum(-(probs * log_p), sizes).sum(-1, keepdim=True)  # (..., G) -> (..., 1)
+    mean = group_one_hot(logits, sizes)
     info = {"mean": mean, "logits": logits, "entropy": entropy,
             "scaled_entropy": entropy * logits.shape[-1]}  # fmt: skip
     return action, info

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -24,6 +23,7 @@ from worldflux.agents.io import load_run_agent  # noqa: E402
 from worldflux.agents.pretrained import SHIPPED, env_fn, load_pretrained  # noqa: E402
 from worldflux.training.config import seed_everything  # noqa: E402
 from worldflux.training.evaluate import evaluate  # noqa: E402
+from worldflux.training.run_config import parse_value  # noqa: E402
 
 
 def parse_options(items: list[str]) -> dict[str, object]:
@@ -33,10 +33,7 @@ def parse_options(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--option: expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = parse_value(value)
     return out
 
 

@@ -68,7 +68,6 @@ class _BanditWorld:
     def __init__(self, rewards: Tensor, deter: int, stoch_flat: int) -> None:
         self.R, self.deter, self.stoch_flat = rewards, deter, stoch_flat
         self.rssm = self
-        self.compiled = False  # an RSSM's flag: its steps are not compiled regions
         self.reward_head = _TwoHotStub(rewards)
         self.continue_head = lambda feat: torch.full(feat.shape[:-1], 30.0)
 

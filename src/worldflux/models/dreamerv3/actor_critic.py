@@ -186,6 +186,7 @@ class DreamerV3ActorCritic(nn.Module):
         self.retnorm = PercentileNormalizer(
             cfg.retnorm_rate, cfg.retnorm_limit, cfg.retnorm_low, cfg.retnorm_high
         )
+        self.compiled = False  # set by `compile_regions`
 
     def act(self, feat: Tensor, sample: bool = True) -> Tensor:
         """Environment action (N, A): one-hot, or continuous clipped to [-1, 1]."""
@@ -206,7 +207,7 @@ class DreamerV3ActorCritic(nn.Module):
         """
         deter = start.tensors["deter"].detach()
         stoch = start.tensors["stoch"].detach().flatten(1)  # (N, S, C) -> (N, S*C)
-        if wm.rssm.compiled and self.dynamics_grad and torch.is_grad_enabled():
+        if self.compiled and self.dynamics_grad and torch.is_grad_enabled():
             deter, stoch = grad_leaf(deter), grad_leaf(stoch)  # one compiled step for all H
         feats, logps, ents = [torch.cat([deter, stoch], -1)], [], []
         for _ in range(self.cfg.imag_horizon):
@@ -235,6 +236,7 @@ class DreamerV3ActorCritic(nn.Module):
         """Route `imagine_loss`'s regions through `compile_fn` (e.g. `torch.compile`): the
         imagination step, compiled once and called H times, and the losses on the trajectory.
         Each compiled region replaces its method on this instance only."""
+        self.compiled = True
         for name in ("imagine_step", "trajectory_loss"):
             setattr(self, name, compile_fn(getattr(self, name)))
 

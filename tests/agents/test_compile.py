@@ -18,7 +18,7 @@ from test_update_guard import batch_for
 from torch._dynamo.utils import counters
 
 from worldflux.agents import Agent, make_agent
-from worldflux.core.exceptions import ConfigError
+from worldflux.core.exceptions import ConfigError, SpecError
 from worldflux.core.state import State
 from worldflux.models.tdmpc2.losses import policy_loss, world_model_loss
 
@@ -115,6 +115,10 @@ def test_compiled_update_matches_eager_and_does_not_recompile(name: str, backend
     with torch._dynamo.config.patch(error_on_recompile=True):
         metrics = compiled.update(second)
     assert float(metrics["nonfinite"]) == 0.0
+    bad = batch_for(eager, 2)
+    bad.is_terminal[1, 2] = True  # not is_last: every unchecked batch is checked, not the first
+    with pytest.raises(SpecError, match="is_terminal"):
+        compiled.update(bad)
     loss_keys = [k for k in got[False] if k.endswith("loss")]
     assert loss_keys
     for key in loss_keys:

@@ -4,8 +4,8 @@ Every agent takes ``compile`` (bool), ``compile_mode`` and ``precision`` and rou
 loss functions and its acting through `Acceleration.wrap`:
 
 - ``compile=True``: `torch.compile` with ``compile_mode`` (``"default"``; ``"reduce-overhead"``
-  adds CUDA graphs on a GPU). Compiled code trusts its batch: the flag check (a device sync) runs
-  once, on the first batch, outside the compiled region; replay enforces the convention on add.
+  adds CUDA graphs on a GPU). Compiled code reads no flag values: a batch not yet
+  checked (`Batch.checked`; replay's batches are) is checked before the compiled region.
   A loss with a long Python loop (DreamerV3: 64 filtering and 15 imagination steps) is compiled
   by regions instead (`compile_region` on the loop's step and the batched parts around it, the
   loss itself `wrap`ped with ``regional=True``): dynamo would unroll the loop into one graph

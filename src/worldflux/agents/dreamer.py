@@ -150,7 +150,6 @@ class DreamerAgent(Agent):
         self._wm_loss = acc.wrap(model.world_model_loss, model.device, regional=True)
         self._imagine_loss = acc.wrap(model.actor_critic.imagine_loss, model.device, regional=True)
         self._step = acc.wrap(self._filter_and_act, model.device)
-        self._checked = False  # the first batch's flags are checked outside compiled code
 
     @torch.no_grad()
     def act(
@@ -196,9 +195,8 @@ class DreamerAgent(Agent):
         the module docstring)."""
         model, cfg = self.model, self.model.config
         model.train()
-        if self.acceleration.compile and not self._checked:
-            batch.validate_flags()  # compiled losses skip it (a device sync)
-            self._checked = True
+        if self.acceleration.compile and not batch.checked:
+            batch.validate_flags()  # compiled losses skip it (replay batches come checked)
         loss, metrics, post = self._wm_loss(batch)
         clip = cfg.wm_grad_clip if cfg.optimizer == "adam" else math.inf  # LaProp: AGC
         ok, norm = guarded_step(loss, self.opt.wm, model.world_model_parameters(), clip)

@@ -77,7 +77,6 @@ class JEPAAgent(Agent):
         self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr, fused=fused)
         self.acceleration = acc = Acceleration(compile, compile_mode, precision)
         self._loss = acc.wrap(model.loss, model.device)
-        self._checked = False  # the first batch's flags are checked outside compiled code
         # CEM planning runs under the precision, eagerly (its goal and warm start are Python
         # state that changes between calls)
         self._plan = Acceleration(precision=precision).wrap(self.planner.plan, model.device)
@@ -156,9 +155,8 @@ class JEPAAgent(Agent):
         model = self.model
         model.train()
         running = copy_buffers(model)  # the loss updates batch-norm statistics
-        if self.acceleration.compile and not self._checked:
-            batch.validate_flags()  # compiled losses skip it (a device sync)
-            self._checked = True
+        if self.acceleration.compile and not batch.checked:
+            batch.validate_flags()  # compiled losses skip it (replay batches come checked)
         loss, metrics = self._loss(batch)
         ok, norm = guarded_step(loss, self.opt, model.parameters(), model.config.grad_clip)
         restore_buffers(model, running, ok)  # ok: 0-d bool on the device, never read here

@@ -90,7 +90,6 @@ class TDMPC2Agent(Agent):
         self._wm_loss = acc.wrap(world_model_loss, model.device)
         self._pi_loss = acc.wrap(policy_loss, model.device)
         self._plan = acc.wrap(self._encode_and_plan, model.device)
-        self._checked = False  # the first batch's flags are checked outside compiled code
 
     @torch.no_grad()
     def act(
@@ -121,9 +120,8 @@ class TDMPC2Agent(Agent):
         """World-model step, then policy step on the detached latents, then target EMA."""
         model, clip = self.model, self.model.config.grad_clip_norm
         model.train()
-        if self.acceleration.compile and not self._checked:
-            batch.validate_flags()  # compiled losses skip it (a device sync)
-            self._checked = True
+        if self.acceleration.compile and not batch.checked:
+            batch.validate_flags()  # compiled losses skip it (replay batches come checked)
         total, metrics, latents = self._wm_loss(model, batch)
         wm_params = [p for g in self.optim.param_groups for p in g["params"]]
         ok, norm = guarded_step(total, self.optim, wm_params, clip)  # ok: 0-d bool, on the device

@@ -20,7 +20,7 @@ step still counts. Models must bootstrap through truncation and stop only at ``i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -39,6 +39,10 @@ class Batch:
     is_first: Tensor
     is_terminal: Tensor
     is_last: Tensor
+    # True once the flag values were checked (`validate_flags`, or built by `Replay.gather` from
+    # rows `Replay.add` checked): a loss then reads no flag values, which on a GPU is a device sync
+    # per update. Changing the flags of a checked batch in place is not detected.
+    checked: bool = field(default=False, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -58,7 +62,7 @@ class Batch:
         breaks a compiled graph; compiled callers validate the batch before the compiled region
         (`validate`), as `Replay.add` already enforces the flags on everything it samples."""
         self.validate_layout(device)
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and not self.checked:
             self.validate_flags()
         return self
 
@@ -66,6 +70,7 @@ class Batch:
         """Raise `SpecError` if a terminal step is not also ``is_last`` (reads the values)."""
         if bool((self.is_terminal & ~self.is_last).any()):
             raise SpecError("batch.is_terminal: a terminal step must also be is_last")
+        self.checked = True
         return self
 
     def validate_layout(self, device: torch.device | None = None) -> Batch:
@@ -112,8 +117,16 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy on `device` (non_blocking where the source is pinned)."""
-        moved = {
-            f.name: map_obs(lambda t: t.to(device, non_blocking=True), getattr(self, f.name))
-            for f in fields(self)
-        }
-        return Batch(**moved)
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=True)
+
+        return Batch(
+            obs=map_obs(move, self.obs),
+            action=move(self.action),
+            reward=move(self.reward),
+            is_first=move(self.is_first),
+            is_terminal=move(self.is_terminal),
+            is_last=move(self.is_last),
+            checked=self.checked,
+        )

@@ -308,6 +308,7 @@ class Replay:
             is_first=take("is_first"),
             is_terminal=take("is_terminal"),
             is_last=take("is_last"),
+            checked=True,  # `add` checked every row's flags (and `load` a saved buffer's)
         )
         return batch if device is None else batch.to(device)
 

@@ -165,6 +165,9 @@ def load_replay(path: Path, directory: Path | None = None) -> Any:
                 f"got {arr.shape} {arr.dtype}"
             )
         replay.arrays[name] = arr
+    # `gather` marks its batches checked: a saved buffer's flags get the check `add` makes
+    if np.logical_and(replay.arrays["is_terminal"], ~replay.arrays["is_last"]).any():
+        raise SpecError(f"{path}: damaged, a row is_terminal but not is_last")
     return replay
 
 

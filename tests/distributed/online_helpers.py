@@ -82,6 +82,7 @@ def run_job(ctx: ddp.DistContext, job: dict[str, Any]) -> None:
         "batch_size": trainer.agent.batch_size,
         "learn_from": trainer.learn_from,
         "replay_digest": hashlib.sha256(trainer.replay.arrays["action"].tobytes()).hexdigest(),
+        "replay_dir": None if trainer.replay.directory is None else str(trainer.replay.directory),
     }
     (out / f"{tag}.json").write_text(json.dumps(info))
 

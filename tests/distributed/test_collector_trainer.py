@@ -56,14 +56,15 @@ def test_collector_trainer_runs_updates_and_syncs_weights(tmp_path: Path) -> Non
     assert lags and all(x["version_lag"] >= 0 for x in lags), logged[:3]
 
 
-def test_collector_run_resumes_with_collectors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_collector_run_resumes_with_collectors(tmp_path: Path, on_disk: bool) -> None:
     pytest.importorskip("worldflux.agents.tdmpc2")
     from worldflux.core.exceptions import ConfigError
 
     trainer_cfg = {
         "steps": 64, "seed_steps": 16, "updates_per_step": 0.05, "eval_every": 0,
         "eval_episodes": 1, "checkpoint_every": 10**9, "progress": False, "tensorboard": False,
-        "replay_capacity": 1000, "num_envs": 1,
+        "replay_capacity": 1000, "num_envs": 1, "replay_on_disk": on_disk,
     }  # fmt: skip
     spec = RunConfig.of("tdmpc2:debug", "CartPole-v1", trainer=trainer_cfg, agent={"act": "policy"})
     first = build_trainer(spec, tmp_path, collectors=2, start_method="fork", chunk_len=8)
@@ -78,6 +79,12 @@ def test_collector_run_resumes_with_collectors(tmp_path: Path) -> None:
     assert (pool.config.num_collectors, pool.config.start_method) == (2, "fork")
     assert again.step == done and len(again.replay) == len(first.replay)
     assert again.replay.track_versions
+    if on_disk:  # every array memmapped under the run dir, the acting versions included
+        for replay in (first.replay, again.replay):
+            assert replay.directory == tmp_path / "replay"
+            assert all(isinstance(a, np.memmap) for a in replay.arrays.values())
+        v = again.replay.policy_versions(np.arange(int(again.replay.counts[0])))
+        assert (v >= 1).all() and (np.diff(v) >= 0).all()  # read back from the saved memmap
     assert again.train()["step"] >= done + 32
     # The checkpoint's "run" is the run's RunConfig: eval / imagine load collector runs too.
     agent, loaded = load_run_agent(tmp_path)

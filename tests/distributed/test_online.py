@@ -91,6 +91,36 @@ def test_two_ranks_stay_identical_and_resume_exactly(tmp_path: Path, model: str)
     assert (shards / "rank1" / "replay").is_dir()
 
 
+def test_disk_replay_shards_on_two_ranks_resume_exactly(tmp_path: Path) -> None:
+    """``replay_on_disk=true`` under 2 ranks: each rank's shard is memmapped in its own folder,
+    a split run resumes to the same weights and rows, and both equal the in-RAM run."""
+    model = "tdmpc2:debug"
+    job = {"model": model, "out": str(tmp_path)}
+    disk = [*H.items(model), "replay_on_disk=true"]
+    full = {**job, "items": disk, "name": "full", "run_dir": str(tmp_path / "full")}
+    ram = {**job, "items": H.items(model), "name": "ram", "run_dir": str(tmp_path / "ram")}
+    half = {**job, "items": disk, "name": "half", "run_dir": str(tmp_path / "split"),
+            "stop_at": H.STEPS // 2}  # fmt: skip
+    _spawn(H.online_worker, (WORLD, str(tmp_path / "init1"), [full, ram, half]))
+    rest = {**job, "name": "rest", "run_dir": str(tmp_path / "split"), "resume": True}
+    _spawn(H.online_worker, (WORLD, str(tmp_path / "init2"), [rest]))
+
+    homes = [tmp_path / "split" / "replay", tmp_path / "split" / "ranks" / "rank1" / "replay"]
+    for rank, home in enumerate(homes):
+        info = _info(tmp_path, f"rest_rank{rank}")
+        assert info["replay_dir"] == str(home) and (home / "action.npy").is_file()
+        assert _info(tmp_path, f"ram_rank{rank}")["replay_dir"] is None
+        for other in ("full", "ram"):
+            assert _info(tmp_path, f"{other}_rank{rank}")["replay_digest"] == info["replay_digest"]
+            _assert_equal(
+                _weights(tmp_path, f"{other}_rank{rank}"), _weights(tmp_path, f"rest_rank{rank}")
+            )
+    assert (
+        _info(tmp_path, "rest_rank0")["replay_digest"]
+        != _info(tmp_path, "rest_rank1")["replay_digest"]
+    )
+
+
 def test_resume_on_another_world_size(tmp_path: Path) -> None:
     """2 ranks -> 1 (rank 1's shard dropped, with a warning); 1 rank -> 2 (rank 1 refills)."""
     model = "dreamerv3:debug"

@@ -38,7 +38,7 @@ from worldflux.models.dreamerv3.networks import BinaryHead, TwoHotHead, shared_i
 from worldflux.models.dreamerv3.rssm import RSSM, grad_leaf, init_linears_
 from worldflux.nn.blocks import init_linear_
 from worldflux.nn.distributions import categorical_entropy, sample_onehot, unimix_logp
-from worldflux.nn.functional import two_hot
+from worldflux.nn.functional import group_one_hot, two_hot
 from worldflux.nn.mlp import MLP
 
 if TYPE_CHECKING:
@@ -169,8 +169,7 @@ class Actor(nn.Module):
         if self.spec.binary:
             return (a[..., 1] > a[..., 0]).to(a.dtype) * 2 - 1
         if self.spec.discrete:
-            groups = a.split(self.spec.groups, -1)
-            return torch.cat([F.one_hot(g.argmax(-1), g.shape[-1]).to(a.dtype) for g in groups], -1)
+            return group_one_hot(a, tuple(self.spec.groups))
         return a
 
 

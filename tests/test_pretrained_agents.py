@@ -33,8 +33,11 @@ SHIPPED = {
     # return 1 when the goal is reached, else 0: documented 0.8, random 0.02; at a 0.8 success
     # rate, fewer than 2 successes in 5 episodes happen 0.7% of the time (~50 s, marked slow)
     "jepa-small-tworoom": (5, 0.3),
-    # documented 973.57 +- 0.51, random 362: one 500-step MPPI episode (~2 min, marked slow)
+    # documented 973.57 +- 0.51, random 338: one 500-step MPPI episode (~2 min, marked slow)
     "tdmpc2-1m-cartpole-balance": (1, 800.0),
+    # documented 714.57 +- 30.63 (lowest episode 679), random 338, full force 136 (a zero action
+    # scores 753 here: the pole starts upright; the loader tests below catch a wrong layout)
+    "dreamerv3-size1m-cartpole-balance": (2, 600.0),
 }
 SLOW = {"jepa-small-tworoom", "tdmpc2-1m-cartpole-balance"}
 OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)

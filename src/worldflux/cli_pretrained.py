@@ -20,15 +20,21 @@ def for_eval(ref: str, render: bool) -> tuple[Any, Any, Any]:
 
 def print_table() -> None:
     """Print the shipped agents: name, env, documented return."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        "name", "env", "documented return", caption="worldflux eval pretrained:<name> --episodes 10"
-    )
+    table = Table(box=box.SIMPLE, caption="worldflux eval pretrained:<name> --episodes 10")
+    table.add_column("name", no_wrap=True)
+    table.add_column("env", no_wrap=True)
+    table.add_column("return", justify="right")  # documented, over `episodes`
+    table.add_column("episodes", justify="right")
     for name in available():
         card = read_card(name)
         ev = card.evaluation
-        told = "-" if ev is None else f"{ev.return_mean:.2f} ({ev.episodes} episodes)"
-        table.add_row(name, card.env_id or "-", told)
-    Console().print(table)
+        told = ("-", "-") if ev is None else (f"{ev.return_mean:.2f}", str(ev.episodes))
+        table.add_row(name, card.env_id or "-", *told)
+    console = Console()
+    wide = console.options.update_width(1000)
+    need = console.measure(table, options=wide).maximum  # narrow terminals wrap, names stay whole
+    (console if need <= console.width else Console(width=need)).print(table)

@@ -44,3 +44,7 @@ class RegistryError(WorldFluxError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message and add quotes
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingError(WorldFluxError, RuntimeError):
+    """The run cannot continue (e.g. repeated NaN/Inf losses or gradients)."""

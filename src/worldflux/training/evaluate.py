@@ -17,6 +17,10 @@ from worldflux.training.runner import obs_to_numpy, stack_obs
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never share seeds with training envs
 
 
+class EvalStoppedError(Exception):
+    """`evaluate` was abandoned because its `stop` said so (a stop signal during a run's eval)."""
+
+
 @torch.no_grad()
 def evaluate(
     agent: Agent,
@@ -26,11 +30,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     video: str | Path | None = None,
     max_steps: int = 100_000,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run `episodes` episodes (env i seeded ``seed + EVAL_SEED_OFFSET + i``) with explore=False.
 
     Returns ``{"returns": [...], "lengths": [...], "return_mean", "return_std", "length_mean"}``.
-    With `video`, the first episode's rendered frames are written there (GIF or MP4).
+    With `video`, the first episode's rendered frames are written there (GIF or MP4). `stop` is
+    asked before every env step; when it says True the evaluation raises `EvalStoppedError` (envs
+    closed, modules back in their modes, nothing written).
     """
     if episodes < 1:
         raise ConfigError(f"episodes: expected an int >= 1, got {episodes}")
@@ -49,10 +56,14 @@ def evaluate(
                 device,
                 frames if (video and ep == 0) else None,
                 max_steps,
+                stop,
             )
             env.close()
             returns.append(ret)
             lengths.append(length)
+    except EvalStoppedError:
+        env.close()
+        raise
     finally:
         for m, mode in zip(agent.modules().values(), was_training, strict=True):
             m.train(mode)
@@ -77,6 +88,7 @@ def _episode(
     device: torch.device,
     frames: list[np.ndarray] | None,
     max_steps: int,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int]:
     spec = ObsSpec.from_space(env.observation_space)
     row = env.reset(seed=seed)
@@ -84,6 +96,8 @@ def _episode(
     state = None
     total, length, first = 0.0, 0, True
     while length < max_steps:
+        if stop is not None and stop():
+            raise EvalStoppedError(f"evaluation stopped at step {length} of an episode")
         if frames is not None:
             frames.append(env.render())
         obs = stack_obs([obs_to_numpy(row.obs, spec)], device)  # (1, ...)

@@ -1,6 +1,7 @@
 """Graceful stops for training loops: Ctrl-C (SIGINT) and SIGTERM finish the current iteration
-(or stop between two of its updates, see `Trainer._learn`), then the trainer checkpoints and
-stops.
+(or stop between two of its updates, see `Trainer._learn`, or at the next env step of an
+evaluation, which the resumed run redoes: `worldflux.training.eval_stop`), then the trainer
+checkpoints and stops.
 
 SIGTERM is what ``kill``, ``docker stop``, Slurm and systemd send; a job started in the
 background (``nohup ... &``) ignores SIGINT, so SIGTERM is its only graceful stop. Both are

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from worldflux.core.exceptions import TrainingError
+
 
 class SkipCounter:
     """Skipped updates (their ``nonfinite`` metric, 1.0 = skipped), counted on the device, for a
@@ -36,3 +38,13 @@ class SkipCounter:
         total, self.streak, n, hit = (int(v) for v in self._acc.tolist())
         self.total, self._acc = self.total + total, None
         return None if hit == 0 else n - hit
+
+    def raise_on_streak(self, ago: int | None, updates: int, step: int) -> None:
+        """Raise `TrainingError` when `read` returned a streak (`ago`), at `updates` / `step`."""
+        if ago is not None:
+            raise TrainingError(
+                f"{self.limit} consecutive updates had NaN/Inf losses or gradients "
+                f"(update {updates - ago}, seen at step {step}); they were skipped on "
+                "every rank, the weights are the last finite ones. Lower the learning rate or "
+                "check the data."
+            )

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from worldflux.agents.base import Agent
-from worldflux.core.exceptions import WorldFluxError
+from worldflux.core.exceptions import TrainingError
 from worldflux.training.checkpoint import CheckpointError, CheckpointManager, capture_rng
 from worldflux.training.config import TrainerConfig, seed_everything, setup_runtime
+from worldflux.training.eval_stop import evaluate_or_defer
 from worldflux.training.evaluate import evaluate
 from worldflux.training.log_backends import require_wandb, wandb_options
 from worldflux.training.logging import Logger, truncate_metrics
@@ -40,10 +42,6 @@ from worldflux.training.sync import LocalSync, Sync
 from worldflux.training.video_recorder import video_recorder
 
 EnvFn = Any  # index -> a `worldflux.envs.Env` (see `worldflux.training.runner.EnvFn`)
-
-
-class TrainingError(WorldFluxError, RuntimeError):
-    """The run cannot continue (e.g. repeated NaN/Inf losses or gradients)."""
 
 
 class Trainer:
@@ -131,12 +129,14 @@ class Trainer:
         """Run until `config.steps` steps (or `stop_at`, then checkpoint and return).
 
         Ctrl-C (SIGINT) and SIGTERM save a checkpoint and raise `KeyboardInterrupt` (SIGTERM:
-        its subclass `Terminated`). In the main thread the signal is deferred to the end of the
-        current iteration, so that checkpoint is exact (a second signal stops at once, still
-        saving). An interrupt or any other exception in the middle of an iteration is saved as
-        a *partial* checkpoint: resuming it starts fresh episodes in every env (like a resume
-        without replay, see `restore`), not bit-exact. The exception is then re-raised, after a
-        line on stderr with the checkpoint and the ``worldflux resume`` command.
+        its subclass `Terminated`). In the main thread the signal waits for the end of the
+        iteration, or stops its updates (within 16) or its evaluation (at the next env step),
+        leaving the rest to the resumed run, so that checkpoint is exact (a second signal stops
+        at once, still saving). An interrupt or any other exception in the middle of an
+        iteration is saved as a *partial* checkpoint: resuming it starts fresh episodes in every
+        env (like a resume without replay, see `restore`), not bit-exact. The exception is then
+        re-raised, after a line on stderr with the checkpoint and the ``worldflux resume``
+        command.
         """
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
         main, c = self.sync.is_main, self.config
@@ -193,10 +193,14 @@ class Trainer:
         if not self._learn():
             self._partial = False  # between two updates: a checkpoint here resumes exactly
             return None
-        self._pending = None
         result = None
         if self._crossed(prev, self.config.eval_every):
-            result = self.run_eval()
+            stop = self._stop if self.sync.world_size == 1 else None  # ranks stop together
+            result = evaluate_or_defer(self.run_eval, self.agent, stop)
+            if result is None:  # a stop cut the eval short: the resumed run redoes it
+                self._partial = False
+                return None
+        self._pending = None
         if self._crossed(prev, self.config.log_every):
             self._log_profile()
         if self.videos is not None and self._crossed(prev, self.config.video_every):
@@ -264,16 +268,7 @@ class Trainer:
         at each logged one, raising after `max_nonfinite` skips in a row."""
         self.skips.add(metrics.get("nonfinite", 0.0))
         if not self.updates % min(16, max(1, int(self.config.log_every * self.updates_per_step))):
-            self._raise_on_streak(self.skips.read())
-
-    def _raise_on_streak(self, ago: int | None) -> None:
-        if ago is not None:
-            raise TrainingError(
-                f"{self.config.max_nonfinite} consecutive updates had NaN/Inf losses or gradients "
-                f"(update {self.updates - ago}, seen at step {self.step}); they were skipped on "
-                "every rank, the weights are the last finite ones. Lower the learning rate or "
-                "check the data."
-            )
+            self.skips.raise_on_streak(self.skips.read(), self.updates, self.step)
 
     def record_episode(self, step: int, env_id: int, ret: float, length: int) -> None:
         """A source reports a finished episode (logged at `step`, counted in `episodes`)."""
@@ -281,9 +276,12 @@ class Trainer:
         assert self.logger is not None
         self.logger.log(step, "episode", {"return": ret, "length": length, "env": env_id})
 
-    def run_eval(self, video: str | Path | None = None) -> dict[str, Any]:
+    def run_eval(
+        self, video: str | Path | None = None, stop: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         """Evaluate now over `config.eval_episodes` episodes; logs kind "eval". Only the main
-        process evaluates (the replicas are identical); others return {}."""
+        process evaluates (the replicas are identical); others return {}. `stop`: see
+        `evaluate` (raises `EvalStoppedError`)."""
         if not self.sync.is_main:
             return {}
         if self.eval_env_fn is None:
@@ -296,6 +294,7 @@ class Trainer:
             self.config.seed,
             self.device,
             video,
+            stop=stop,
         )
         self.profile["eval"] += time.perf_counter() - t0
         self.source.after_eval()
@@ -353,7 +352,8 @@ class Trainer:
         ago = self.skips.read()  # every rank: exact skip counts for the checkpoint
         trees = self.state_tree, self.stream_tree
         path = self.sync.save(self.checkpoints, self.step, *trees, replay)
-        self._raise_on_streak(ago)  # a streak seen here stops the run after its checkpoint
+        # a streak seen here stops the run after its checkpoint
+        self.skips.raise_on_streak(ago, self.updates, self.step)
         return path
 
     def _save_on_exit(self, err: BaseException) -> None:

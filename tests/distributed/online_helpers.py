@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def run_job(ctx: ddp.DistContext, job: dict[str, Any]) -> None:
     from worldflux.training.run_config import parse_overrides
 
     run_dir = Path(job["run_dir"])
+    if ctx.rank == 1:
+        time.sleep(job.get("late", 0.0))  # a slower rank
     if job.get("resume"):
         trainer = resume_trainer(run_dir, distributed=ctx, **job.get("changes", {}))
     else:

@@ -121,6 +121,19 @@ def test_disk_replay_shards_on_two_ranks_resume_exactly(tmp_path: Path) -> None:
     )
 
 
+def test_a_late_rank_accepts_a_new_disk_replay_run_dir(tmp_path: Path) -> None:
+    """Rank 0 creates its memmapped replay shard in the run dir while it builds; rank 1, 2 s
+    later, used to find the dir no longer empty and refuse the new run. Every rank now checks
+    the run dir before any rank writes into it."""
+    model = "tdmpc2:debug"
+    late = {
+        "model": model, "out": str(tmp_path), "name": "late", "run_dir": str(tmp_path / "run"),
+        "items": [*H.items(model), "replay_on_disk=true"], "stop_at": 8, "late": 2.0,
+    }  # fmt: skip
+    _spawn(H.online_worker, (WORLD, str(tmp_path / "init"), [late]))
+    assert [_info(tmp_path, f"late_rank{r}")["step"] for r in range(WORLD)] == [8, 8]
+
+
 def test_resume_on_another_world_size(tmp_path: Path) -> None:
     """2 ranks -> 1 (rank 1's shard dropped, with a warning); 1 rank -> 2 (rank 1 refills)."""
     model = "dreamerv3:debug"

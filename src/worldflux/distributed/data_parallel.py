@@ -90,11 +90,7 @@ class DataParallel:
         return reduced if self.is_main else None
 
     def any(self, flag: bool) -> bool:
-        if not self.ctx.distributed:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
+        return ddp.any_rank(flag, self.ctx)
 
     def max(self, value: float) -> float:
         if not self.ctx.distributed:

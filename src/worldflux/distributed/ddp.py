@@ -153,6 +153,16 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when `flag` is true on one of them (a collective: every rank waits
+    here for the others)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def all_reduce_metrics(metrics: Mapping[str, Tensor | float], ctx: DistContext) -> dict[str, float]:
     """Mean of each scalar metric over ranks, in one all-reduce. Every rank gets the same dict.
 

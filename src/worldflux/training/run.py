@@ -60,6 +60,21 @@ def check_new_run_dir(run_dir: str | Path) -> Path:
     return path
 
 
+def _check_run_dir_on_every_rank(run_dir: str | Path, ctx: Any) -> None:
+    """`check_new_run_dir` on every rank before any rank writes into it (rank 0's files would
+    make a slower rank refuse the run dir); a refusal on one rank is a refusal on all."""
+    from worldflux.distributed.ddp import any_rank
+
+    try:
+        check_new_run_dir(run_dir)
+    except ConfigError:
+        if ctx is not None:
+            any_rank(True, ctx)
+        raise
+    if ctx is not None and any_rank(False, ctx):
+        raise ConfigError(f"run_dir: {run_dir} was refused on another rank")
+
+
 def finished_message(run_dir: str | Path, steps: int | None) -> str | None:
     """What to say instead of resuming when the run reached its step budget and `steps` does
     not extend it (None: resume). A `ConfigError` when `steps` is not beyond the latest
@@ -116,7 +131,7 @@ def build_trainer(
     agent and model options) and built first, on every rank: a rejected command fails the same
     way everywhere and leaves no run dir behind; an existing non-empty `run_dir` is refused.
     """
-    check_new_run_dir(run_dir)
+    _check_run_dir_on_every_rank(run_dir, distributed)
     if collectors:
         start = str(collector_options.get("start_method", "spawn"))
         config.collectors = {"num_collectors": collectors, "start_method": start}

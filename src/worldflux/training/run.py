@@ -61,17 +61,16 @@ def check_new_run_dir(run_dir: str | Path) -> Path:
 
 
 def _check_run_dir_on_every_rank(run_dir: str | Path, ctx: Any) -> None:
-    """`check_new_run_dir` on every rank before any rank writes into it (rank 0's files would
-    make a slower rank refuse the run dir); a refusal on one rank is a refusal on all."""
+    """`check_new_run_dir` on every data-parallel rank before any rank writes into it (rank 0's
+    files would make a slower rank refuse the run dir); a refusal on one rank is one on all."""
     from worldflux.distributed.ddp import any_rank
 
     try:
         check_new_run_dir(run_dir)
     except ConfigError:
-        if ctx is not None:
-            any_rank(True, ctx)
+        any_rank(True, ctx)
         raise
-    if ctx is not None and any_rank(False, ctx):
+    if any_rank(False, ctx):
         raise ConfigError(f"run_dir: {run_dir} was refused on another rank")
 
 
@@ -131,11 +130,12 @@ def build_trainer(
     agent and model options) and built first, on every rank: a rejected command fails the same
     way everywhere and leaves no run dir behind; an existing non-empty `run_dir` is refused.
     """
-    _check_run_dir_on_every_rank(run_dir, distributed)
+    if distributed is None:
+        check_new_run_dir(run_dir)
     if collectors:
         start = str(collector_options.get("start_method", "spawn"))
         config.collectors = {"num_collectors": collectors, "start_method": start}
-    trainer = _build(config, run_dir, distributed, collector_options)
+    trainer = _build(config, run_dir, distributed, collector_options, new_run=True)
     if trainer.sync.is_main:
         write_run_file(config, run_dir)
     return trainer
@@ -176,7 +176,11 @@ def resume_trainer(
 
 
 def _build(
-    config: RunConfig, run_dir: str | Path, ctx: Any, collector_options: dict[str, Any]
+    config: RunConfig,
+    run_dir: str | Path,
+    ctx: Any,
+    collector_options: dict[str, Any],
+    new_run: bool = False,
 ) -> Trainer:
     tc = config.trainer_config()
     check_device(tc.device)  # before any model is moved there
@@ -203,6 +207,8 @@ def _build(
     finally:
         if probe is not None:
             probe.close()
+    if new_run and ctx is not None:  # validated on every rank; nothing written yet
+        _check_run_dir_on_every_rank(run_dir, ctx)
     seed = tc.seed if sync is None else sync.stream_seed(tc.seed)
     options = {**collector_options, "replay_dir": _replay_dir(tc, run_dir, sync)}
     source = _source(config, tc, (agent, spaces), env_fn, data, seed, options)

@@ -1,7 +1,8 @@
 """What a checkpointed policy does in its env: per eval episode, the return, each action dim's
 mean and spread, how often it sits at the bound, and for dm_control reacher tasks the finger's
 distance to the target (start, closest, end). Tells a collapsed policy (one constant action
-whatever the observation) from one that explores or sweeps.
+whatever the observation) from one that explores or sweeps. The episodes are `worldflux eval`'s
+(`worldflux.training.evaluate.evaluate`, same seeds), seen through a recording env.
 
     MUJOCO_GL=egl python benchmarks/policy_probe.py RUN_DIR_OR_CHECKPOINT [--episodes 6]
 """
@@ -16,10 +17,9 @@ import torch
 
 from worldflux.agents.io import load_run_agent
 from worldflux.core.exceptions import WorldFluxError
-from worldflux.core.spec import ObsSpec
-from worldflux.training.evaluate import EVAL_SEED_OFFSET
+from worldflux.training.config import seed_everything
+from worldflux.training.evaluate import evaluate
 from worldflux.training.run import env_factory
-from worldflux.training.runner import obs_to_numpy, stack_obs
 
 
 def physics_of(env: Any) -> Any:
@@ -33,36 +33,44 @@ def physics_of(env: Any) -> Any:
     return None
 
 
-@torch.no_grad()
+class Recording:
+    """An env that records the actions it is given and, on reacher, the finger's distance."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.actions: list[np.ndarray] = []
+        self.dists: list[float] = []
+        physics = physics_of(env)
+        self.distance = getattr(physics, "finger_to_target_dist", None)
+
+    def step(self, action: Any) -> Any:
+        self.actions.append(np.asarray(action).copy())
+        row = self.env.step(action)
+        if self.distance is not None:
+            self.dists.append(float(self.distance()))
+        return row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
 def probe(checkpoint: str, episodes: int, seed: int) -> None:
     agent, config = load_run_agent(checkpoint)
-    make = env_factory(config)
-    for module in agent.modules().values():
-        module.train(False)
-    for ep in range(episodes):
-        env = make(ep)
-        spec = ObsSpec.from_space(env.observation_space)
-        row, state, first = env.reset(seed=seed + EVAL_SEED_OFFSET + ep), None, True
-        physics = physics_of(env)
-        total, actions, dists = 0.0, [], []
-        while True:
-            obs = stack_obs([obs_to_numpy(row.obs, spec)], "cpu")
-            action, state = agent.act(obs, state, explore=False, is_first=torch.tensor([first]))
-            actions.append(action[0].numpy().copy())
-            row, first = env.step(action[0].numpy()), False
-            total += float(row.reward)
-            if physics is not None and hasattr(physics, "finger_to_target_dist"):
-                dists.append(float(physics.finger_to_target_dist()))
-            if row.is_last:
-                break
-        env.close()
-        a = np.asarray(actions)
+    make, envs = env_factory(config), []
+
+    def recording(i: int) -> Recording:
+        envs.append(Recording(make(i)))
+        return envs[-1]
+
+    seed_everything(seed)  # as `worldflux eval`: the agent samples from the global RNGs
+    returns = evaluate(agent, recording, episodes, seed)["returns"]
+    for ep, (ret, env) in enumerate(zip(returns, envs, strict=True)):
+        a, d = np.asarray(env.actions), env.dists
         bound = np.mean(np.abs(a) > 0.99)
-        line = (f"episode {ep}: return {total:.0f}, action mean {a.mean(0).round(2)}, "
+        line = (f"episode {ep}: return {ret:.0f}, action mean {a.mean(0).round(2)}, "
                 f"std {a.std(0).round(2)}, at the bound {bound:.2f}")  # fmt: skip
-        if dists:
-            start, close, end = dists[0], min(dists), dists[-1]
-            line += f", distance start {start:.3f} closest {close:.3f} end {end:.3f}"
+        if d:
+            line += f", distance start {d[0]:.3f} closest {min(d):.3f} end {d[-1]:.3f}"
         print(line, flush=True)
 
 

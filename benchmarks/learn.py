@@ -9,11 +9,16 @@ benchmark suite's settings (`worldflux.training.suites`) before the ``--set`` it
 records the suite, the action repeat and the step unit. The curve JSON
 ``benchmarks/results/learn_<name>.json`` holds the settings and, per seed, the evaluation
 points (env step, mean return over the eval episodes).
-``--collect`` rebuilds the JSON from whatever the run directories hold (partial runs included),
-and ``--seeds K`` runs a single seed (to start seeds as separate background processes). A seed
+``--collect`` rebuilds the JSON from whatever the run directories hold (partial runs included;
+seeds the JSON records whose run dirs are gone keep their recorded curves), and ``--seeds K``
+runs a single seed (to start seeds as separate background processes). A seed
 whose run directory already has checkpoints is resumed from the latest one (its saved settings;
 ``--set`` is ignored) and trained up to ``--steps``: that finishes an interrupted run or extends a
 finished one to a larger budget, with the same result as one uninterrupted run (exact resume).
+
+Runs longer than a session: ``--logs benchmarks/inflight`` keeps the run dirs in the work tree,
+where they are committed (one checkpoint each, a few MB) so that a later session on a new machine
+resumes them; a finished run's dir is deleted once its curve is collected.
 """
 
 from __future__ import annotations
@@ -56,7 +61,10 @@ def train_seed(
         if run_dir.is_dir():  # stopped before its first checkpoint: nothing to continue from
             print(f"seed {seed}: {run_dir} has no checkpoint; starting it again", flush=True)
             shutil.rmtree(run_dir)
-        items = [*overrides, f"steps={steps}", f"seed={seed}", "progress=false"]
+        # one checkpoint is enough to resume (saves are atomic) and keeps a run dir small enough
+        # to carry to the next session (docs/benchmarks.md); a --set keep_checkpoints overrides it
+        items = ["keep_checkpoints=1", *overrides, f"steps={steps}", f"seed={seed}"]
+        items.append("progress=false")
         trainer = build_trainer(parse_overrides(model, env, items), run_dir)
     start = time.time()
     trainer.train()
@@ -72,11 +80,19 @@ def collect(
     tag: str = "",
     logs: Path = RESULTS / "logs",
     suite: str | None = None,
+    results: Path = RESULTS,
 ) -> Path:
-    """Write the curve JSON from the run directories of every seed found."""
+    """Write the curve JSON from the run directories of every seed found.
+
+    A seed the JSON already records but whose run directory is gone (run dirs are scratch: a new
+    machine starts without them) keeps its recorded curve, so collecting one new seed never drops
+    the others. Keeping them needs the same settings: a JSON written with other `overrides` is
+    not merged into (`SystemExit` naming both).
+    """
     from worldflux.training.logging import read_metrics
     from worldflux.training.suites import AGENT_STEPS, get_suite
 
+    out = results / f"learn_{run_name(model, env, tag)}.json"
     root = logs / run_name(model, env, tag)
     seeds: dict[str, Any] = {}
     for seed_dir in sorted(root.glob("seed*")):
@@ -90,8 +106,18 @@ def collect(
             "returns": [points[s] for s in sorted(points)],
             "profile": profile[-1] if profile else None,
         }
-    settings_file = root / "seed0" / "run.json"
-    run_spec = json.loads(settings_file.read_text()) if settings_file.is_file() else None
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    kept = {k: v for k, v in old.get("seeds", {}).items() if k not in seeds}
+    if kept and old.get("overrides") != overrides:
+        raise SystemExit(
+            f"learn.py: {out} records {sorted(kept)} (run dirs not under {root}) with overrides "
+            f"{old.get('overrides')}, not these ({overrides}); use another --tag, or move the "
+            "file away to drop those seeds"
+        )
+    seeds = dict(sorted({**kept, **seeds}.items()))
+    run_specs = [root / name / "run.json" for name in seeds]
+    found = [f for f in run_specs if f.is_file()]
+    run_spec = json.loads(found[0].read_text()) if found else old.get("run_spec")
     doc = {
         "model": model,
         "env": env,
@@ -107,7 +133,6 @@ def collect(
         "complete": all(s["steps"] and s["steps"][-1] >= steps for s in seeds.values()),
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    out = RESULTS / f"learn_{run_name(model, env, tag)}.json"
     out.write_text(json.dumps(doc, indent=1))
     return out
 

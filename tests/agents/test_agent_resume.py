@@ -89,3 +89,35 @@ def test_dreamer_nonfinite_update_is_skipped() -> None:
     assert never_stepped(agent.opt.wm)  # Adam never stepped: no moments, no step count
     batch.reward[0, 1] = 0.0
     assert agent.update(batch)["nonfinite"] == 0.0 and not never_stepped(agent.opt.wm)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_run_dir_carried_through_git_resumes_exactly(on_disk: bool, tmp_path: Path) -> None:
+    """What `benchmarks/learn.py --logs benchmarks/inflight` relies on across sessions: a run dir
+    committed with git and checked out elsewhere (no hard links, no empty dirs, new mtimes and
+    path) resumes to the same weights as one uninterrupted run."""
+    import shutil
+    import subprocess
+
+    disk = f"replay_on_disk={str(on_disk).lower()}"
+    items = [*CASES["dreamerv3:debug"], *LOOP, "keep_checkpoints=1", disk]
+    spec = parse_overrides("dreamerv3:debug", "Pendulum-v1", [*items, "steps=80"])
+    full = build_trainer(spec, tmp_path / "full")
+    full.train()
+    half = build_trainer(spec, tmp_path / "repo" / "run")
+    half.train(stop_at=50)
+    del half
+
+    def git(*args: str, cwd: Path) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                       check=True, capture_output=True)  # fmt: skip
+
+    git("init", "-q", cwd=tmp_path / "repo")
+    git("add", "-A", cwd=tmp_path / "repo")
+    git("commit", "-q", "-m", "run", cwd=tmp_path / "repo")
+    git("clone", "-q", str(tmp_path / "repo"), str(tmp_path / "clone"), cwd=tmp_path)
+    shutil.rmtree(tmp_path / "repo")  # nothing of the original run dir is left to lean on
+    resumed = resume_trainer(tmp_path / "clone" / "run")
+    resumed.train()
+    assert (resumed.step, resumed.updates) == (full.step, full.updates)
+    assert_same_model_weights(full, resumed)

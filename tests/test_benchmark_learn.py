@@ -1,0 +1,79 @@
+"""`benchmarks/learn.py --collect`: seeds whose run dirs are gone keep their recorded curves."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL, ENV, TAG = "dreamerv3:size1m", "dmc:cartpole-balance", "t"
+SETTINGS = ["env.action_repeat=2", "eval_every=5000"]
+
+
+def _learn() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("learn", ROOT / "benchmarks" / "learn.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_dir(logs: Path, seed: int, points: dict[int, float]) -> None:
+    learn = _learn()
+    seed_dir = logs / learn.run_name(MODEL, ENV, TAG) / f"seed{seed}"
+    seed_dir.mkdir(parents=True)
+    lines = [{"kind": "eval", "step": s, "return_mean": r} for s, r in points.items()]
+    seed_dir.joinpath("metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    spec = {"env": {"id": ENV, "action_repeat": 2}, "trainer": {"seed": seed}}
+    seed_dir.joinpath("run.json").write_text(json.dumps(spec))
+
+
+def _recorded(results: Path, overrides: list[str]) -> Path:
+    learn = _learn()
+    seeds = {
+        "seed0": {"steps": [5000, 10000], "returns": [300.0, 700.0], "profile": None},
+        "seed1": {"steps": [5000], "returns": [200.0], "profile": None},
+    }
+    out = results / f"learn_{learn.run_name(MODEL, ENV, TAG)}.json"
+    out.write_text(json.dumps({"overrides": overrides, "seeds": seeds, "run_spec": {"old": 1}}))
+    return out
+
+
+def test_collect_keeps_recorded_seeds_and_takes_run_dirs_over_them(tmp_path: Path) -> None:
+    logs, results = tmp_path / "logs", tmp_path / "results"
+    results.mkdir()
+    _recorded(results, SETTINGS)
+    _run_dir(logs, 1, {5000: 250.0, 10000: 650.0})  # seed 1 started again: its run dir wins
+    _run_dir(logs, 2, {5000: 400.0, 10000: 800.0})
+    out = _learn().collect(MODEL, ENV, 10000, SETTINGS, TAG, logs, None, results)
+    doc = json.loads(out.read_text())
+    assert list(doc["seeds"]) == ["seed0", "seed1", "seed2"]
+    assert doc["seeds"]["seed0"]["returns"] == [300.0, 700.0]  # recorded, no run dir
+    assert doc["seeds"]["seed1"]["returns"] == [250.0, 650.0]
+    assert doc["seeds"]["seed2"]["steps"] == [5000, 10000]
+    assert doc["run_spec"]["trainer"]["seed"] == 1  # from a run dir, not the old record
+    assert doc["action_repeat"] == 2 and doc["complete"] is True
+
+
+def test_collect_refuses_to_mix_settings_and_leaves_the_record(tmp_path: Path) -> None:
+    logs, results = tmp_path / "logs", tmp_path / "results"
+    results.mkdir()
+    out = _recorded(results, ["eval_every=1000"])
+    before = out.read_text()
+    _run_dir(logs, 2, {5000: 400.0})
+    with pytest.raises(SystemExit, match=r"seed0.*seed1.*another --tag"):
+        _learn().collect(MODEL, ENV, 10000, SETTINGS, TAG, logs, None, results)
+    assert out.read_text() == before
+
+
+def test_collect_without_a_record_writes_the_run_dirs(tmp_path: Path) -> None:
+    logs, results = tmp_path / "logs", tmp_path / "results"
+    results.mkdir()
+    _run_dir(logs, 0, {5000: 100.0, 5000 * 2: 200.0})
+    out = _learn().collect(MODEL, ENV, 20000, SETTINGS, TAG, logs, None, results)
+    doc = json.loads(out.read_text())
+    assert list(doc["seeds"]) == ["seed0"] and doc["complete"] is False

@@ -8,7 +8,8 @@ checkpoints; git-ignored; ``--logs DIR`` puts them elsewhere). ``--suite dmc_pro
 benchmark suite's settings (`worldflux.training.suites`) before the ``--set`` items; the JSON
 records the suite, the action repeat and the step unit. The curve JSON
 ``benchmarks/results/learn_<name>.json`` holds the settings and, per seed, the evaluation
-points (env step, mean return over the eval episodes).
+points (env step, mean return over the eval episodes) and the training-episode returns averaged
+around each of them (the published DreamerV3 curves' metric).
 ``--collect`` rebuilds the JSON from whatever the run directories hold (partial runs included;
 seeds the JSON records whose run dirs are gone keep their recorded curves), and ``--seeds K``
 runs a single seed (to start seeds as separate background processes). A seed
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TRAIN_WINDOW = 10_000  # steps either side, as the DreamerV3 reference curves are averaged
 
 
 def run_name(model: str, env: str, tag: str = "") -> str:
@@ -101,9 +103,11 @@ def collect(
         points: dict[int, float] = {}
         for r in evals:  # a resumed run may repeat a step: keep the last record
             points[int(r["step"])] = float(r["return_mean"])
+        episodes = read_metrics(seed_dir, "episode")
         seeds[seed_dir.name] = {
             "steps": sorted(points),
             "returns": [points[s] for s in sorted(points)],
+            "train_returns": train_curve(episodes, sorted(points)),
             "profile": profile[-1] if profile else None,
         }
     old = json.loads(out.read_text()) if out.is_file() else {}
@@ -129,11 +133,26 @@ def collect(
         "overrides": overrides,
         "run_spec": run_spec,
         "metric": "mean return over the evaluation episodes (explore=False, real env returns)",
+        "train_metric": f"mean return of the training episodes ending within +-{TRAIN_WINDOW} "
+        "steps of each evaluation step (sampled actions; DreamerV3's published curves)",
         "seeds": seeds,
         "complete": all(s["steps"] and s["steps"][-1] >= steps for s in seeds.values()),
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     out.write_text(json.dumps(doc, indent=1))
+    return out
+
+
+def train_curve(episodes: list[dict[str, Any]], steps: list[int]) -> list[float | None]:
+    """Per step in `steps`, the mean return of the training episodes that ended within
+    `TRAIN_WINDOW` steps of it (None where none did): how DreamerV3's published DMC curves
+    average (``benchmarks/references/README.md``), so ours compare on the same footing."""
+    # keyed by (step, env): a resumed run may log an episode again
+    ends = {(int(e["step"]), e.get("env", 0)): float(e["return"]) for e in episodes}
+    out: list[float | None] = []
+    for step in steps:
+        near = [r for (s, _), r in ends.items() if abs(s - step) <= TRAIN_WINDOW]
+        out.append(sum(near) / len(near) if near else None)
     return out
 
 

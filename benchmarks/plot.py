@@ -94,6 +94,21 @@ def evaluated(doc: dict) -> dict[str, dict]:
     return {name: s for name, s in doc["seeds"].items() if s["steps"]}
 
 
+def train_mean(seeds: dict[str, dict]) -> tuple[list[int], list[float]] | None:
+    """The seed mean of the windowed training-episode returns (``train_returns``, written by
+    `learn.py --collect`) at the steps where every seed has one; None when a seed lacks them."""
+    curves = []
+    for s in seeds.values():
+        if not s.get("train_returns"):
+            return None
+        pairs = zip(s["steps"], s["train_returns"], strict=True)
+        curves.append({t: r for t, r in pairs if r is not None})
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return None
+    return steps, [float(np.mean([c[t] for c in curves])) for t in steps]
+
+
 def plot(curve_file: Path) -> Path:
     import matplotlib
 
@@ -111,6 +126,10 @@ def plot(curve_file: Path) -> Path:
         mean = [np.mean([s["returns"][s["steps"].index(t)] for s in seeds.values()])
                 for t in steps]  # fmt: skip
         ax.plot(steps, mean, lw=2.2, color="black", label=f"mean of {len(seeds)} seeds")
+    trained = train_mean(seeds)
+    if trained is not None:
+        ax.plot(*trained, lw=1.4, ls="--", color="gray",
+                label=f"ours, train episodes +-10k, mean of {len(seeds)}")  # fmt: skip
     family = doc["model"].partition(":")[0]
     target = TARGETS.get((family, doc["env"]))
     if target is not None:
@@ -129,7 +148,7 @@ def plot(curve_file: Path) -> Path:
     ax.set_title(f"{doc['model']}{tag} on {doc['env']} ({status})", fontsize=9)
     unit = "agent steps (action repeat 2)" if doc.get("action_repeat", 1) == 2 else "env steps"
     ax.set_xlabel(unit)
-    ax.set_ylabel("eval return (mean of 10 episodes)")
+    ax.set_ylabel("return (eval: mean of 10 episodes)")
     ax.set_xlim(0, xmax)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -77,3 +77,26 @@ def test_collect_without_a_record_writes_the_run_dirs(tmp_path: Path) -> None:
     out = _learn().collect(MODEL, ENV, 20000, SETTINGS, TAG, logs, None, results)
     doc = json.loads(out.read_text())
     assert list(doc["seeds"]) == ["seed0"] and doc["complete"] is False
+
+
+def test_collect_averages_training_episodes_around_each_eval_like_the_reference(
+    tmp_path: Path,
+) -> None:
+    learn = _learn()
+    logs, results = tmp_path / "logs", tmp_path / "results"
+    results.mkdir()
+    _run_dir(logs, 0, {10000: 5.0, 30000: 6.0, 60000: 7.0})
+    metrics = logs / learn.run_name(MODEL, ENV, TAG) / "seed0" / "metrics.jsonl"
+    episodes = [(500, 0.0), (20000, 100.0), (20000, 100.0), (25000, 300.0), (41000, 900.0)]
+    with metrics.open("a") as f:  # (20000 twice: a resumed run logged that episode again)
+        for step, ret in episodes:
+            f.write(json.dumps({"kind": "episode", "step": step, "return": ret, "env": 0}) + "\n")
+    out = learn.collect(MODEL, ENV, 60000, SETTINGS, TAG, logs, None, results)
+    seed = json.loads(out.read_text())["seeds"]["seed0"]
+    # 10k: episodes at 500 and 20,000; 30k: 20,000 and 25,000 (41,000 is 11k away); 60k: none
+    assert seed["train_returns"] == [50.0, 200.0, None]
+    plot = importlib.util.spec_from_file_location("plot", ROOT / "benchmarks" / "plot.py")
+    assert plot is not None and plot.loader is not None
+    module = importlib.util.module_from_spec(plot)
+    plot.loader.exec_module(module)
+    assert module.train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])

@@ -14,12 +14,17 @@ MODEL, ENV, TAG = "dreamerv3:size1m", "dmc:cartpole-balance", "t"
 SETTINGS = ["env.action_repeat=2", "eval_every=5000"]
 
 
-def _learn() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("learn", ROOT / "benchmarks" / "learn.py")
+def _script(name: str) -> ModuleType:
+    """Load `benchmarks/<name>.py` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _learn() -> ModuleType:
+    return _script("learn")
 
 
 def _run_dir(logs: Path, seed: int, points: dict[int, float]) -> None:
@@ -95,8 +100,4 @@ def test_collect_averages_training_episodes_around_each_eval_like_the_reference(
     seed = json.loads(out.read_text())["seeds"]["seed0"]
     # 10k: episodes at 500 and 20,000; 30k: 20,000 and 25,000 (41,000 is 11k away); 60k: none
     assert seed["train_returns"] == [50.0, 200.0, None]
-    plot = importlib.util.spec_from_file_location("plot", ROOT / "benchmarks" / "plot.py")
-    assert plot is not None and plot.loader is not None
-    module = importlib.util.module_from_spec(plot)
-    plot.loader.exec_module(module)
-    assert module.train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])
+    assert _script("plot").train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])

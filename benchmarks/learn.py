@@ -133,6 +133,7 @@ def collect(
         "overrides": overrides,
         "run_spec": run_spec,
         "metric": "mean return over the evaluation episodes (explore=False, real env returns)",
+        "train_window": TRAIN_WINDOW,
         "train_metric": f"mean return of the training episodes ending within +-{TRAIN_WINDOW} "
         "steps of each evaluation step (sampled actions; DreamerV3's published curves)",
         "seeds": seeds,

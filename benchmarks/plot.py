@@ -109,6 +109,11 @@ def train_mean(seeds: dict[str, dict]) -> tuple[list[int], list[float]] | None:
     return steps, [float(np.mean([c[t] for c in curves])) for t in steps]
 
 
+def train_label(doc: dict, n_seeds: int) -> str:
+    """Legend entry of the windowed training-return curve, with the window the JSON records."""
+    return f"ours, train episodes +-{doc['train_window'] / 1000:g}k, mean of {n_seeds}"
+
+
 def plot(curve_file: Path) -> Path:
     import matplotlib
 
@@ -129,7 +134,7 @@ def plot(curve_file: Path) -> Path:
     trained = train_mean(seeds)
     if trained is not None:
         ax.plot(*trained, lw=1.4, ls="--", color="gray",
-                label=f"ours, train episodes +-10k, mean of {len(seeds)}")  # fmt: skip
+                label=train_label(doc, len(seeds)))  # fmt: skip
     family = doc["model"].partition(":")[0]
     target = TARGETS.get((family, doc["env"]))
     if target is not None:

@@ -97,7 +97,10 @@ def test_collect_averages_training_episodes_around_each_eval_like_the_reference(
         for step, ret in episodes:
             f.write(json.dumps({"kind": "episode", "step": step, "return": ret, "env": 0}) + "\n")
     out = learn.collect(MODEL, ENV, 60000, SETTINGS, TAG, logs, None, results)
-    seed = json.loads(out.read_text())["seeds"]["seed0"]
+    doc = json.loads(out.read_text())
+    seed = doc["seeds"]["seed0"]
+    assert doc["train_window"] == learn.TRAIN_WINDOW == 10000
+    assert _script("plot").train_label(doc, 3) == "ours, train episodes +-10k, mean of 3"
     # 10k: episodes at 500 and 20,000; 30k: 20,000 and 25,000 (41,000 is 11k away); 60k: none
     assert seed["train_returns"] == [50.0, 200.0, None]
     assert _script("plot").train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])

@@ -194,7 +194,7 @@ def table_row(curve_file: Path) -> str:
 
 
 TABLE_HEAD = (
-    "| model | env | settings | seeds | env steps done / budget | last eval return per seed "
+    "| model | env | settings | seeds | agent steps done / budget | last eval return per seed "
     "| mean | target | first eval step >= target, per seed | ... for the seed mean "
     "| random policy |\n"
     "|---|---|---|---:|---:|---|---:|---:|---|---:|---:|"

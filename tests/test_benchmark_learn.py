@@ -104,3 +104,21 @@ def test_collect_averages_training_episodes_around_each_eval_like_the_reference(
     # 10k: episodes at 500 and 20,000; 30k: 20,000 and 25,000 (41,000 is 11k away); 60k: none
     assert seed["train_returns"] == [50.0, 200.0, None]
     assert _script("plot").train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])
+
+
+def test_table_row_matches_the_head_and_counts_agent_steps(tmp_path: Path) -> None:
+    learn, plot = _learn(), _script("plot")
+    logs, results = tmp_path / "logs", tmp_path / "results"
+    results.mkdir()
+    _run_dir(logs, 0, {5000: 100.0, 10000: 600.0})
+    _run_dir(logs, 1, {5000: 300.0, 10000: 400.0})
+    out = learn.collect(MODEL, ENV, 20000, SETTINGS, TAG, logs, None, results)
+    row = plot.table_row(out).split(" | ")
+    head = plot.TABLE_HEAD.splitlines()[0].split(" | ")
+    assert len(row) == len(head)
+    cell = dict(zip(head, row, strict=True))
+    assert cell["agent steps done / budget"] == "10,000 / 20,000"
+    assert cell["last eval return per seed"] == "600, 400" and cell["mean"] == "500"
+    # target 500 on cartpole-balance: seed 0 reaches it at 10k, seed 1 never, the mean at 10k
+    assert cell["first eval step >= target, per seed"] == "10000, -"
+    assert cell["... for the seed mean"] == "10000"

@@ -148,7 +148,10 @@ def plot(curve_file: Path) -> Path:
         ax.plot(steps, returns, lw=1.6, ls="-.", color="purple", marker="o", ms=3,
                 label=ref["label"])  # fmt: skip
         xmax = max(xmax, steps[-1])
-    status = "complete" if doc.get("complete") else "PARTIAL (budget not reached)"
+    n = len(seeds)
+    status = f"{n} seed{'s' if n != 1 else ''}, " + (
+        "complete" if doc.get("complete") else "PARTIAL (budget not reached)"
+    )
     tag = f" [{doc['tag']}]" if doc.get("tag") else ""
     ax.set_title(f"{doc['model']}{tag} on {doc['env']} ({status})", fontsize=9)
     unit = "agent steps (action repeat 2)" if doc.get("action_repeat", 1) == 2 else "env steps"

@@ -124,7 +124,9 @@ def plot(curve_file: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     seeds = evaluated(doc)
     for name, seed in seeds.items():
-        ax.plot(seed["steps"], seed["returns"], lw=0.8, alpha=0.6, label=name)
+        few = len(seed["steps"]) < 4  # a marker, or a curve of one point draws nothing
+        ax.plot(seed["steps"], seed["returns"], lw=0.8, alpha=0.6, label=name,
+                marker="o" if few else None, ms=3)  # fmt: skip
     shared = set.intersection(*(set(s["steps"]) for s in seeds.values())) if seeds else set()
     if len(seeds) > 1 and shared:
         steps = sorted(shared)
@@ -133,7 +135,8 @@ def plot(curve_file: Path) -> Path:
         ax.plot(steps, mean, lw=2.2, color="black", label=f"mean of {len(seeds)} seeds")
     trained = train_mean(seeds)
     if trained is not None:
-        ax.plot(*trained, lw=1.4, ls="--", color="gray",
+        few = len(trained[0]) < 4
+        ax.plot(*trained, lw=1.4, ls="--", color="gray", marker="o" if few else None, ms=3,
                 label=train_label(doc, len(seeds)))  # fmt: skip
     family = doc["model"].partition(":")[0]
     target = TARGETS.get((family, doc["env"]))

@@ -109,6 +109,11 @@ def train_mean(seeds: dict[str, dict]) -> tuple[list[int], list[float]] | None:
     return steps, [float(np.mean([c[t] for c in curves])) for t in steps]
 
 
+def marker(xs: list) -> str | None:
+    """Points marked on a curve of few of them (a curve of one point draws nothing)."""
+    return "o" if len(xs) < 4 else None
+
+
 def train_label(doc: dict, n_seeds: int) -> str:
     """Legend entry of the windowed training-return curve, with the window the JSON records."""
     return f"ours, train episodes +-{doc['train_window'] / 1000:g}k, mean of {n_seeds}"
@@ -124,9 +129,8 @@ def plot(curve_file: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     seeds = evaluated(doc)
     for name, seed in seeds.items():
-        few = len(seed["steps"]) < 4  # a marker, or a curve of one point draws nothing
         ax.plot(seed["steps"], seed["returns"], lw=0.8, alpha=0.6, label=name,
-                marker="o" if few else None, ms=3)  # fmt: skip
+                marker=marker(seed["steps"]), ms=3)  # fmt: skip
     shared = set.intersection(*(set(s["steps"]) for s in seeds.values())) if seeds else set()
     if len(seeds) > 1 and shared:
         steps = sorted(shared)
@@ -135,8 +139,7 @@ def plot(curve_file: Path) -> Path:
         ax.plot(steps, mean, lw=2.2, color="black", label=f"mean of {len(seeds)} seeds")
     trained = train_mean(seeds)
     if trained is not None:
-        few = len(trained[0]) < 4
-        ax.plot(*trained, lw=1.4, ls="--", color="gray", marker="o" if few else None, ms=3,
+        ax.plot(*trained, lw=1.4, ls="--", color="gray", marker=marker(trained[0]), ms=3,
                 label=train_label(doc, len(seeds)))  # fmt: skip
     family = doc["model"].partition(":")[0]
     target = TARGETS.get((family, doc["env"]))

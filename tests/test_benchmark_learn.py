@@ -100,10 +100,11 @@ def test_collect_averages_training_episodes_around_each_eval_like_the_reference(
     doc = json.loads(out.read_text())
     seed = doc["seeds"]["seed0"]
     assert doc["train_window"] == learn.TRAIN_WINDOW == 10000
-    assert _script("plot").train_label(doc, 3) == "ours, train episodes +-10k, mean of 3"
+    plot = _script("plot")
+    assert plot.train_label(doc, 3) == "ours, train episodes +-10k, mean of 3"
     # 10k: episodes at 500 and 20,000; 30k: 20,000 and 25,000 (41,000 is 11k away); 60k: none
     assert seed["train_returns"] == [50.0, 200.0, None]
-    assert _script("plot").train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])
+    assert plot.train_mean({"seed0": seed}) == ([10000, 30000], [50.0, 200.0])
 
 
 def test_table_row_matches_the_head_and_counts_agent_steps(tmp_path: Path) -> None:

@@ -123,3 +123,12 @@ def test_table_row_matches_the_head_and_counts_agent_steps(tmp_path: Path) -> No
     # target 500 on cartpole-balance: seed 0 reaches it at 10k, seed 1 never, the mean at 10k
     assert cell["first eval step >= target, per seed"] == "10000, -"
     assert cell["... for the seed mean"] == "10000"
+
+
+def test_a_coarsely_logged_reference_is_drawn_as_points_not_a_line() -> None:
+    plot = _script("plot")
+    tdmpc2 = plot.reference_curve("tdmpc2:1m", "dmc:cartpole-balance")  # logged every 100k
+    style = plot.reference_style(tdmpc2["steps"][:2], 50000)
+    assert style["ls"] == "none" and style["suffix"] == " (logged at 0, 100k only)"
+    dreamer = plot.reference_curve("dreamerv3:size1m", "dmc:reacher-easy")  # every 10k
+    assert plot.reference_style(dreamer["steps"][:10], 100000)["ls"] == "-."

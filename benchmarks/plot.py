@@ -114,20 +114,14 @@ def marker(xs: list) -> str | None:
     return "o" if len(xs) < 4 else None
 
 
-def reference_style(steps: list, budget: int) -> dict[str, Any]:
-    """How the published curve is drawn: as a line when its points lie at most a quarter of our
-    budget apart, else as points alone (TD-MPC2's curves are logged at 0 and 100k only: a line
-    between them would draw values the reference never measured)."""
+def reference_style(steps: list, budget: int) -> tuple[dict[str, Any], str]:
+    """How the published curve is drawn, and what its legend adds: a line when its points lie at
+    most a quarter of our budget apart, else the points alone (TD-MPC2's curves are logged at 0
+    and 100k only: a line between them would draw values the reference never measured)."""
     if max(np.diff(steps), default=0) <= budget / 4:
-        return {"ls": "-.", "marker": "o", "ms": 3}
+        return {"ls": "-.", "marker": "o", "ms": 3}, ""
     logged = ", ".join(f"{t / 1000:g}k" if t else "0" for t in steps)
-    return {
-        "ls": "none",
-        "marker": "D",
-        "ms": 6,
-        "clip_on": False,
-        "suffix": f" (logged at {logged} only)",
-    }
+    return {"ls": "none", "marker": "D", "ms": 6, "clip_on": False}, f" (logged at {logged} only)"
 
 
 def train_label(doc: dict, n_seeds: int) -> str:
@@ -167,8 +161,7 @@ def plot(curve_file: Path) -> Path:
     if ref is not None:  # up to the reference's first point past our budget (TD-MPC2: 100k)
         upto = next((i for i, t in enumerate(ref["steps"]) if t >= xmax), len(ref["steps"]) - 1)
         steps, returns = ref["steps"][: upto + 1], ref["returns"][: upto + 1]
-        style = reference_style(steps, doc["step_budget"])
-        suffix = style.pop("suffix", "")
+        style, suffix = reference_style(steps, doc["step_budget"])
         ax.plot(steps, returns, lw=1.6, color="purple", label=ref["label"] + suffix, **style)
         xmax = max(xmax, steps[-1])
     n = len(seeds)

@@ -128,7 +128,7 @@ def test_table_row_matches_the_head_and_counts_agent_steps(tmp_path: Path) -> No
 def test_a_coarsely_logged_reference_is_drawn_as_points_not_a_line() -> None:
     plot = _script("plot")
     tdmpc2 = plot.reference_curve("tdmpc2:1m", "dmc:cartpole-balance")  # logged every 100k
-    style = plot.reference_style(tdmpc2["steps"][:2], 50000)
-    assert style["ls"] == "none" and style["suffix"] == " (logged at 0, 100k only)"
+    style, suffix = plot.reference_style(tdmpc2["steps"][:2], 50000)
+    assert style["ls"] == "none" and suffix == " (logged at 0, 100k only)"
     dreamer = plot.reference_curve("dreamerv3:size1m", "dmc:reacher-easy")  # every 10k
-    assert plot.reference_style(dreamer["steps"][:10], 100000)["ls"] == "-."
+    assert plot.reference_style(dreamer["steps"][:10], 100000)[0]["ls"] == "-."

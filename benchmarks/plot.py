@@ -169,7 +169,7 @@ def plot(curve_file: Path) -> Path:
         "complete" if doc.get("complete") else "PARTIAL (budget not reached)"
     )
     tag = f" [{doc['tag']}]" if doc.get("tag") else ""
-    ax.set_title(f"{doc['model']}{tag} on {doc['env']} ({status})", fontsize=9)
+    ax.set_title(f"{doc['model']}{tag} on {doc['env']}\n({status})", fontsize=9)
     unit = "agent steps (action repeat 2)" if doc.get("action_repeat", 1) == 2 else "env steps"
     ax.set_xlabel(unit)
     ax.set_ylabel("return (eval: mean of 10 episodes)")
